@@ -1,0 +1,49 @@
+# `make demo` runs the whole pipeline on the embedded synthetic data; `make test` runs the test suite.
+# Both bootstrap .venv on first use (only the package registries are needed).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: demo test test-all lint bench venv clean-outputs help
+
+help:
+	@echo "make demo      synthetic data -> dvc repro (whole pipeline) -> where to look"
+	@echo "make test      fast test suite (what CI runs first)"
+	@echo "make test-all  every test, slow ones included"
+	@echo "make lint      ruff check + format check"
+	@echo "make bench     run the benchmarks under bench/"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -r requirements.lock
+	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@test -d data || roadwork synth data
+	dvc repro
+	@echo
+	@echo "Done. Metrics:   dvc metrics show          (files: outputs/*/metrics.json)"
+	@echo "      Splits:    outputs/split/splits.csv   Quarantine: outputs/ingest/quarantine.csv"
+	@echo "      MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  -> http://127.0.0.1:5000"
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+test-all: $(STAMP)
+	$(VENV)/bin/python -m pytest -m ""
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done

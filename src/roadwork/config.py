@@ -1,0 +1,223 @@
+"""Typed parameters: ``params.yaml`` is the single source, validated against this schema.
+
+``load_config`` merges ``params.yaml`` and command-line overrides in Hydra's syntax (``split.seed=3``) onto
+the structured schema below. An unknown or misspelt key, a value of the wrong type or a value outside its
+allowed range fails with a :class:`ConfigError` that names the file, the full dotted key and the fix —
+the earlier pipeline silently ignored keys it did not know.
+
+Every section is a frozen-by-convention dataclass; library code receives plain values taken from it and
+never reads this module's files itself.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """A parameter file or override is invalid; the message names the key and what to change."""
+
+
+@dataclass
+class SynthParams:
+    """The embedded synthetic data set that ``make demo`` draws when ``data/`` is absent."""
+
+    n: int = 600
+    seed: int = 0
+    near_duplicate_fraction: float = 0.08
+
+
+@dataclass
+class DataParams:
+    dir: str = "data"
+    synth: SynthParams = field(default_factory=SynthParams)
+
+
+@dataclass
+class IngestParams:
+    working_max_side: int = 384
+    jpeg_quality: int = 95
+    max_pixels: int = 100_000_000
+    min_side: int = 16
+    workers: int = 2
+
+
+@dataclass
+class DedupeParams:
+    phash_radius: int = 10
+    hash_size: int = 8
+
+
+@dataclass
+class SplitFractions:
+    train: float = 0.60
+    val_select: float = 0.15
+    val_calib: float = 0.15
+    val_test: float = 0.10
+
+
+@dataclass
+class SplitParams:
+    seed: int = 0
+    fractions: SplitFractions = field(default_factory=SplitFractions)
+
+
+@dataclass
+class TrackingParams:
+    experiment: str = "roadwork"
+
+
+@dataclass
+class RoadworkConfig:
+    data: DataParams = field(default_factory=DataParams)
+    ingest: IngestParams = field(default_factory=IngestParams)
+    dedupe: DedupeParams = field(default_factory=DedupeParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+
+
+# (section.key) -> (predicate, what a valid value looks like). Types are checked by OmegaConf; these are ranges.
+_RANGES: dict[str, tuple[Any, str]] = {
+    "data.synth.n": (lambda v: v >= 20, "an integer >= 20"),
+    "data.synth.near_duplicate_fraction": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    "ingest.working_max_side": (lambda v: 32 <= v <= 4096, "an integer in [32, 4096]"),
+    "ingest.jpeg_quality": (lambda v: 1 <= v <= 100, "an integer in [1, 100]"),
+    "ingest.max_pixels": (lambda v: v > 0, "a positive integer"),
+    "ingest.min_side": (lambda v: v >= 1, "a positive integer"),
+    "ingest.workers": (lambda v: v >= 1, "a positive integer"),
+    "dedupe.phash_radius": (lambda v: 0 <= v <= 64, "an integer in [0, 64]"),
+    "dedupe.hash_size": (lambda v: v == 8, "8 (hashes are stored as 64-bit integers)"),
+}
+
+
+def _check_ranges(cfg: RoadworkConfig, source: str) -> None:
+    for key, (ok, expected) in _RANGES.items():
+        value = functools.reduce(getattr, key.split("."), cfg)
+        if not ok(value):
+            raise ConfigError(f"{source}: '{key}' is {value!r}; expected {expected}.")
+    fractions = cfg.split.fractions
+    values = {f.name: getattr(fractions, f.name) for f in fields(fractions)}
+    bad = [name for name, v in values.items() if not 0 < v < 1]
+    if bad:
+        raise ConfigError(f"{source}: 'split.fractions.{bad[0]}' must lie in (0, 1), got {values[bad[0]]!r}.")
+    if abs(sum(values.values()) - 1.0) > 1e-9:
+        raise ConfigError(
+            f"{source}: 'split.fractions' must sum to 1, got {sum(values.values()):.6g} from {values}."
+        )
+
+
+def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for f in fields(node):
+        full = f"{prefix}{f.name}"
+        keys.append(full)
+        value = getattr(node, f.name)
+        if is_dataclass(value):
+            keys.extend(_valid_keys(value, full + "."))
+    return keys
+
+
+def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
+    full_key = getattr(exc, "full_key", None) or "?"
+    if isinstance(exc, ConfigKeyError):
+        known = _valid_keys(RoadworkConfig())
+        close = difflib.get_close_matches(full_key, known, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+        siblings = sorted(k for k in known if k.rsplit(".", 1)[0] == parent and k.count(".") == full_key.count("."))
+        return ConfigError(
+            f"{source}: unknown key '{full_key}'.{hint} Valid keys here: {', '.join(siblings) or '(none)'}."
+        )
+    if isinstance(exc, ValidationError):
+        return ConfigError(f"{source}: invalid value for '{full_key}': {exc.msg}")
+    return ConfigError(f"{source}: {exc}")
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    """Parse ``key=value`` overrides with Hydra's grammar (quoting, lists, ``null``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as exc:
+        raise ConfigError(f"command-line override could not be parsed: {exc}") from None
+    result = []
+    for override in parsed:
+        if override.is_delete() or override.is_add() or override.package is not None:
+            raise ConfigError(
+                f"override '{override.input_line}': only plain 'key=value' is supported "
+                "(every key exists in params.yaml already)."
+            )
+        result.append((override.key_or_group, override.value()))
+    return result
+
+
+def load_config(params_file: Path | str = DEFAULT_PARAMS_FILE, overrides: Sequence[str] = ()) -> RoadworkConfig:
+    """Read ``params_file``, apply ``overrides`` and validate everything against :class:`RoadworkConfig`.
+
+    Keys missing from the file take the schema's defaults; unknown keys, wrong types and out-of-range
+    values raise :class:`ConfigError`.
+    """
+    params_file = Path(params_file)
+    if not params_file.is_file():
+        raise ConfigError(f"{params_file}: parameter file not found (run from the repository root or pass --params).")
+    try:
+        from_file = OmegaConf.load(params_file)
+    except Exception as exc:
+        raise ConfigError(f"{params_file}: not valid YAML: {exc}") from None
+    if not isinstance(from_file, DictConfig):
+        raise ConfigError(f"{params_file}: the top level must be a mapping of sections, got a list.")
+    schema = OmegaConf.structured(RoadworkConfig)
+    try:
+        merged = OmegaConf.merge(schema, from_file)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, str(params_file)) from None
+    for key, value in parse_overrides(overrides):
+        try:
+            if OmegaConf.select(merged, key, default="__missing__") == "__missing__":
+                raise ConfigKeyError(f"Key '{key}' not in config")
+            OmegaConf.update(merged, key, value, merge=False)
+        except ConfigKeyError as exc:
+            exc.full_key = key
+            raise _explain(exc, "override") from None
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, "override") from None
+    cfg: RoadworkConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    _check_ranges(cfg, str(params_file) if not overrides else f"{params_file} + overrides")
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config (or one section) as plain nested dicts."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are kept as values."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, full + "."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def config_hash(cfg: RoadworkConfig) -> str:
+    """A stable short hash of the whole resolved configuration."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

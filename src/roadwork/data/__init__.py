@@ -1,0 +1,1 @@
+"""Data: synthesis, ingest, dedupe, split and image decoding."""

@@ -1,0 +1,121 @@
+"""The one split generator and the split contract.
+
+``group_stratified_split`` assigns whole dedupe groups to train / val_select / val_calib / val_test so that
+each split's share of every class matches the requested fractions as closely as whole groups allow. No
+group ever crosses splits, so near-duplicates cannot leak from training into validation.
+
+The *contract* is code: :func:`read_split` is how a stage reads rows of a split, and it refuses a split the
+stage may not read (DESIGN.md's table), naming both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SPLITS: tuple[str, ...] = ("train", "val_select", "val_calib", "val_test")
+
+# Which splits each stage may read. Stages absent here (ingest, dedupe, split) read none.
+STAGE_SPLITS: dict[str, frozenset[str]] = {
+    "adapt": frozenset({"train"}),
+    "embed": frozenset(SPLITS),  # features only: embedding is label-free
+    "train": frozenset({"train", "val_select"}),
+    "calibrate": frozenset({"val_calib"}),
+    "evaluate": frozenset({"val_test"}),
+    "bundle": frozenset({"val_select", "val_calib"}),
+    "promote": frozenset({"val_test"}),
+}
+
+
+class SplitAccessError(PermissionError):
+    """A stage asked for a split the contract does not let it read."""
+
+
+def group_stratified_split(
+    labels: np.ndarray, groups: np.ndarray, fractions: Mapping[str, float], seed: int
+) -> np.ndarray:
+    """Assign each item to a split; items of one group always share a split.
+
+    Groups are visited largest first (ties in a seeded random order) and each goes to the split whose
+    class target is least filled, relative to its size. A group's class is its majority label (ties go to
+    the positive class). Returns an array of split names aligned with ``labels``.
+
+    Raises ValueError when inputs disagree in length, labels are not 0/1, or fractions are not the four
+    split names with positive values summing to 1.
+    """
+    labels = np.asarray(labels)
+    groups = np.asarray(groups)
+    if labels.ndim != 1 or labels.shape != groups.shape:
+        raise ValueError(f"labels and groups must be 1-D of equal length, got {labels.shape} and {groups.shape}")
+    if labels.size == 0:
+        raise ValueError("labels is empty: nothing to split")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"labels must be 0 or 1, found {sorted(set(labels.tolist()) - {0, 1})[:5]}")
+    if set(fractions) != set(SPLITS):
+        raise ValueError(f"fractions must name exactly {SPLITS}, got {sorted(fractions)}")
+    shares = np.array([float(fractions[s]) for s in SPLITS])
+    if (shares <= 0).any() or abs(shares.sum() - 1) > 1e-9:
+        raise ValueError(f"fractions must be positive and sum to 1, got {dict(fractions)}")
+
+    unique_groups, inverse = np.unique(groups, return_inverse=True)
+    sizes = np.bincount(inverse)
+    positives = np.bincount(inverse, weights=labels).astype(np.int64)
+    group_class = (positives * 2 >= sizes).astype(np.int64)
+
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(unique_groups.size)
+    order = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
+
+    class_totals = np.array([(labels == 0).sum(), (labels == 1).sum()], dtype=float)
+    targets = shares[:, None] * class_totals[None, :]  # [split, class]
+    filled = np.zeros_like(targets)
+    assignment = np.empty(unique_groups.size, dtype=np.int64)
+    for g in order:
+        c = group_class[g]
+        # Fill ratio after adding this group; the split that stays least filled takes it.
+        ratio = (filled[:, c] + sizes[g]) / np.maximum(targets[:, c], 1e-12)
+        chosen = int(np.argmin(ratio))
+        assignment[g] = chosen
+        filled[chosen, 0] += sizes[g] - positives[g]
+        filled[chosen, 1] += positives[g]
+    return np.asarray(SPLITS, dtype=object)[assignment[inverse]]
+
+
+def check_split(frame: pd.DataFrame) -> None:
+    """Raise ValueError when a group crosses splits or a split lacks a class (or is missing)."""
+    crossing = frame.groupby("group")["split"].nunique()
+    crossing = crossing[crossing > 1]
+    if len(crossing):
+        raise ValueError(f"{len(crossing)} group(s) cross splits, e.g. group {crossing.index[0]!r}")
+    for name in SPLITS:
+        present = set(frame.loc[frame["split"] == name, "label"].tolist())
+        if present != {0, 1}:
+            raise ValueError(
+                f"split '{name}' holds labels {sorted(present)}; every split needs both classes — "
+                "add data, or change split.fractions / split.seed"
+            )
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_split(splits_csv: Path, stage: str, splits: Iterable[str]) -> pd.DataFrame:
+    """Rows of ``splits`` from ``splits_csv``, when ``stage`` may read them (else SplitAccessError)."""
+    wanted = list(splits)
+    unknown = [s for s in wanted if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; the splits are {SPLITS}")
+    allowed = STAGE_SPLITS.get(stage, frozenset())
+    forbidden = [s for s in wanted if s not in allowed]
+    if forbidden:
+        raise SplitAccessError(
+            f"stage '{stage}' may not read split '{forbidden[0]}' "
+            f"(it may read: {', '.join(sorted(allowed)) or 'none'}); see the split contract in DESIGN.md"
+        )
+    frame = pd.read_csv(splits_csv, dtype={"path": str, "sha256": str, "split": str})
+    return frame[frame["split"].isin(wanted)].reset_index(drop=True)

@@ -1,0 +1,1 @@
+"""Backbones (frozen feature extractors) and heads."""

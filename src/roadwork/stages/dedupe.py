@@ -1,0 +1,63 @@
+"""dedupe stage: exact and near-duplicate groups over the ingested images, label conflicts reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from roadwork.config import RoadworkConfig
+from roadwork.data.dedupe import compute_phashes, find_duplicate_groups
+from roadwork.stages.common import stage_dir, tracked, write_csv, write_json
+
+INGEST = Path("outputs/ingest")
+
+
+def pair_recall(groups: pd.DataFrame, pairs: pd.DataFrame) -> tuple[int, int]:
+    """(pairs whose two members share a group, pairs with both members present and kept)."""
+    kept = groups[groups["keep"]].set_index("path")["group"]
+    present = pairs[pairs["path_a"].isin(kept.index) & pairs["path_b"].isin(kept.index)]
+    same = (kept.loc[present["path_a"]].to_numpy() == kept.loc[present["path_b"]].to_numpy()).sum()
+    return int(same), len(present)
+
+
+def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
+    out = stage_dir("dedupe")
+    manifest = pd.read_csv(INGEST / "manifest.csv", dtype={"path": str, "sha256": str})
+    with tracked("dedupe", cfg, ("dedupe",), overrides) as run:
+        hashes = compute_phashes([INGEST / p for p in manifest["working_path"]], hash_size=cfg.dedupe.hash_size)
+        result = find_duplicate_groups(
+            manifest["sha256"].tolist(), manifest["label"].to_numpy(), hashes, radius=cfg.dedupe.phash_radius
+        )
+        groups = manifest.assign(
+            phash=[f"{h:016x}" for h in hashes.tolist()],
+            group=result.group,
+            keep=result.keep,
+            drop_reason=pd.Series(result.drop_reason, dtype=object).fillna(""),
+        )
+        write_csv(groups, out / "groups.csv")
+        report = out / "report"
+        for name in ("exact_duplicates", "label_conflicts", "near_duplicate_pairs", "mixed_label_groups"):
+            write_csv(getattr(result, name), report / f"{name}.csv")
+
+        found, planted = pair_recall(groups, pd.read_csv(INGEST / "known_duplicates.csv", dtype=str))
+        kept_groups = groups.loc[groups["keep"], "group"]
+        metrics = {
+            "n_items": len(groups),
+            "n_kept": int(groups["keep"].sum()),
+            "n_groups": int(kept_groups.nunique()),
+            "largest_group": int(kept_groups.value_counts().max()),
+            "n_exact_duplicates_dropped": int((groups["drop_reason"] == "exact_duplicate").sum()),
+            "n_label_conflicts_dropped": int((groups["drop_reason"] == "label_conflict").sum()),
+            "n_near_duplicate_pairs": len(result.near_duplicate_pairs),
+            "n_mixed_label_groups": len(result.mixed_label_groups),
+            "known_pairs": planted,
+            "known_pairs_recall": float(found / planted) if planted else float("nan"),
+        }
+        write_json(out / "metrics.json", {k: v for k, v in metrics.items() if not np.isnan(v)})
+        run.log_metrics(metrics)
+        run.log_artifact(report, "report")
+        run.log_artifact(out / "metrics.json")
+    recall = f", known-pair recall {found}/{planted}" if planted else ""
+    print(f"dedupe: {metrics['n_kept']} kept images in {metrics['n_groups']} groups{recall}")

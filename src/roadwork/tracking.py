@@ -1,0 +1,204 @@
+"""MLflow tracking: one run per stage execution, grouped under one parent run per pipeline version.
+
+Every stage run carries the tags that make it traceable: git commit (and whether the tree was dirty),
+data version (the md5 recorded in ``data.dvc``), DVC stage name, variant, and the stage's parameters as
+MLflow params (``section.key``, so they never collide with keys that autologging writes).
+
+The runs of one ``dvc repro`` share a *pipeline id*: a hash of the git commit, the data version and the
+whole resolved configuration, so every stage that one reproduction executes lands under the same parent
+run (``ROADWORK_PIPELINE_ID`` overrides it, for example to group an ``mlflow run`` invocation).
+
+The tracking store defaults to ``sqlite:///<repo root>/mlflow.db`` (anchored on ``DVC_ROOT`` inside DVC
+stages); ``MLFLOW_TRACKING_URI`` points it anywhere else. ``mlflow`` is imported lazily: it costs seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PIPELINE_TAG = "roadwork.pipeline_id"
+KIND_TAG = "roadwork.run_kind"
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server cannot be reached; raised before any heavy work starts."""
+
+
+def repo_root() -> Path:
+    """``DVC_ROOT`` when DVC runs the stage, else the enclosing git work tree, else the working directory."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    try:
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        return Path(top)
+    except (OSError, subprocess.SubprocessError):
+        return Path.cwd().resolve()
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+
+
+def redact_uri(uri: str) -> str:
+    """Drop credentials (``user:password@``) from a URI so it can be printed, tagged or logged."""
+    return re.sub(r"(?<=://)[^/@]+@", "***@", uri)
+
+
+def git_state(root: Path) -> tuple[str, bool]:
+    """(commit sha or 'unknown', dirty flag ignoring untracked files)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, check=True, timeout=30,
+        ).stdout
+        return commit, bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def data_version(root: Path, dvc_file: str = "data.dvc") -> str:
+    """The md5 DVC recorded for the data set in ``data.dvc``, or 'untracked' when there is none."""
+    path = root / dvc_file
+    if not path.is_file():
+        return "untracked"
+    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or [{}]
+    return str(outs[0].get("md5", "untracked"))
+
+
+@dataclass
+class StageRun:
+    """Handle a stage uses to log to its MLflow run."""
+
+    run_id: str
+    experiment_id: str
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import mlflow
+
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        mlflow.log_metrics(clean, step=step)
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        path = Path(path)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        else:
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        import mlflow
+
+        mlflow.set_tags(dict(tags))
+
+
+def _pipeline_id(commit: str, data_ver: str, resolved_config: Mapping[str, Any]) -> str:
+    if os.environ.get("ROADWORK_PIPELINE_ID"):
+        return os.environ["ROADWORK_PIPELINE_ID"]
+    blob = json.dumps({"commit": commit, "data": data_ver, "config": resolved_config}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _ensure_experiment(client: Any, name: str, root: Path, uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # A file-store-free local setup keeps artifacts beside the database instead of in the CWD.
+    location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _parent_run(client: Any, experiment_id: str, pipeline_id: str, tags: Mapping[str, str]) -> str:
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_id}' and tags.`{KIND_TAG}` = 'pipeline'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id, run_name=f"pipeline-{pipeline_id[:8]}", tags={**tags, KIND_TAG: "pipeline"}
+    )
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, naming the (redacted) URI, when the tracking store does not answer."""
+    import mlflow
+
+    try:
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:
+        raise TrackingUnavailableError(
+            f"MLflow tracking at {redact_uri(uri)} is unreachable ({type(exc).__name__}: {exc}). "
+            "Start the server or unset MLFLOW_TRACKING_URI to use the local sqlite store."
+        ) from None
+
+
+@contextmanager
+def stage_run(
+    stage: str,
+    *,
+    params: Mapping[str, Any],
+    resolved_config: Mapping[str, Any],
+    experiment: str = "roadwork",
+    variant: str | None = None,
+    overrides: tuple[str, ...] = (),
+) -> Iterator[StageRun]:
+    """Open the MLflow run of one stage execution (nested under its pipeline's parent run).
+
+    ``params`` are the stage's own parameters, flattened to ``section.key``; ``resolved_config`` is the
+    whole configuration and only feeds the pipeline id.
+    """
+    import mlflow
+
+    root = repo_root()
+    uri = tracking_uri(root)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    commit, dirty = git_state(root)
+    data_ver = data_version(root)
+    pipeline_id = _pipeline_id(commit, data_ver, resolved_config)
+    dvc_stage = f"{stage}@{variant}" if variant else stage
+    common = {
+        "roadwork.git_commit": commit,
+        "mlflow.source.git.commit": commit,
+        "roadwork.git_dirty": str(dirty).lower(),
+        "roadwork.data_version": data_ver,
+        PIPELINE_TAG: pipeline_id,
+    }
+    experiment_id = _ensure_experiment(client, experiment, root, uri)
+    # Under `mlflow run`, the launcher's run is the parent; left in the environment, start_run would resume it.
+    parent = os.environ.pop("MLFLOW_RUN_ID", None) or _parent_run(client, experiment_id, pipeline_id, common)
+    tags = {
+        **common,
+        KIND_TAG: "stage",
+        "roadwork.stage": stage,
+        "roadwork.dvc_stage": dvc_stage,
+        "roadwork.variant": variant or "",
+        "roadwork.overrides": " ".join(overrides),
+        # The tag the UI nests by; start_run(parent_run_id=...) would insist the parent is still active.
+        "mlflow.parentRunId": parent,
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=dvc_stage, tags=tags) as run:
+        mlflow.log_params({k: str(v) for k, v in params.items()})
+        yield StageRun(run_id=run.info.run_id, experiment_id=experiment_id)

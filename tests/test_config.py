@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from roadwork.config import ConfigError, RoadworkConfig, load_config, parse_overrides, to_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, payload: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+def test_repository_params_match_schema_and_set_every_key() -> None:
+    """params.yaml is the single source: it validates, and it spells out every key of the schema."""
+    cfg = load_config(REPO / "params.yaml")
+    assert isinstance(cfg, RoadworkConfig)
+    in_file = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def keys(d: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for k, v in d.items():
+            out |= keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+        return out
+
+    assert keys(in_file) == keys(to_dict(cfg))
+
+
+def test_unknown_key_names_the_key_and_suggests(tmp_path: Path) -> None:
+    path = write(tmp_path, {"split": {"sead": 3}})
+    with pytest.raises(ConfigError, match=r"unknown key 'split\.sead'.*Did you mean 'split\.seed'"):
+        load_config(path)
+
+
+def test_unknown_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key 'splitt'"):
+        load_config(write(tmp_path, {"splitt": {"seed": 3}}))
+
+
+def test_wrong_type_names_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"invalid value for 'split\.seed'"):
+        load_config(write(tmp_path, {"split": {"seed": "three"}}))
+
+
+def test_out_of_range_names_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'dedupe\.phash_radius' is 99"):
+        load_config(write(tmp_path, {"dedupe": {"phash_radius": 99}}))
+
+
+def test_fractions_must_sum_to_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must sum to 1"):
+        load_config(write(tmp_path, {"split": {"fractions": {"train": 0.7}}}))
+
+
+def test_overrides_in_hydra_syntax(tmp_path: Path) -> None:
+    path = write(tmp_path, {"split": {"seed": 1}})
+    cfg = load_config(path, ["split.seed=3", "ingest.working_max_side=512", "tracking.experiment='my exp'"])
+    assert cfg.split.seed == 3
+    assert cfg.ingest.working_max_side == 512
+    assert cfg.tracking.experiment == "my exp"
+    assert load_config(path).split.seed == 1
+
+
+def test_override_unknown_key_and_bad_type(tmp_path: Path) -> None:
+    path = write(tmp_path, {})
+    with pytest.raises(ConfigError, match=r"unknown key 'split\.sed'"):
+        load_config(path, ["split.sed=3"])
+    with pytest.raises(ConfigError, match=r"invalid value for 'split\.seed'"):
+        load_config(path, ["split.seed=abc"])
+    with pytest.raises(ConfigError, match="only plain 'key=value'"):
+        load_config(path, ["+split.extra=1"])
+    with pytest.raises(ConfigError, match="could not be parsed"):
+        parse_overrides(["split.seed"])
+
+
+def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(bad)

@@ -1,0 +1,122 @@
+"""End to end: `dvc repro` on a small synthetic data set in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=True, **kwargs)
+
+
+def copy_repository(dest: Path) -> Path:
+    """The working tree as git sees it (tracked + untracked, not ignored), without data/ and outputs/."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    for rel in listed:
+        if rel.startswith(("data/", "outputs/")) or rel in {"data.dvc", "dvc.lock"} or not (REPO / rel).is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dest / rel)
+    run(["git", "init", "-q"], dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    repo = copy_repository(tmp_path_factory.mktemp("repo"))
+    tracking = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tracking}"
+    run(["roadwork", "synth", "data", "--n", "80", "--seed", "3", "--quiet"], repo)
+    first = run(["dvc", "repro"], repo)
+    return repo, first.stdout + first.stderr
+
+
+def test_repro_runs_every_stage_and_writes_metrics(reproduced: tuple[Path, str]) -> None:
+    repo, log = reproduced
+    for stage in ("ingest", "dedupe", "split"):
+        assert f"Running stage '{stage}'" in log
+        metrics = json.loads((repo / "outputs" / stage / "metrics.json").read_text())
+        assert metrics
+    ingest = json.loads((repo / "outputs/ingest/metrics.json").read_text())
+    assert ingest["n_inputs"] == ingest["n_kept"] + ingest["n_quarantined"] == 80
+    dedupe = json.loads((repo / "outputs/dedupe/metrics.json").read_text())
+    assert dedupe["known_pairs"] > 0 and dedupe["known_pairs_recall"] >= 0.95
+    split = json.loads((repo / "outputs/split/metrics.json").read_text())
+    assert split["known_pairs_across_splits"] == 0
+
+
+def test_second_repro_runs_nothing(reproduced: tuple[Path, str]) -> None:
+    repo, _ = reproduced
+    again = run(["dvc", "repro"], repo)
+    assert "Running stage" not in again.stdout + again.stderr
+    status = run(["dvc", "status"], repo)
+    assert "up to date" in status.stdout
+
+
+def test_stage_runs_are_tracked_and_grouped(reproduced: tuple[Path, str]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("roadwork")
+    runs = client.search_runs([experiment.experiment_id])
+    stages = {r.data.tags.get("roadwork.stage"): r for r in runs if r.data.tags.get("roadwork.run_kind") == "stage"}
+    parents = [r for r in runs if r.data.tags.get("roadwork.run_kind") == "pipeline"]
+    assert set(stages) == {"ingest", "dedupe", "split"}
+    assert len(parents) == 1
+    for run_ in stages.values():
+        tags = run_.data.tags
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert tags["roadwork.pipeline_id"] == parents[0].data.tags["roadwork.pipeline_id"]
+        assert len(tags["roadwork.git_commit"]) in (40, len("unknown"))
+        assert tags["roadwork.data_version"]
+    assert stages["split"].data.params["split.seed"] == "0"
+    assert stages["split"].data.params["split.fractions.train"] == "0.6"
+    assert stages["ingest"].data.metrics["n_inputs"] == 80
+    assert len(stages["split"].data.tags["roadwork.splits_sha256"]) == 64
+
+
+def test_cli_override_reaches_mlflow_params(reproduced: tuple[Path, str]) -> None:
+    import mlflow
+
+    repo, _ = reproduced
+    run(["roadwork", "split", "split.seed=5"], repo)
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("roadwork")
+    latest = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`roadwork.stage` = 'split'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )[0]
+    assert latest.data.params["split.seed"] == "5"
+    assert latest.data.tags["roadwork.overrides"] == "split.seed=5"
+
+
+def test_dvc_exp_run_set_param_reaches_mlflow(reproduced: tuple[Path, str]) -> None:
+    import mlflow
+
+    repo, _ = reproduced
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline"], repo)
+    log = run(["dvc", "exp", "run", "-S", "split.seed=11"], repo)
+    out = log.stdout + log.stderr
+    assert "Running stage 'split'" in out and "Running stage 'ingest'" not in out
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("roadwork")
+    seeds = {
+        r.data.params.get("split.seed")
+        for r in client.search_runs([experiment.experiment_id], filter_string="tags.`roadwork.stage` = 'split'")
+    }
+    assert "11" in seeds
