@@ -1,4 +1,7 @@
-"""End to end: `dvc repro` on a small synthetic data set in a temporary copy of the repository."""
+"""End to end: `dvc repro` on a small synthetic data set in a temporary copy of the repository.
+
+Marked slow: it bootstraps a DVC repository and an MLflow store (about a minute on 2 cores).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +14,19 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
 def run(cmd: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env = {
+        **os.environ,
+        **({"MLFLOW_TRACKING_URI": TRACKING_URI["uri"]} if TRACKING_URI else {}),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+    }
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=True, **kwargs)
 
 
@@ -24,10 +34,17 @@ def copy_repository(dest: Path) -> Path:
     """The working tree as git sees it (tracked + untracked, not ignored), without data/ and outputs/."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     for rel in listed:
-        if rel.startswith(("data/", "outputs/")) or rel in {"data.dvc", "dvc.lock"} or not (REPO / rel).is_file():
+        if (
+            rel.startswith(("data/", "outputs/"))
+            or rel in {"data.dvc", "dvc.lock"}
+            or not (REPO / rel).is_file()
+        ):
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dest / rel)
@@ -35,11 +52,13 @@ def copy_repository(dest: Path) -> Path:
     return dest
 
 
+TRACKING_URI: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     repo = copy_repository(tmp_path_factory.mktemp("repo"))
-    tracking = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tracking}"
+    TRACKING_URI["uri"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     run(["roadwork", "synth", "data", "--n", "80", "--seed", "3", "--quiet"], repo)
     first = run(["dvc", "repro"], repo)
     return repo, first.stdout + first.stderr
@@ -70,10 +89,12 @@ def test_second_repro_runs_nothing(reproduced: tuple[Path, str]) -> None:
 def test_stage_runs_are_tracked_and_grouped(reproduced: tuple[Path, str]) -> None:
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient(tracking_uri=TRACKING_URI["uri"])
     experiment = client.get_experiment_by_name("roadwork")
     runs = client.search_runs([experiment.experiment_id])
-    stages = {r.data.tags.get("roadwork.stage"): r for r in runs if r.data.tags.get("roadwork.run_kind") == "stage"}
+    stages = {
+        r.data.tags.get("roadwork.stage"): r for r in runs if r.data.tags.get("roadwork.run_kind") == "stage"
+    }
     parents = [r for r in runs if r.data.tags.get("roadwork.run_kind") == "pipeline"]
     assert set(stages) == {"ingest", "dedupe", "split"}
     assert len(parents) == 1
@@ -94,11 +115,13 @@ def test_cli_override_reaches_mlflow_params(reproduced: tuple[Path, str]) -> Non
 
     repo, _ = reproduced
     run(["roadwork", "split", "split.seed=5"], repo)
-    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient(tracking_uri=TRACKING_URI["uri"])
     experiment = client.get_experiment_by_name("roadwork")
     latest = client.search_runs(
-        [experiment.experiment_id], filter_string="tags.`roadwork.stage` = 'split'",
-        order_by=["attributes.start_time DESC"], max_results=1,
+        [experiment.experiment_id],
+        filter_string="tags.`roadwork.stage` = 'split'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )[0]
     assert latest.data.params["split.seed"] == "5"
     assert latest.data.tags["roadwork.overrides"] == "split.seed=5"
@@ -113,10 +136,12 @@ def test_dvc_exp_run_set_param_reaches_mlflow(reproduced: tuple[Path, str]) -> N
     log = run(["dvc", "exp", "run", "-S", "split.seed=11"], repo)
     out = log.stdout + log.stderr
     assert "Running stage 'split'" in out and "Running stage 'ingest'" not in out
-    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient(tracking_uri=TRACKING_URI["uri"])
     experiment = client.get_experiment_by_name("roadwork")
     seeds = {
         r.data.params.get("split.seed")
-        for r in client.search_runs([experiment.experiment_id], filter_string="tags.`roadwork.stage` = 'split'")
+        for r in client.search_runs(
+            [experiment.experiment_id], filter_string="tags.`roadwork.stage` = 'split'"
+        )
     }
     assert "11" in seeds

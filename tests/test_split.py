@@ -68,9 +68,21 @@ def test_input_validation() -> None:
 
 def test_check_split_catches_crossing_group_and_missing_class() -> None:
     frame = pd.DataFrame(
-        {"group": [0, 0, 1, 2, 3, 4, 5, 6, 7], "label": [1, 1, 0, 1, 0, 1, 0, 1, 0],
-         "split": ["train", "val_test", "train", "val_select", "val_select", "val_calib", "val_calib",
-                   "val_test", "val_test"]}
+        {
+            "group": [0, 0, 1, 2, 3, 4, 5, 6, 7],
+            "label": [1, 1, 0, 1, 0, 1, 0, 1, 0],
+            "split": [
+                "train",
+                "val_test",
+                "train",
+                "val_select",
+                "val_select",
+                "val_calib",
+                "val_calib",
+                "val_test",
+                "val_test",
+            ],
+        }
     )
     with pytest.raises(ValueError, match="cross splits"):
         check_split(frame)
@@ -83,8 +95,15 @@ def test_check_split_catches_crossing_group_and_missing_class() -> None:
 
 
 def test_contract_allows_and_refuses(tmp_path: Path) -> None:
-    frame = pd.DataFrame({"path": [f"{i}.jpg" for i in range(8)], "sha256": ["x"] * 8, "label": [0, 1] * 4,
-                          "group": range(8), "split": [s for s in SPLITS for _ in (0, 1)]})
+    frame = pd.DataFrame(
+        {
+            "path": [f"{i}.jpg" for i in range(8)],
+            "sha256": ["x"] * 8,
+            "label": [0, 1] * 4,
+            "group": range(8),
+            "split": [s for s in SPLITS for _ in (0, 1)],
+        }
+    )
     csv = tmp_path / "splits.csv"
     frame.to_csv(csv, index=False)
     rows = read_split(csv, "train", ["train", "val_select"])
@@ -100,4 +119,8 @@ def test_contract_allows_and_refuses(tmp_path: Path) -> None:
 
 
 def test_only_evaluate_and_promote_may_read_val_test() -> None:
-    assert {s for s, allowed in STAGE_SPLITS.items() if "val_test" in allowed} == {"evaluate", "promote", "embed"}
+    assert {s for s, allowed in STAGE_SPLITS.items() if "val_test" in allowed} == {
+        "evaluate",
+        "promote",
+        "embed",
+    }

@@ -30,10 +30,19 @@ Normally DVC runs them: `dvc repro` (all stages), `dvc exp run -S split.seed=3` 
 
 
 def _add_stage_parser(subparsers: argparse._SubParsersAction, name: str, description: str) -> None:
-    parser = subparsers.add_parser(name, help=description, description=description, epilog=EPILOG,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="parameter overrides (Hydra syntax)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
+    parser = subparsers.add_parser(
+        name,
+        help=description,
+        description=description,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="parameter overrides (Hydra syntax)"
+    )
+    parser.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,14 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     synth = subparsers.add_parser(
         "synth",
         help="draw the embedded synthetic street-scene data set (ImageFolder layout)",
-        description="Draw procedurally generated street scenes into OUT (roadwork/, no_roadwork/, metadata.csv, "
+        description="Draw procedurally generated street scenes into OUT "
+        "(roadwork/, no_roadwork/, metadata.csv, "
         "near_duplicates.csv). The same arguments always give byte-identical files. Defaults come from "
         "params.yaml's data.synth section when that file exists.",
     )
-    synth.add_argument("out", type=Path, metavar="OUT", help="output folder (created; must be empty or a previous synth output)")
-    synth.add_argument("--n", type=int, default=None, help="number of images, planted near-duplicates included")
+    synth.add_argument(
+        "out",
+        type=Path,
+        metavar="OUT",
+        help="output folder (created; must be empty or a previous synth output)",
+    )
+    synth.add_argument(
+        "--n", type=int, default=None, help="number of images, planted near-duplicates included"
+    )
     synth.add_argument("--seed", type=int, default=None, help="random seed")
-    synth.add_argument("--near-duplicate-fraction", type=float, default=None, help="share of planted near-duplicate copies")
+    synth.add_argument(
+        "--near-duplicate-fraction", type=float, default=None, help="share of planted near-duplicate copies"
+    )
     synth.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -82,7 +101,8 @@ def _synth(args: argparse.Namespace) -> None:
         show_progress=not args.quiet,
     )
     print(
-        f"synth: wrote {summary.n_images} images ({summary.n_positive} roadwork, {summary.n_negative} no_roadwork, "
+        f"synth: wrote {summary.n_images} images "
+        f"({summary.n_positive} roadwork, {summary.n_negative} no_roadwork, "
         f"{summary.n_near_duplicates} planted near-duplicates) to {args.out}"
     )
 
@@ -103,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         module.main(cfg, overrides)
     except ConfigError as exc:
         print(f"roadwork {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        # Library input errors already name the file or argument; a traceback adds nothing for the user.
+        print(f"roadwork {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

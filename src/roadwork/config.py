@@ -88,7 +88,8 @@ class RoadworkConfig:
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
 
-# (section.key) -> (predicate, what a valid value looks like). Types are checked by OmegaConf; these are ranges.
+# (section.key) -> (predicate, what a valid value looks like).
+# Types are checked by OmegaConf; these are ranges.
 _RANGES: dict[str, tuple[Any, str]] = {
     "data.synth.n": (lambda v: v >= 20, "an integer >= 20"),
     "data.synth.near_duplicate_fraction": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
@@ -136,7 +137,9 @@ def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
         close = difflib.get_close_matches(full_key, known, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
-        siblings = sorted(k for k in known if k.rsplit(".", 1)[0] == parent and k.count(".") == full_key.count("."))
+        siblings = sorted(
+            k for k in known if k.rsplit(".", 1)[0] == parent and k.count(".") == full_key.count(".")
+        )
         return ConfigError(
             f"{source}: unknown key '{full_key}'.{hint} Valid keys here: {', '.join(siblings) or '(none)'}."
         )
@@ -165,7 +168,9 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
     return result
 
 
-def load_config(params_file: Path | str = DEFAULT_PARAMS_FILE, overrides: Sequence[str] = ()) -> RoadworkConfig:
+def load_config(
+    params_file: Path | str = DEFAULT_PARAMS_FILE, overrides: Sequence[str] = ()
+) -> RoadworkConfig:
     """Read ``params_file``, apply ``overrides`` and validate everything against :class:`RoadworkConfig`.
 
     Keys missing from the file take the schema's defaults; unknown keys, wrong types and out-of-range
@@ -173,7 +178,9 @@ def load_config(params_file: Path | str = DEFAULT_PARAMS_FILE, overrides: Sequen
     """
     params_file = Path(params_file)
     if not params_file.is_file():
-        raise ConfigError(f"{params_file}: parameter file not found (run from the repository root or pass --params).")
+        raise ConfigError(
+            f"{params_file}: parameter file not found (run from the repository root or pass --params)."
+        )
     try:
         from_file = OmegaConf.load(params_file)
     except Exception as exc:

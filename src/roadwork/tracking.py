@@ -65,7 +65,11 @@ def git_state(root: Path) -> tuple[str, bool]:
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, check=True, timeout=30,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
         ).stdout
         return commit, bool(status.strip())
     except (OSError, subprocess.SubprocessError):
@@ -187,7 +191,7 @@ def stage_run(
         PIPELINE_TAG: pipeline_id,
     }
     experiment_id = _ensure_experiment(client, experiment, root, uri)
-    # Under `mlflow run`, the launcher's run is the parent; left in the environment, start_run would resume it.
+    # Under `mlflow run` the launcher's run is the parent; left in the environment, start_run would resume it.
     parent = os.environ.pop("MLFLOW_RUN_ID", None) or _parent_run(client, experiment_id, pipeline_id, common)
     tags = {
         **common,

@@ -50,7 +50,9 @@ def group_stratified_split(
     labels = np.asarray(labels)
     groups = np.asarray(groups)
     if labels.ndim != 1 or labels.shape != groups.shape:
-        raise ValueError(f"labels and groups must be 1-D of equal length, got {labels.shape} and {groups.shape}")
+        raise ValueError(
+            f"labels and groups must be 1-D of equal length, got {labels.shape} and {groups.shape}"
+        )
     if labels.size == 0:
         raise ValueError("labels is empty: nothing to split")
     if not np.isin(labels, (0, 1)).all():

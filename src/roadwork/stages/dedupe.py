@@ -26,7 +26,9 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
     out = stage_dir("dedupe")
     manifest = pd.read_csv(INGEST / "manifest.csv", dtype={"path": str, "sha256": str})
     with tracked("dedupe", cfg, ("dedupe",), overrides) as run:
-        hashes = compute_phashes([INGEST / p for p in manifest["working_path"]], hash_size=cfg.dedupe.hash_size)
+        hashes = compute_phashes(
+            [INGEST / p for p in manifest["working_path"]], hash_size=cfg.dedupe.hash_size
+        )
         result = find_duplicate_groups(
             manifest["sha256"].tolist(), manifest["label"].to_numpy(), hashes, radius=cfg.dedupe.phash_radius
         )

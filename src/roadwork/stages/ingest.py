@@ -14,7 +14,7 @@ KNOWN_DUPLICATES_SIDECAR = "near_duplicates.csv"
 
 
 def known_duplicate_pairs(data_dir: Path) -> pd.DataFrame:
-    """Pairs a data set declares as near-duplicates (``path_a``, ``path_b``), e.g. the synthetic set's planted ones.
+    """Pairs a data set declares as near-duplicates (``path_a``, ``path_b``), e.g. synth's planted ones.
 
     They are not used to build groups (dedupe must find them itself); they measure dedupe's recall.
     """

@@ -31,7 +31,10 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
     with tracked("split", cfg, ("split",), overrides) as run:
         kept = kept.assign(
             split=group_stratified_split(
-                kept["label"].to_numpy(), kept["group"].to_numpy(), asdict(cfg.split.fractions), cfg.split.seed
+                kept["label"].to_numpy(),
+                kept["group"].to_numpy(),
+                asdict(cfg.split.fractions),
+                cfg.split.seed,
             )
         )
         check_split(kept)
@@ -42,10 +45,15 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         for name in SPLITS:
             metrics[f"{name}_n"] = int(counts.loc[name].sum())
             metrics[f"{name}_positive_rate"] = float(counts.loc[name].get(1, 0) / counts.loc[name].sum())
-        metrics["known_pairs_across_splits"] = pairs_across_splits(kept, pd.read_csv(KNOWN_DUPLICATES, dtype=str))
+        metrics["known_pairs_across_splits"] = pairs_across_splits(
+            kept, pd.read_csv(KNOWN_DUPLICATES, dtype=str)
+        )
         write_json(out / "metrics.json", metrics)
         run.log_metrics(metrics)
         run.set_tags({"roadwork.splits_sha256": content_hash})
         run.log_artifact(out / "metrics.json")
-    print(f"split: {len(kept)} images -> " + ", ".join(f"{s} {metrics[f'{s}_n']}" for s in SPLITS)
-          + f"; splits.csv sha256 {content_hash[:12]}")
+    print(
+        f"split: {len(kept)} images -> "
+        + ", ".join(f"{s} {metrics[f'{s}_n']}" for s in SPLITS)
+        + f"; splits.csv sha256 {content_hash[:12]}"
+    )
