@@ -53,6 +53,22 @@ def copy_repository(dest: Path) -> Path:
 
 
 TRACKING_URI: dict[str, str] = {}
+BAD_FILES = {
+    "roadwork/zero_bytes.jpg": "empty_file",
+    "roadwork/text.jpg": "not_an_image",
+    "no_roadwork/truncated.jpg": "truncated",
+    "misc/unlabelled.jpg": "unknown_label",
+}
+
+
+def plant_bad_files(data: Path) -> None:
+    """Unusable inputs that ingest must quarantine (with a reason) without stopping the pipeline."""
+    good = next((data / "roadwork").glob("*.jpg")).read_bytes()
+    (data / "misc").mkdir()
+    (data / "roadwork/zero_bytes.jpg").write_bytes(b"")
+    (data / "roadwork/text.jpg").write_text("not a picture")
+    (data / "no_roadwork/truncated.jpg").write_bytes(good[: len(good) // 2])
+    (data / "misc/unlabelled.jpg").write_bytes(good)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +76,7 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     repo = copy_repository(tmp_path_factory.mktemp("repo"))
     TRACKING_URI["uri"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     run(["roadwork", "synth", "data", "--n", "80", "--seed", "3", "--quiet"], repo)
+    plant_bad_files(repo / "data")
     first = run(["dvc", "repro"], repo)
     return repo, first.stdout + first.stderr
 
@@ -71,7 +88,12 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced: tuple[Path, str])
         metrics = json.loads((repo / "outputs" / stage / "metrics.json").read_text())
         assert metrics
     ingest = json.loads((repo / "outputs/ingest/metrics.json").read_text())
-    assert ingest["n_inputs"] == ingest["n_kept"] + ingest["n_quarantined"] == 80
+    assert ingest["n_inputs"] == ingest["n_kept"] + ingest["n_quarantined"] == 80 + len(BAD_FILES)
+    assert ingest["n_quarantined"] == len(BAD_FILES)
+    quarantine = dict(
+        line.split(",")[:2] for line in (repo / "outputs/ingest/quarantine.csv").read_text().splitlines()[1:]
+    )
+    assert quarantine == BAD_FILES
     dedupe = json.loads((repo / "outputs/dedupe/metrics.json").read_text())
     assert dedupe["known_pairs"] > 0 and dedupe["known_pairs_recall"] >= 0.95
     split = json.loads((repo / "outputs/split/metrics.json").read_text())
@@ -106,7 +128,7 @@ def test_stage_runs_are_tracked_and_grouped(reproduced: tuple[Path, str]) -> Non
         assert tags["roadwork.data_version"]
     assert stages["split"].data.params["split.seed"] == "0"
     assert stages["split"].data.params["split.fractions.train"] == "0.6"
-    assert stages["ingest"].data.metrics["n_inputs"] == 80
+    assert stages["ingest"].data.metrics["n_inputs"] == 80 + len(BAD_FILES)
     assert len(stages["split"].data.tags["roadwork.splits_sha256"]) == 64
 
 
