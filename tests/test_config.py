@@ -85,3 +85,8 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(bad)
+
+
+def test_max_pixels_above_pillows_hard_limit_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'ingest\.max_pixels' is 10000000000.*Pillow"):
+        load_config(write(tmp_path, {"ingest": {"max_pixels": 10_000_000_000}}))

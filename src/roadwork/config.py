@@ -95,12 +95,21 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "data.synth.near_duplicate_fraction": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
     "ingest.working_max_side": (lambda v: 32 <= v <= 4096, "an integer in [32, 4096]"),
     "ingest.jpeg_quality": (lambda v: 1 <= v <= 100, "an integer in [1, 100]"),
-    "ingest.max_pixels": (lambda v: v > 0, "a positive integer"),
+    "ingest.max_pixels": (
+        lambda v: 0 < v <= (_pillow_limit() or v),
+        "a positive integer no larger than Pillow's own hard limit (2 * PIL.Image.MAX_IMAGE_PIXELS)",
+    ),
     "ingest.min_side": (lambda v: v >= 1, "a positive integer"),
     "ingest.workers": (lambda v: v >= 1, "a positive integer"),
     "dedupe.phash_radius": (lambda v: 0 <= v <= 64, "an integer in [0, 64]"),
     "dedupe.hash_size": (lambda v: v == 8, "8 (hashes are stored as 64-bit integers)"),
 }
+
+
+def _pillow_limit() -> int | None:
+    from roadwork.data.images import pillow_pixel_limit
+
+    return pillow_pixel_limit()
 
 
 def _check_ranges(cfg: RoadworkConfig, source: str) -> None:
