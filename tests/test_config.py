@@ -8,6 +8,7 @@ import yaml
 from roadwork.config import ConfigError, RoadworkConfig, load_config, parse_overrides, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
+REPO_PARAMS = REPO / "params.yaml"
 
 
 def write(tmp_path: Path, payload: dict) -> Path:
@@ -90,3 +91,36 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
 def test_max_pixels_above_pillows_hard_limit_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"'ingest\.max_pixels' is 10000000000.*Pillow"):
         load_config(write(tmp_path, {"ingest": {"max_pixels": 10_000_000_000}}))
+
+
+def test_train_section_mirrors_head_train_config_names_and_defaults() -> None:
+    from dataclasses import fields
+
+    from roadwork.config import TrainParams, head_train_config
+    from roadwork.train.head_config import HeadTrainConfig
+
+    names = [f.name for f in fields(TrainParams)]
+    assert names == ["mode", *[f.name for f in fields(HeadTrainConfig)], "finetune"]
+    assert head_train_config(TrainParams()) == HeadTrainConfig()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.head=mpl", "train.head is 'mpl'; allowed values: linear, mlp"),
+        ("train.lr=0", "train.lr is 0.0; it must be finite and > 0"),
+        ("train.warmup_epochs=40", "train.warmup_epochs is 40.0; it must be < max_epochs"),
+        ("train.mode=full", "'train.mode' is 'full'"),
+        ("embed.views=tiles", "'embed.views' is 'tiles'"),
+        ("embed.augment.level_probs=[0.5,0.5]", "'embed.augment.level_probs'"),
+        ("dedupe.embedding_cosine=1.5", "'dedupe.embedding_cosine' is 1.5"),
+    ],
+)
+def test_train_and_embed_values_are_checked_when_loading(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO_PARAMS, [override])
+    assert message in str(err.value)
+
+
+def test_embedding_check_can_be_switched_off() -> None:
+    assert load_config(REPO_PARAMS, ["dedupe.embedding_cosine=null"]).dedupe.embedding_cosine is None

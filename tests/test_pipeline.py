@@ -49,7 +49,19 @@ def copy_repository(dest: Path) -> Path:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dest / rel)
     run(["git", "init", "-q"], dest)
+    shrink_params(dest / "params.yaml")
     return dest
+
+
+def shrink_params(params_file: Path) -> None:
+    """The offline tiny backbone and a short head training, so the whole pipeline runs in seconds."""
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.load(params_file)
+    params.backbone.id = "tiny"
+    params.embed.train_copies = 1
+    params.train.max_epochs = 3
+    OmegaConf.save(params, params_file)
 
 
 TRACKING_URI: dict[str, str] = {}
@@ -83,9 +95,9 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_repro_runs_every_stage_and_writes_metrics(reproduced: tuple[Path, str]) -> None:
     repo, log = reproduced
-    for stage in ("ingest", "dedupe", "split"):
+    for stage in ("ingest", "dedupe", "split", "embed@base", "train@base"):
         assert f"Running stage '{stage}'" in log
-        metrics = json.loads((repo / "outputs" / stage / "metrics.json").read_text())
+        metrics = json.loads((repo / "outputs" / stage.replace("@", "/") / "metrics.json").read_text())
         assert metrics
     ingest = json.loads((repo / "outputs/ingest/metrics.json").read_text())
     assert ingest["n_inputs"] == ingest["n_kept"] + ingest["n_quarantined"] == 80 + len(BAD_FILES)
@@ -98,6 +110,14 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced: tuple[Path, str])
     assert dedupe["known_pairs"] > 0 and dedupe["known_pairs_recall"] >= 0.95
     split = json.loads((repo / "outputs/split/metrics.json").read_text())
     assert split["known_pairs_across_splits"] == 0
+    embed = json.loads((repo / "outputs/embed/base/metrics.json").read_text())
+    # train = clean + 1 augmented copy per image; the clean renders were cached by dedupe's embedding check
+    assert embed["train_rows"] == 2 * embed["train_images"]
+    assert embed["images_computed"] == embed["train_images"]
+    train = json.loads((repo / "outputs/train/base/metrics.json").read_text())
+    assert train["epochs_run"] <= 3 and -1 <= train["val_select_mcc"] <= 1
+    logits = (repo / "outputs/train/base/logits/val_calib.csv").read_text().splitlines()
+    assert logits[0] == "sha256,path,z0,z1,margin" and len(logits) - 1 == split["val_calib_n"]
 
 
 def test_second_repro_runs_nothing(reproduced: tuple[Path, str]) -> None:
@@ -118,7 +138,7 @@ def test_stage_runs_are_tracked_and_grouped(reproduced: tuple[Path, str]) -> Non
         r.data.tags.get("roadwork.stage"): r for r in runs if r.data.tags.get("roadwork.run_kind") == "stage"
     }
     parents = [r for r in runs if r.data.tags.get("roadwork.run_kind") == "pipeline"]
-    assert set(stages) == {"ingest", "dedupe", "split"}
+    assert set(stages) == {"ingest", "dedupe", "split", "embed", "train"}
     assert len(parents) == 1
     for run_ in stages.values():
         tags = run_.data.tags
@@ -130,6 +150,12 @@ def test_stage_runs_are_tracked_and_grouped(reproduced: tuple[Path, str]) -> Non
     assert stages["split"].data.params["split.fractions.train"] == "0.6"
     assert stages["ingest"].data.metrics["n_inputs"] == 80 + len(BAD_FILES)
     assert len(stages["split"].data.tags["roadwork.splits_sha256"]) == 64
+    train = stages["train"]
+    assert train.data.tags["roadwork.dvc_stage"] == "train@base"
+    assert train.data.params["train.lr"] == "0.001"
+    # per-epoch curves through Lightning's MLFlowLogger, one point per epoch run
+    curve = client.get_metric_history(train.info.run_id, "val_mcc")
+    assert [m.step for m in curve] == list(range(int(train.data.metrics["epochs_run"])))
 
 
 def test_cli_override_reaches_mlflow_params(reproduced: tuple[Path, str]) -> None:

@@ -19,7 +19,12 @@ STAGES: dict[str, str] = {
     "ingest": "decode and verify data/, quarantine bad files, write the manifest and working copies",
     "dedupe": "group exact (sha256) and near (pHash) duplicates; report label conflicts",
     "split": "stratified group split into train / val_select / val_calib / val_test",
+    "embed": "run the variant's frozen backbone once per image, render and view; cache the features",
+    "train": "train the head on cached features (or LoRA + head with train.mode=finetune); val logits",
 }
+# stages run once per variant (a DVC foreach): they take --variant
+VARIANT_STAGES = ("embed", "train")
+VARIANTS = ("base", "adapted")
 
 EPILOG = """\
 Stages read params.yaml and accept overrides in Hydra's syntax, e.g.
@@ -43,6 +48,13 @@ def _add_stage_parser(subparsers: argparse._SubParsersAction, name: str, descrip
     parser.add_argument(
         "--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)"
     )
+    if name in VARIANT_STAGES:
+        parser.add_argument(
+            "--variant",
+            choices=VARIANTS,
+            default="base",
+            help="base: the configured backbone; adapted: its ExPLoRA-adapted copy (default: %(default)s)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = tuple(args.overrides)
         cfg = load_config(args.params, overrides)
         module = importlib.import_module(f"roadwork.stages.{args.command}")
-        module.main(cfg, overrides)
+        if args.command in VARIANT_STAGES:
+            module.main(cfg, overrides, variant=args.variant)
+        else:
+            module.main(cfg, overrides)
     except ConfigError as exc:
         print(f"roadwork {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -16,9 +16,9 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -58,6 +58,9 @@ class IngestParams:
 class DedupeParams:
     phash_radius: int = 10
     hash_size: int = 8
+    # Cosine similarity of base-backbone global features above which two images join one group; null turns
+    # the embedding check off.
+    embedding_cosine: Optional[float] = 0.97  # noqa: UP045 (OmegaConf structured configs need Optional)
 
 
 @dataclass
@@ -75,6 +78,66 @@ class SplitParams:
 
 
 @dataclass
+class BackboneParams:
+    id: str = "efficientnet_lite0"
+    seed: int = 0
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class AugmentParams:
+    """Augmentation of the K train copies: the validator's levels L0-L3 plus optional extras."""
+
+    level_probs: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25, 0.25])
+    color_jitter: float = 0.0
+    erase_p: float = 0.0
+    flip_p: float = 0.0
+    jpeg: bool = True
+
+
+@dataclass
+class EmbedParams:
+    views: str = "global"
+    grid: int = 3
+    tile_overlap: float = 0.25
+    train_copies: int = 2
+    tta_flip: bool = False
+    batch_size: int = 32
+    seed: int = 0
+    cache_dir: str = ".cache/features"
+    augment: AugmentParams = field(default_factory=AugmentParams)
+
+
+@dataclass
+class FinetuneParams:
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    use_dora: bool = False
+    backbone_lr: float = 1e-4
+
+
+def _train_params_schema() -> type:
+    """``mode``, every field of :class:`~roadwork.train.head_config.HeadTrainConfig` (its names, types and
+    defaults: one home) and ``finetune``."""
+    from roadwork.train.head_config import HeadTrainConfig
+
+    types = {"str": str, "int": int, "float": float}
+    head_fields = [(f.name, types[f.type], field(default=f.default)) for f in fields(HeadTrainConfig)]
+    return make_dataclass(
+        "TrainParams",
+        [
+            ("mode", str, field(default="head")),
+            *head_fields,
+            ("finetune", FinetuneParams, field(default_factory=FinetuneParams)),
+        ],
+    )
+
+
+TrainParams = _train_params_schema()
+
+
+@dataclass
 class TrackingParams:
     experiment: str = "roadwork"
 
@@ -85,8 +148,13 @@ class RoadworkConfig:
     ingest: IngestParams = field(default_factory=IngestParams)
     dedupe: DedupeParams = field(default_factory=DedupeParams)
     split: SplitParams = field(default_factory=SplitParams)
+    backbone: BackboneParams = field(default_factory=BackboneParams)
+    embed: EmbedParams = field(default_factory=EmbedParams)
+    train: TrainParams = field(default_factory=TrainParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
+
+VIEW_MODES = ("global", "global+tiles")
 
 # (section.key) -> (predicate, what a valid value looks like).
 # Types are checked by OmegaConf; these are ranges.
@@ -103,6 +171,30 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "ingest.workers": (lambda v: v >= 1, "a positive integer"),
     "dedupe.phash_radius": (lambda v: 0 <= v <= 64, "an integer in [0, 64]"),
     "dedupe.hash_size": (lambda v: v == 8, "8 (hashes are stored as 64-bit integers)"),
+    "dedupe.embedding_cosine": (
+        lambda v: v is None or 0 < v <= 1,
+        "a cosine similarity in (0, 1], or null to turn the embedding check off",
+    ),
+    "backbone.seed": (lambda v: v >= 0, "an integer >= 0"),
+    "backbone.attn_implementation": (lambda v: v in ("sdpa", "eager"), "'sdpa' or 'eager'"),
+    "embed.views": (lambda v: v in VIEW_MODES, f"one of {VIEW_MODES}"),
+    "embed.grid": (lambda v: v >= 2, "an integer >= 2 (tiles per side)"),
+    "embed.tile_overlap": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    "embed.train_copies": (lambda v: v >= 0, "an integer >= 0 (augmented copies per train image)"),
+    "embed.batch_size": (lambda v: v >= 1, "a positive integer"),
+    "embed.seed": (lambda v: v >= 0, "an integer >= 0"),
+    "embed.augment.level_probs": (
+        lambda v: len(v) == 4 and min(v) >= 0 and abs(sum(v) - 1) < 1e-9,
+        "4 probabilities of the validator levels L0..L3 summing to 1",
+    ),
+    "embed.augment.color_jitter": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    "embed.augment.erase_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "embed.augment.flip_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "train.mode": (lambda v: v in ("head", "finetune"), "'head' (cached features) or 'finetune' (LoRA)"),
+    "train.finetune.lora_rank": (lambda v: v >= 1, "a positive integer"),
+    "train.finetune.lora_alpha": (lambda v: v > 0, "a positive number"),
+    "train.finetune.lora_dropout": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    "train.finetune.backbone_lr": (lambda v: v > 0, "a positive number"),
 }
 
 
@@ -117,6 +209,7 @@ def _check_ranges(cfg: RoadworkConfig, source: str) -> None:
         value = functools.reduce(getattr, key.split("."), cfg)
         if not ok(value):
             raise ConfigError(f"{source}: '{key}' is {value!r}; expected {expected}.")
+    _check_head_config(cfg.train, source)
     fractions = cfg.split.fractions
     values = {f.name: getattr(fractions, f.name) for f in fields(fractions)}
     bad = [name for name, v in values.items() if not 0 < v < 1]
@@ -126,6 +219,22 @@ def _check_ranges(cfg: RoadworkConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: 'split.fractions' must sum to 1, got {sum(values.values()):.6g} from {values}."
         )
+
+
+def head_train_config(train: Any) -> Any:
+    """The :class:`~roadwork.train.head_config.HeadTrainConfig` that ``train`` describes."""
+    from roadwork.train.head_config import HeadTrainConfig
+
+    values = {f.name: getattr(train, f.name) for f in fields(HeadTrainConfig)}
+    return HeadTrainConfig(**values)
+
+
+def _check_head_config(train: Any, source: str) -> None:
+    try:
+        head_train_config(train)
+    except (TypeError, ValueError) as exc:
+        message = str(exc).replace("HeadTrainConfig.", "train.")
+        raise ConfigError(f"{source}: {message}") from None
 
 
 def _valid_keys(node: Any, prefix: str = "") -> list[str]:

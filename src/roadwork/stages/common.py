@@ -14,6 +14,10 @@ from roadwork.config import RoadworkConfig, flatten, to_dict
 from roadwork.tracking import StageRun, stage_run
 
 OUTPUTS = Path("outputs")
+INGEST = OUTPUTS / "ingest"
+SPLITS_CSV = OUTPUTS / "split" / "splits.csv"
+# variant -> where its backbone comes from: the configured backbone, or the ExPLoRA-adapted copy of it
+VARIANTS: dict[str, str | None] = {"base": None, "adapted": "outputs/adapt/backbone"}
 
 
 def stage_dir(stage: str, variant: str | None = None) -> Path:
@@ -70,3 +74,39 @@ def tracked(
         overrides=overrides,
     ) as run:
         yield run
+
+
+def variant_backbone_id(cfg: RoadworkConfig, variant: str) -> str:
+    """The ``load_backbone`` id of ``variant``: ``backbone.id`` for base, the adapted folder otherwise."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; the variants are {', '.join(VARIANTS)}.")
+    return VARIANTS[variant] or cfg.backbone.id
+
+
+def load_variant_backbone(cfg: RoadworkConfig, variant: str) -> Any:
+    from roadwork.models.backbone import load_backbone
+
+    return load_backbone(
+        variant_backbone_id(cfg, variant),
+        seed=cfg.backbone.seed,
+        attn_implementation=cfg.backbone.attn_implementation,
+    )
+
+
+def view_spec(cfg: RoadworkConfig) -> Any:
+    from roadwork.train.embed import ViewSpec
+
+    return ViewSpec(cfg.embed.views, cfg.embed.grid, cfg.embed.tile_overlap)
+
+
+def train_augment(cfg: RoadworkConfig) -> Any:
+    from roadwork.data.preprocess import TrainAugment
+
+    aug = cfg.embed.augment
+    return TrainAugment(
+        tuple(aug.level_probs),
+        color_jitter=aug.color_jitter,
+        erase_p=aug.erase_p,
+        flip_p=aug.flip_p,
+        jpeg=aug.jpeg,
+    )

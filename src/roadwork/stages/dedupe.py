@@ -8,10 +8,15 @@ import numpy as np
 import pandas as pd
 
 from roadwork.config import RoadworkConfig
-from roadwork.data.dedupe import compute_phashes, find_duplicate_groups
-from roadwork.stages.common import stage_dir, tracked, write_csv, write_json
-
-INGEST = Path("outputs/ingest")
+from roadwork.data.dedupe import compute_phashes, cosine_pairs, find_duplicate_groups
+from roadwork.stages.common import (
+    INGEST,
+    load_variant_backbone,
+    stage_dir,
+    tracked,
+    write_csv,
+    write_json,
+)
 
 
 def pair_recall(groups: pd.DataFrame, pairs: pd.DataFrame) -> tuple[int, int]:
@@ -22,15 +27,44 @@ def pair_recall(groups: pd.DataFrame, pairs: pd.DataFrame) -> tuple[int, int]:
     return int(same), len(present)
 
 
+def embedding_edges(cfg: RoadworkConfig, manifest: pd.DataFrame, threshold: float) -> np.ndarray:
+    """Index pairs whose base-backbone global features (clean render) have cosine >= ``threshold``.
+
+    The features go to the shared feature cache, where ``embed@base`` finds them again.
+    """
+    from roadwork.train.embed import FeatureCache, Render, ViewSpec, embed_images
+
+    backbone = load_variant_backbone(cfg, "base")
+    cache = FeatureCache(Path(cfg.embed.cache_dir), backbone.fingerprint())
+    features, _ = embed_images(
+        backbone,
+        [INGEST / p for p in manifest["working_path"]],
+        manifest["sha256"].tolist(),
+        render=Render(),
+        spec=ViewSpec("global"),
+        cache=cache,
+        batch_size=cfg.embed.batch_size,
+        desc="dedupe embeddings",
+    )
+    return cosine_pairs(features[:, 0], threshold)
+
+
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
     out = stage_dir("dedupe")
     manifest = pd.read_csv(INGEST / "manifest.csv", dtype={"path": str, "sha256": str})
-    with tracked("dedupe", cfg, ("dedupe",), overrides) as run:
+    threshold = cfg.dedupe.embedding_cosine
+    sections = ("dedupe", "backbone") if threshold is not None else ("dedupe",)
+    with tracked("dedupe", cfg, sections, overrides) as run:
         hashes = compute_phashes(
             [INGEST / p for p in manifest["working_path"]], hash_size=cfg.dedupe.hash_size
         )
+        extra = [embedding_edges(cfg, manifest, threshold)] if threshold is not None else []
         result = find_duplicate_groups(
-            manifest["sha256"].tolist(), manifest["label"].to_numpy(), hashes, radius=cfg.dedupe.phash_radius
+            manifest["sha256"].tolist(),
+            manifest["label"].to_numpy(),
+            hashes,
+            radius=cfg.dedupe.phash_radius,
+            extra_edges=extra,
         )
         groups = manifest.assign(
             phash=[f"{h:016x}" for h in hashes.tolist()],
@@ -53,6 +87,8 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
             "n_exact_duplicates_dropped": int((groups["drop_reason"] == "exact_duplicate").sum()),
             "n_label_conflicts_dropped": int((groups["drop_reason"] == "label_conflict").sum()),
             "n_near_duplicate_pairs": len(result.near_duplicate_pairs),
+            "n_pairs_phash": result.summary["n_pairs_phash"],
+            "n_pairs_embedding": result.summary.get("n_pairs_extra_0", 0),
             "n_mixed_label_groups": len(result.mixed_label_groups),
             "known_pairs": planted,
             "known_pairs_recall": float(found / planted) if planted else float("nan"),

@@ -32,9 +32,9 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from roadwork.metrics import mcc
 from roadwork.policy.threshold import best_mcc_threshold
+from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.losses import focal_loss, inverse_frequency_weights
 
 HEAD_WEIGHTS = "head.safetensors"
@@ -142,161 +143,6 @@ class FeatureSet:
     def feature_dim(self) -> int:
         """``D``, feature dimensions per view."""
         return int(self.features.shape[2])
-
-
-# ------------------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class HeadTrainConfig:
-    """Every knob of head training; flat scalars so a YAML section maps onto it 1:1.
-
-    Attributes:
-        head: ``linear`` (dropout, then ``Linear(D, 2)``) or ``mlp`` (``Linear(D, mlp_hidden)``, GELU,
-            dropout, ``Linear(mlp_hidden, 2)``).
-        mlp_hidden: hidden width of the ``mlp`` head (>= 1); inactive for ``linear``.
-        dropout: probability in [0, 1) of zeroing an input of the final linear layer during training (the
-            view features for ``linear``, the hidden units for ``mlp``).
-        aggregation: ``topk_mean`` or ``attention`` over views (see the module docstring); inactive if V == 1.
-        topk: K >= 1 for ``topk_mean``, clipped to V.
-        attention_hidden: width (>= 1) of the gated-attention scorer (``L`` in Ilse et al.).
-        loss: ``ce`` (torch cross-entropy) or ``focal`` (:func:`roadwork.train.losses.focal_loss`).
-        label_smoothing: in [0, 1), applied by both losses the way torch's cross-entropy applies it.
-        focal_gamma: focusing parameter (>= 0) of the focal loss; inactive for ``ce``.
-        class_weights: ``auto`` (inverse class frequency over training rows, scikit-learn's "balanced")
-            or ``none``.
-        optimizer: ``adamw`` or ``sgd``.
-        lr: peak learning rate (> 0).
-        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay (>= 0) on every parameter.
-        momentum: SGD momentum in [0, 1); inactive for ``adamw``.
-        schedule: learning rate per optimizer step: ``cosine`` (linear warmup, then cosine decay to 0 at
-            the end of ``max_epochs``), ``onecycle`` (torch ``OneCycleLR`` with ``max_lr=lr``, cosine
-            annealing, warmup as its rising phase, momentum not cycled) or ``constant`` (warmup, then lr).
-        warmup_epochs: warmup length in epochs (>= 0, < max_epochs; > 0 for ``onecycle``), rounded to
-            whole optimizer steps. Linear warmup multiplies lr by ``(s + 1) / (W + 1)`` at step ``s < W``.
-        max_epochs: upper bound on epochs (>= 1); the schedule spans all of them even if training stops
-            early.
-        batch_size: rows per batch (>= 1); the last batch of an epoch may be smaller.
-        accumulate_grad_batches: batches per optimizer step (>= 1); an epoch's trailing batches still step.
-        gradient_clip_val: clip the global gradient 2-norm to this value; 0 disables clipping.
-        precision: ``"32"`` or ``"bf16-mixed"`` (training forward in ``torch.autocast`` bfloat16 on CPU;
-            weights and the validation used for selection stay float32, as at inference).
-        ema_decay: 0 disables EMA; otherwise in (0, 1): after every optimizer step
-            ``ema = ema_decay * ema + (1 - ema_decay) * weights`` (starting from the initial weights), and the
-            EMA weights are evaluated for selection and saved.
-        early_stopping_patience: stop after this many consecutive epochs (>= 1) without a strict improvement
-            of the selection metric; set it to ``max_epochs`` or more to never stop early.
-        selection_metric: ``mcc`` (MCC of ``margin > 0`` on val_select) or ``best_mcc`` (MCC at the best
-            threshold on val_select's margins); the epoch with the highest value (earliest on ties) is kept.
-        seed: seed (>= 0) of initialisation, shuffling and dropout.
-    """
-
-    head: str = "linear"
-    mlp_hidden: int = 256
-    dropout: float = 0.1
-    aggregation: str = "topk_mean"
-    topk: int = 3
-    attention_hidden: int = 128
-    loss: str = "ce"
-    label_smoothing: float = 0.0
-    focal_gamma: float = 2.0
-    class_weights: str = "auto"
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    max_epochs: int = 30
-    batch_size: int = 64
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float = 0.0
-    precision: str = "32"
-    ema_decay: float = 0.0
-    early_stopping_patience: int = 5
-    selection_metric: str = "mcc"
-    seed: int = 0
-
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "head": ("linear", "mlp"),
-        "aggregation": ("topk_mean", "attention"),
-        "loss": ("ce", "focal"),
-        "class_weights": ("auto", "none"),
-        "optimizer": ("adamw", "sgd"),
-        "schedule": ("cosine", "onecycle", "constant"),
-        "precision": ("32", "bf16-mixed"),
-        "selection_metric": ("mcc", "best_mcc"),
-    }
-    _RANGES: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {
-        "mlp_hidden": (lambda v: v >= 1, ">= 1"),
-        "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-        "topk": (lambda v: v >= 1, ">= 1"),
-        "attention_hidden": (lambda v: v >= 1, ">= 1"),
-        "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-        "focal_gamma": (lambda v: 0 <= v < math.inf, "finite and >= 0"),
-        "lr": (lambda v: 0 < v < math.inf, "finite and > 0"),
-        "weight_decay": (lambda v: 0 <= v < math.inf, "finite and >= 0"),
-        "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-        "warmup_epochs": (lambda v: 0 <= v < math.inf, "finite and >= 0"),
-        "max_epochs": (lambda v: v >= 1, ">= 1"),
-        "batch_size": (lambda v: v >= 1, ">= 1"),
-        "accumulate_grad_batches": (lambda v: v >= 1, ">= 1"),
-        "gradient_clip_val": (lambda v: 0 <= v < math.inf, "finite and >= 0 (0 disables clipping)"),
-        "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 disables EMA)"),
-        "early_stopping_patience": (lambda v: v >= 1, ">= 1 (use >= max_epochs to never stop early)"),
-        "seed": (lambda v: v >= 0, ">= 0"),
-    }
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "str":
-                if not isinstance(value, str):
-                    raise TypeError(f"HeadTrainConfig.{f.name} must be a string, got {value!r}.")
-            elif f.type == "int":
-                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                    raise TypeError(f"HeadTrainConfig.{f.name} must be an integer, got {value!r}.")
-                object.__setattr__(self, f.name, int(value))
-            elif f.type == "float":
-                if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                    raise TypeError(f"HeadTrainConfig.{f.name} must be a number, got {value!r}.")
-                object.__setattr__(self, f.name, float(value))
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"HeadTrainConfig.{name} is {getattr(self, name)!r}; "
-                    f"allowed values: {', '.join(allowed)}."
-                )
-        for name, (ok, expected) in self._RANGES.items():
-            if not ok(getattr(self, name)):
-                raise ValueError(f"HeadTrainConfig.{name} is {getattr(self, name)!r}; it must be {expected}.")
-        if self.warmup_epochs >= self.max_epochs:
-            raise ValueError(
-                f"HeadTrainConfig.warmup_epochs is {self.warmup_epochs}; it must be < max_epochs "
-                f"({self.max_epochs}) so the schedule leaves room after warmup."
-            )
-        if self.schedule == "onecycle" and self.warmup_epochs == 0:
-            raise ValueError(
-                "HeadTrainConfig.warmup_epochs is 0 but schedule 'onecycle' needs a rising phase; "
-                "set warmup_epochs > 0 or use schedule 'cosine' or 'constant'."
-            )
-
-    def inactive_fields(self, num_views: int) -> tuple[str, ...]:
-        """Fields that cannot affect training with this config on features with ``num_views`` views."""
-        inactive = []
-        if self.head != "mlp":
-            inactive.append("mlp_hidden")
-        if num_views == 1:
-            inactive.append("aggregation")
-        if self.aggregation != "topk_mean" or num_views == 1:
-            inactive.append("topk")
-        if self.aggregation != "attention" or num_views == 1:
-            inactive.append("attention_hidden")
-        if self.loss != "focal":
-            inactive.append("focal_gamma")
-        if self.optimizer != "sgd":
-            inactive.append("momentum")
-        return tuple(inactive)
 
 
 # -------------------------------------------------------------------------------------------------- model
@@ -510,9 +356,17 @@ class HeadModule(pl.LightningModule):
             label_smoothing=self.cfg.label_smoothing,
         )
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups, each with its peak ``lr``: here one group, the head at ``cfg.lr``.
+
+        Subclasses that train more than the head (:mod:`roadwork.train.finetune`) override it; every schedule
+        scales each group's own peak lr.
+        """
+        return [{"params": list(self.model.parameters()), "lr": self.cfg.lr}]
+
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.cfg
-        params = list(self.model.parameters())
+        params = self.param_groups()
         if cfg.optimizer == "adamw":
             optimizer: torch.optim.Optimizer = torch.optim.AdamW(
                 params, lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -532,7 +386,11 @@ class HeadModule(pl.LightningModule):
                     f"{total - 1}: change warmup_epochs or batch_size."
                 )
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=cfg.lr, total_steps=total, pct_start=warmup / total, cycle_momentum=False
+                optimizer,
+                max_lr=[group["lr"] for group in params],
+                total_steps=total,
+                pct_start=warmup / total,
+                cycle_momentum=False,
             )
         else:
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg.schedule, warmup, total))
@@ -738,24 +596,15 @@ def fit_head(
     best.load_state_dict(module.best_state)
     best.eval()
     history = pd.DataFrame(module.history, columns=list(HISTORY_COLUMNS)).astype({"epoch": int})
-    head_path, config_path, history_path = out_dir / HEAD_WEIGHTS, out_dir / HEAD_CONFIG, out_dir / HISTORY
-    state = {k: v.contiguous() for k, v in best.state_dict().items()}
-    _write_atomic(head_path, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    meta = {
-        "format_version": HEAD_FORMAT_VERSION,
-        "config": asdict(cfg),
-        "feature_dim": feature_dim,
-        "num_views": num_views,
-        "inactive_fields": list(cfg.inactive_fields(num_views)),
-        "best_epoch": module.best_epoch,
-        "best_metric": module.best_metric,
-        "selection_metric": cfg.selection_metric,
-        "epochs_run": len(module.history),
-        "optimizer_steps": int(trainer.global_step),
-        "id2label": {str(k): v for k, v in ID2LABEL.items()},
-    }
-    _write_atomic(config_path, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
-    _write_atomic(history_path, lambda p: history.to_csv(p, index=False))
+    head_path, config_path, history_path = save_head(
+        out_dir,
+        best,
+        cfg,
+        history=history,
+        best_epoch=module.best_epoch,
+        best_metric=module.best_metric,
+        optimizer_steps=int(trainer.global_step),
+    )
     for logger in loggers:
         logger.save()
     return FitResult(
@@ -769,6 +618,46 @@ def fit_head(
         config_path=config_path,
         history_path=history_path,
     )
+
+
+def save_head(
+    out_dir: Path,
+    model: HeadModel,
+    cfg: HeadTrainConfig,
+    *,
+    history: pd.DataFrame,
+    best_epoch: int,
+    best_metric: float,
+    optimizer_steps: int,
+) -> tuple[Path, Path, Path]:
+    """Write ``head.safetensors``, ``head.json`` and ``history.csv`` (each atomically) into ``out_dir``.
+
+    The format :func:`load_head` reads; used by :func:`fit_head` and by
+    :func:`roadwork.train.finetune.finetune`. ``epochs_run`` is the number of ``history`` rows. Returns the
+    three paths in that order.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    num_views, feature_dim = model.num_views, model.feature_dim
+    head_path, config_path, history_path = out_dir / HEAD_WEIGHTS, out_dir / HEAD_CONFIG, out_dir / HISTORY
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _write_atomic(head_path, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    meta = {
+        "format_version": HEAD_FORMAT_VERSION,
+        "config": asdict(cfg),
+        "feature_dim": feature_dim,
+        "num_views": num_views,
+        "inactive_fields": list(cfg.inactive_fields(num_views)),
+        "best_epoch": int(best_epoch),
+        "best_metric": float(best_metric),
+        "selection_metric": cfg.selection_metric,
+        "epochs_run": len(history),
+        "optimizer_steps": int(optimizer_steps),
+        "id2label": {str(k): v for k, v in ID2LABEL.items()},
+    }
+    _write_atomic(config_path, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    _write_atomic(history_path, lambda p: history.to_csv(p, index=False))
+    return head_path, config_path, history_path
 
 
 def load_head(head_dir: Path) -> HeadModel:
