@@ -65,6 +65,7 @@ def shrink_params(params_file: Path) -> None:
 
 
 TRACKING_URI: dict[str, str] = {}
+STAGES = ("ingest", "dedupe", "split", "embed@base", "train@base", "calibrate@base", "evaluate@base")
 BAD_FILES = {
     "roadwork/zero_bytes.jpg": "empty_file",
     "roadwork/text.jpg": "not_an_image",
@@ -95,7 +96,7 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_repro_runs_every_stage_and_writes_metrics(reproduced: tuple[Path, str]) -> None:
     repo, log = reproduced
-    for stage in ("ingest", "dedupe", "split", "embed@base", "train@base"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in log
         metrics = json.loads((repo / "outputs" / stage.replace("@", "/") / "metrics.json").read_text())
         assert metrics
@@ -118,6 +119,15 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced: tuple[Path, str])
     assert train["epochs_run"] <= 3 and -1 <= train["val_select_mcc"] <= 1
     logits = (repo / "outputs/train/base/logits/val_calib.csv").read_text().splitlines()
     assert logits[0] == "sha256,path,z0,z1,margin" and len(logits) - 1 == split["val_calib_n"]
+    policy = json.loads((repo / "outputs/calibrate/base/policy.json").read_text())
+    assert policy["calibrator"]["name"] == "temperature" and len(policy["split_hash"]) == 64
+    evaluate = json.loads((repo / "outputs/evaluate/base/metrics.json").read_text())
+    assert evaluate["test_n"] == split["val_test_n"]
+    assert evaluate["test_mcc_low"] <= evaluate["test_mcc"] <= evaluate["test_mcc_high"]
+    assert evaluate["test_deployed_agrees_with_decision"] == 1.0
+    assert {f"test_L{level}_mcc" for level in range(4)} <= set(evaluate)
+    for plot in ("roc", "pr", "reliability", "threshold_sweep", "confusion", "risk_coverage", "worst_errors"):
+        assert (repo / f"outputs/evaluate/base/plots/{plot}.png").stat().st_size > 1000
 
 
 def test_second_repro_runs_nothing(reproduced: tuple[Path, str]) -> None:
@@ -138,7 +148,7 @@ def test_stage_runs_are_tracked_and_grouped(reproduced: tuple[Path, str]) -> Non
         r.data.tags.get("roadwork.stage"): r for r in runs if r.data.tags.get("roadwork.run_kind") == "stage"
     }
     parents = [r for r in runs if r.data.tags.get("roadwork.run_kind") == "pipeline"]
-    assert set(stages) == {"ingest", "dedupe", "split", "embed", "train"}
+    assert set(stages) == {s.split("@")[0] for s in STAGES}
     assert len(parents) == 1
     for run_ in stages.values():
         tags = run_.data.tags

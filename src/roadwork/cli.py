@@ -21,9 +21,11 @@ STAGES: dict[str, str] = {
     "split": "stratified group split into train / val_select / val_calib / val_test",
     "embed": "run the variant's frozen backbone once per image, render and view; cache the features",
     "train": "train the head on cached features (or LoRA + head with train.mode=finetune); val logits",
+    "calibrate": "fit calibration, the exact MCC threshold and abstention sets on val_calib: policy.json",
+    "evaluate": "val_test once: metrics with group-bootstrap CIs, slices, validator-level robustness, plots",
 }
 # stages run once per variant (a DVC foreach): they take --variant
-VARIANT_STAGES = ("embed", "train")
+VARIANT_STAGES = ("embed", "train", "calibrate", "evaluate")
 VARIANTS = ("base", "adapted")
 
 EPILOG = """\

@@ -138,6 +138,25 @@ TrainParams = _train_params_schema()
 
 
 @dataclass
+class CalibrateParams:
+    method: str = "temperature"
+    max_fnr: Optional[float] = None  # noqa: UP045
+    guarantee_alpha: Optional[float] = None  # noqa: UP045
+    guarantee_delta: Optional[float] = None  # noqa: UP045
+    conformal_alpha: Optional[float] = 0.1  # noqa: UP045
+    ece_bins: int = 15
+
+
+@dataclass
+class EvaluateParams:
+    bootstrap_resamples: int = 1000
+    ci_level: float = 0.95
+    seed: int = 0
+    robustness_copies: int = 2
+    worst_errors: int = 24
+
+
+@dataclass
 class TrackingParams:
     experiment: str = "roadwork"
 
@@ -151,6 +170,8 @@ class RoadworkConfig:
     backbone: BackboneParams = field(default_factory=BackboneParams)
     embed: EmbedParams = field(default_factory=EmbedParams)
     train: TrainParams = field(default_factory=TrainParams)
+    calibrate: CalibrateParams = field(default_factory=CalibrateParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
 
@@ -195,6 +216,20 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "train.finetune.lora_alpha": (lambda v: v > 0, "a positive number"),
     "train.finetune.lora_dropout": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
     "train.finetune.backbone_lr": (lambda v: v > 0, "a positive number"),
+    "calibrate.method": (
+        lambda v: v in ("temperature", "platt", "beta", "isotonic"),
+        "one of temperature, platt, beta, isotonic",
+    ),
+    "calibrate.max_fnr": (lambda v: v is None or 0 <= v < 1, "a fraction in [0, 1), or null for none"),
+    "calibrate.guarantee_alpha": (lambda v: v is None or 0 < v < 1, "a fraction in (0, 1), or null"),
+    "calibrate.guarantee_delta": (lambda v: v is None or 0 < v < 1, "a fraction in (0, 1), or null"),
+    "calibrate.conformal_alpha": (lambda v: v is None or 0 < v < 1, "a fraction in (0, 1), or null"),
+    "calibrate.ece_bins": (lambda v: v >= 1, "a positive integer"),
+    "evaluate.bootstrap_resamples": (lambda v: v >= 10, "an integer >= 10"),
+    "evaluate.ci_level": (lambda v: 0 < v < 1, "a fraction in (0, 1)"),
+    "evaluate.seed": (lambda v: v >= 0, "an integer >= 0"),
+    "evaluate.robustness_copies": (lambda v: v >= 1, "a positive integer (renders per image and level)"),
+    "evaluate.worst_errors": (lambda v: v >= 0, "an integer >= 0"),
 }
 
 
@@ -210,6 +245,11 @@ def _check_ranges(cfg: RoadworkConfig, source: str) -> None:
         if not ok(value):
             raise ConfigError(f"{source}: '{key}' is {value!r}; expected {expected}.")
     _check_head_config(cfg.train, source)
+    if (cfg.calibrate.guarantee_alpha is None) != (cfg.calibrate.guarantee_delta is None):
+        raise ConfigError(
+            f"{source}: 'calibrate.guarantee_alpha' and 'calibrate.guarantee_delta' go together "
+            "(FNR <= alpha with probability >= 1 - delta): set both, or both to null."
+        )
     fractions = cfg.split.fractions
     values = {f.name: getattr(fractions, f.name) for f in fields(fractions)}
     bad = [name for name, v in values.items() if not 0 < v < 1]

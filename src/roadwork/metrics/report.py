@@ -44,14 +44,17 @@ def validator_score(mcc_last100: float, acc_last10: float) -> float:
     return (0.5 * max(float(mcc_last100), 0.0) + 0.5 * float(acc_last10)) ** _REWARD_EXPONENT
 
 
-def classification_report(y_true: ArrayLike, p: ArrayLike, threshold: float = 0.5) -> dict[str, float]:
+def classification_report(
+    y_true: ArrayLike, p: ArrayLike, threshold: float = 0.5, *, n_bins: int = 15
+) -> dict[str, float]:
     """Every scalar metric of p(roadwork) at one threshold (decision: p > threshold), as a flat float dict.
 
     Keys: n, n_positive, threshold, tp, fp, tn, fn (counts as floats), accuracy, mcc, precision, recall, f1,
     fnr, fpr (decisions at ``threshold``); auroc, auprc (ranking, threshold-free); brier, nll, ece, mce, ace,
-    smooth_ece (calibration of p, threshold-free, 15 bins); augrc (selective risk of the p > 0.5 decision
-    ranked by max(p, 1 - p)); validator_score ((0.5 max(MCC, 0) + 0.5 accuracy)^3 with MCC and accuracy of
-    this whole set at ``threshold``: the expected-reward proxy, not the windowed live score).
+    smooth_ece (calibration of p, threshold-free; ECE/MCE/ACE over ``n_bins`` bins); augrc (selective risk
+    of the p > 0.5 decision ranked by max(p, 1 - p)); validator_score ((0.5 max(MCC, 0) + 0.5 accuracy)^3
+    with MCC and accuracy of this whole set at ``threshold``: the expected-reward proxy, not the windowed
+    live score).
     Undefined values follow the individual functions (auroc is nan for a one-class set); no warning is
     raised for rates that are undefined at this threshold, as the report records them as 0.0.
     """
@@ -93,9 +96,9 @@ def classification_report(y_true: ArrayLike, p: ArrayLike, threshold: float = 0.
         "auprc": ap,
         "brier": brier(y, prob),
         "nll": nll(y, prob),
-        "ece": ece(y, prob),
-        "mce": mce(y, prob),
-        "ace": ace(y, prob),
+        "ece": ece(y, prob, n_bins=n_bins),
+        "mce": mce(y, prob, n_bins=n_bins),
+        "ace": ace(y, prob, n_bins=n_bins),
         "smooth_ece": smooth_ece(y, prob),
         "augrc": augrc(y, prob),
         "validator_score": validator_score(m, acc),

@@ -110,3 +110,81 @@ def train_augment(cfg: RoadworkConfig) -> Any:
         flip_p=aug.flip_p,
         jpeg=aug.jpeg,
     )
+
+
+# ------------------------------------------------------------------ the trained model of a variant
+
+
+def model_dir(variant: str) -> Path:
+    """``outputs/train/<variant>/model``: the head, ``backbone.json`` and, if finetuned, ``backbone/``."""
+    return OUTPUTS / "train" / variant / "model"
+
+
+def write_backbone_ref(directory: Path, backbone: Any, *, finetuned: bool) -> None:
+    """Record which backbone the head in ``directory`` was trained on (the folder itself when finetuned)."""
+    write_json(
+        directory / "backbone.json",
+        {"finetuned": finetuned, "source": backbone.backbone_id, "fingerprint": backbone.fingerprint()},
+    )
+
+
+def load_model(cfg: RoadworkConfig, variant: str) -> tuple[Any, Any]:
+    """(backbone, head) of the variant's trained model; fails if the backbone no longer matches the head."""
+    from roadwork.models.backbone import load_backbone
+    from roadwork.train.head import load_head
+
+    directory = model_dir(variant)
+    ref_path = directory / "backbone.json"
+    if not ref_path.is_file():
+        raise FileNotFoundError(f"{ref_path}: missing; run `roadwork train --variant {variant}` first.")
+    ref = json.loads(ref_path.read_text())
+    if ref["finetuned"]:
+        backbone = load_backbone(str(directory / "backbone"))
+    else:
+        backbone = load_variant_backbone(cfg, variant)
+    if backbone.fingerprint() != ref["fingerprint"]:
+        raise ValueError(
+            f"{ref_path}: the head was trained on backbone {ref['fingerprint'][:12]} but "
+            f"{backbone.backbone_id} is {backbone.fingerprint()[:12]}; re-run train."
+        )
+    return backbone, load_head(directory)
+
+
+def model_logits(
+    cfg: RoadworkConfig,
+    backbone: Any,
+    head: Any,
+    frame: Any,
+    *,
+    render: Any = None,
+    desc: str = "logits",
+) -> Any:
+    """Logits ``[N, 2]`` of the model on the images of ``frame`` (``working_path``, ``sha256``).
+
+    Features go through the shared cache, so images ``embed`` already ran are only read back. With the
+    default clean render and ``embed.tta_flip`` on, the logits are the mean over the plain and mirrored
+    renderings.
+    """
+    from roadwork.train.embed import FeatureCache, Render, embed_images
+    from roadwork.train.head import predict_logits
+
+    cache = FeatureCache(Path(cfg.embed.cache_dir), backbone.fingerprint())
+    paths = [INGEST / p for p in frame["working_path"]]
+    shas = frame["sha256"].tolist()
+    renders = [render or Render()]
+    if render is None and cfg.embed.tta_flip:
+        renders.append(Render(flip=True))
+    logits = []
+    for each in renders:
+        features, _ = embed_images(
+            backbone,
+            paths,
+            shas,
+            render=each,
+            spec=view_spec(cfg),
+            cache=cache,
+            batch_size=cfg.embed.batch_size,
+            desc=desc,
+        )
+        logits.append(predict_logits(head, features))
+    return sum(logits) / len(logits)

@@ -1,21 +1,43 @@
-"""train stage: the head on cached features, selected on val_select; logits for val_select and val_calib.
+"""train stage: the head (or LoRA + head), selected on val_select; logits for val_select and val_calib.
 
-Reads ``outputs/embed/<variant>`` and the labels of train and val_select (the split contract); val_calib
-is only run through the selected head, label-free, so that ``calibrate`` gets its logits. With
-``embed.tta_flip`` the written logits are the mean of the plain and mirrored renderings' logits.
-Outputs in ``outputs/train/<variant>/``: ``head.safetensors``, ``head.json``, ``history.csv`` (per-epoch
-curves, a DVC plot), ``training_curves.png``, ``logits/<split>.csv`` (sha256, path, z0, z1, margin) and
-``metrics.json``.
+``train.mode: head`` trains on the cached features of ``outputs/embed/<variant>``; ``finetune`` trains LoRA
+adapters and the head end-to-end on the train images (augmented per epoch like the cached copies, the
+validator's levels included) and merges the adapters into a backbone of its own. Either way the labels
+come through the split contract (train and val_select only); val_calib is only run through the selected
+model, label-free, so that ``calibrate`` gets its logits. With ``embed.tta_flip`` the written logits are
+the mean of the plain and mirrored renderings' logits.
+
+Outputs in ``outputs/train/<variant>/``: ``model/`` (``head.safetensors``, ``head.json``,
+``backbone.json`` naming the backbone, and after finetuning ``backbone/`` and ``finetune.json``),
+``history.csv`` (per-epoch curves, a DVC plot), ``training_curves.png``, ``logits/<split>.csv`` (sha256,
+path, z0, z1, margin) and ``metrics.json``.
 """
 
 from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from roadwork.config import RoadworkConfig, head_train_config
 from roadwork.data.split import read_split
-from roadwork.stages.common import SPLITS_CSV, stage_dir, tracked, write_csv, write_json
+from roadwork.stages.common import (
+    INGEST,
+    SPLITS_CSV,
+    load_variant_backbone,
+    model_dir,
+    model_logits,
+    stage_dir,
+    tracked,
+    train_augment,
+    write_backbone_ref,
+    write_csv,
+    write_json,
+)
 from roadwork.stages.embed import features_path, index_path
 
 LOGIT_SPLITS = ("val_select", "val_calib")
@@ -34,8 +56,7 @@ def load_features(variant: str, split: str) -> tuple[dict[str, np.ndarray], pd.D
     if len(arrays["features"]) != len(rows):
         raise ValueError(
             f"{path}: {len(arrays['features'])} rows but {index_path(variant)} lists {len(rows)} "
-            f"for {split}; "
-            "re-run embed."
+            f"for {split}; re-run embed."
         )
     return arrays, rows
 
@@ -51,58 +72,112 @@ def _labels_for(rows: pd.DataFrame, labelled: pd.DataFrame, split: str) -> np.nd
     return by_sha.loc[rows["sha256"]].to_numpy(dtype=np.int64)
 
 
-def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
-    from lightning.pytorch.loggers import MLFlowLogger
+def _fit_on_features(variant: str, labelled: pd.DataFrame, head_cfg: Any, out: Path, loggers: list) -> Any:
+    from roadwork.train.head import FeatureSet, fit_head
 
-    from roadwork import metrics as M
-    from roadwork.plots import training_curves_plot
-    from roadwork.train.head import FeatureSet, fit_head, predict_logits
-
-    out = stage_dir("train", variant)
-    labelled = read_split(SPLITS_CSV, "train", ["train", "val_select"])
-    head_cfg = head_train_config(cfg.train)
-    if cfg.train.mode != "head":
-        raise ValueError(
-            f"train.mode={cfg.train.mode!r} needs images, not the feature cache: it is run by "
-            "`roadwork train` only where implemented; use train.mode=head."
-        )
     sets = {}
     for split in ("train", "val_select"):
         arrays, rows = load_features(variant, split)
         labels = _labels_for(rows, labelled[labelled["split"] == split], split)
         sets[split] = FeatureSet(arrays["features"], labels, rows["sha256"].to_numpy(dtype=str))
+    return fit_head(sets["train"], sets["val_select"], head_cfg, out_dir=out, loggers=loggers)
+
+
+def _fit_finetune(
+    cfg: RoadworkConfig, variant: str, labelled: pd.DataFrame, head_cfg: Any, out: Path, loggers: list
+) -> Any:
+    from PIL import Image
+
+    from roadwork.train.embed import Render, render_image
+    from roadwork.train.finetune import FinetuneConfig, finetune
+
+    if cfg.embed.views != "global":
+        raise ValueError(
+            f"train.mode=finetune trains on the global view, but embed.views is {cfg.embed.views!r}; "
+            "set embed.views=global (or use train.mode=head for multi-view)."
+        )
+    train = labelled[labelled["split"] == "train"].sort_values("path")
+    val = labelled[labelled["split"] == "val_select"].sort_values("path")
+    val_images = []
+    for path, sha in zip(val["working_path"], val["sha256"], strict=True):
+        with Image.open(INGEST / path) as image:
+            # the clean render every other val_select prediction is made on
+            val_images.append(render_image(image.convert("RGB"), Render(), sha))
+    return finetune(
+        load_variant_backbone(cfg, variant),
+        [INGEST / p for p in train["working_path"]],
+        train["label"].to_numpy(),
+        val_images,
+        val["label"].to_numpy(),
+        head_cfg,
+        FinetuneConfig(**asdict(cfg.train.finetune)),
+        out_dir=out,
+        augment=train_augment(cfg),
+        loggers=loggers,
+    )
+
+
+def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from roadwork import metrics as M
+    from roadwork.plots import training_curves_plot
+
+    out = stage_dir("train", variant)
+    model = model_dir(variant)
+    labelled = read_split(SPLITS_CSV, "train", ["train", "val_select"])
+    head_cfg = head_train_config(cfg.train)
     with tracked("train", cfg, ("train", "embed", "backbone"), overrides, variant=variant) as run:
         import mlflow
 
-        logger = MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run.run_id)
-        result = fit_head(sets["train"], sets["val_select"], head_cfg, out_dir=out, loggers=[logger])
+        loggers = [MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run.run_id)]
+        if cfg.train.mode == "finetune":
+            result = _fit_finetune(cfg, variant, labelled, head_cfg, model, loggers)
+            backbone, head = result.backbone, result.head
+            write_backbone_ref(model, backbone, finetuned=True)
+        else:
+            result = _fit_on_features(variant, labelled, head_cfg, model, loggers)
+            backbone, head = load_variant_backbone(cfg, variant), result.model
+            write_backbone_ref(model, backbone, finetuned=False)
+        os.replace(model / "history.csv", out / "history.csv")
         metrics: dict[str, float] = {
             "best_epoch": result.best_epoch,
             "selection_metric": result.best_metric,
             "epochs_run": result.epochs_run,
             "optimizer_steps": result.optimizer_steps,
-            "train_rows": len(sets["train"].labels),
-            "train_images": int(np.unique(sets["train"].ids).size),
         }
+        if cfg.train.mode == "finetune":
+            metrics["trainable_parameters"] = result.trainable_parameters
+            metrics["merge_max_abs_diff"] = result.merge_max_abs_diff
         for split in LOGIT_SPLITS:
-            arrays, rows = load_features(variant, split)
-            logits = predict_logits(result.model, arrays["features"])
-            if "features_flip" in arrays:
-                logits = (logits + predict_logits(result.model, arrays["features_flip"])) / 2
+            rows = labelled[labelled["split"] == split].sort_values("path")
+            if split == "val_calib":  # label-free: only the images, through the index of embed's rows
+                rows = _val_calib_rows(variant)
+            logits = model_logits(cfg, backbone, head, rows, desc=f"train@{variant} {split}")
             margin = logits[:, 1] - logits[:, 0]
             frame = rows[["sha256", "path"]].assign(z0=logits[:, 0], z1=logits[:, 1], margin=margin)
             write_csv(frame, out / "logits" / f"{split}.csv")
             if split == "val_select":
-                y = sets["val_select"].labels
-                metrics["val_select_mcc"] = M.mcc(y, (margin > 0).astype(int))
-                metrics["val_select_accuracy"] = M.accuracy(y, (margin > 0).astype(int))
+                y, decision = rows["label"].to_numpy(), (margin > 0).astype(int)
+                metrics["val_select_mcc"] = M.mcc(y, decision)
+                metrics["val_select_accuracy"] = M.accuracy(y, decision)
                 metrics["val_select_auroc"] = M.auroc(y, margin)
         write_json(out / "metrics.json", metrics)
         training_curves_plot(result.history, out / "training_curves.png", best_epoch=result.best_epoch)
         run.log_metrics(metrics)
-        for name in ("metrics.json", "head.json", "history.csv", "training_curves.png"):
+        run.log_artifact(model, "model")
+        for name in ("metrics.json", "history.csv", "training_curves.png"):
             run.log_artifact(out / name)
     print(
-        f"train@{variant}: best epoch {result.best_epoch} of {result.epochs_run}, "
+        f"train@{variant} ({cfg.train.mode}): best epoch {result.best_epoch} of {result.epochs_run}, "
         f"val_select MCC {metrics['val_select_mcc']:.3f}, AUROC {metrics['val_select_auroc']:.3f}"
+    )
+
+
+def _val_calib_rows(variant: str) -> pd.DataFrame:
+    """val_calib images (sha256, path, working_path) without labels: train may not read val_calib labels."""
+    _, rows = load_features(variant, "val_calib")
+    manifest = pd.read_csv(INGEST / "manifest.csv", dtype={"sha256": str, "path": str})
+    return rows[["sha256", "path"]].merge(
+        manifest[["sha256", "working_path"]].drop_duplicates("sha256"), on="sha256", how="left"
     )

@@ -74,7 +74,11 @@ def focal_loss(
     num_classes = logits.shape[1]
     log_p = F.log_softmax(logits.float(), dim=1)
     per_class = -((1 - log_p.exp()) ** gamma) * log_p
-    w = torch.ones(num_classes, dtype=per_class.dtype) if weight is None else weight.to(per_class.dtype)
+    w = (
+        torch.ones(num_classes, dtype=per_class.dtype, device=per_class.device)
+        if weight is None
+        else weight.to(device=per_class.device, dtype=per_class.dtype)
+    )
     true_term = per_class.gather(1, target[:, None]).squeeze(1) * w[target]
     smooth_term = (per_class * w).sum(dim=1) / num_classes
     rows = (1 - label_smoothing) * true_term + label_smoothing * smooth_term

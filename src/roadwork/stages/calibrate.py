@@ -1,0 +1,104 @@
+"""calibrate stage: calibrator, exact MCC threshold, FNR bound / guarantee and abstention, on val_calib only.
+
+Reads ``outputs/train/<variant>/logits/val_calib.csv`` and the val_calib labels (the split contract).
+Outputs in ``outputs/calibrate/<variant>/``: ``policy.json`` (what ships), ``threshold_sweep.csv`` (every
+distinct cut on the calibrated probability: threshold, tp, fp, tn, fn, MCC, precision, recall, FNR, FPR; a
+DVC plot), ``reliability.png`` (before / after), ``threshold_sweep.png`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from roadwork.config import RoadworkConfig
+from roadwork.data.split import file_hash, read_split
+from roadwork.stages.common import SPLITS_CSV, stage_dir, tracked, write_csv, write_json
+
+
+def logits_path(variant: str, split: str) -> Path:
+    return Path("outputs/train") / variant / "logits" / f"{split}.csv"
+
+
+def labelled_margins(variant: str, split: str, labels: pd.DataFrame) -> pd.DataFrame:
+    """The split's logits joined with its labels (and group / metadata columns) by sha256."""
+    path = logits_path(variant, split)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run `roadwork train --variant {variant}` first.")
+    logits = pd.read_csv(path, dtype={"sha256": str, "path": str})
+    joined = logits.merge(labels.drop(columns=["path"]), on="sha256", how="left", validate="one_to_one")
+    if joined["label"].isna().any() or len(joined) != len(labels):
+        raise ValueError(
+            f"{path} holds {len(logits)} rows but {SPLITS_CSV} has {len(labels)} {split} images "
+            "(or their sha256 differ); the logits are stale — re-run train."
+        )
+    return joined.astype({"label": int})
+
+
+def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
+    from scipy.special import expit
+
+    from roadwork import metrics as M
+    from roadwork.plots import reliability_plot, threshold_sweep_plot
+    from roadwork.policy import fit_policy, mcc_sweep, prediction_sets
+
+    out = stage_dir("calibrate", variant)
+    params = cfg.calibrate
+    cal = labelled_margins(variant, "val_calib", read_split(SPLITS_CSV, "calibrate", ["val_calib"]))
+    z, y = cal["margin"].to_numpy(dtype=np.float64), cal["label"].to_numpy()
+    with tracked("calibrate", cfg, ("calibrate",), overrides, variant=variant) as run:
+        guarantee = (
+            (params.guarantee_alpha, params.guarantee_delta) if params.guarantee_alpha is not None else None
+        )
+        policy = fit_policy(
+            z,
+            y,
+            calibrator=params.method,
+            max_fnr=params.max_fnr,
+            guarantee=guarantee,
+            conformal_alpha=params.conformal_alpha,
+            split_hash=file_hash(SPLITS_CSV),
+        )
+        policy.to_json(out / "policy.json")
+        applied = policy.apply(z)
+        p_raw, p_cal = expit(z), applied["calibrated_probability"]
+        sweep = mcc_sweep(y, p_cal).to_frame()
+        write_csv(sweep, out / "threshold_sweep.csv")
+        reliability_plot(
+            y, {"before": p_raw, "after": p_cal}, out / "reliability.png", n_bins=params.ece_bins
+        )
+        threshold_sweep_plot(sweep, out / "threshold_sweep.png", chosen_threshold=policy.threshold)
+
+        before = M.classification_report(y, p_raw, 0.5, n_bins=params.ece_bins)
+        after = M.classification_report(y, p_cal, policy.threshold, n_bins=params.ece_bins)
+        metrics: dict[str, float] = {
+            "threshold": policy.threshold,
+            "decision_margin": policy.decision_margin,
+            "scale": policy.scale,
+            "n": len(y),
+            "n_positive": int(y.sum()),
+            "abstention_rate": float(applied["abstain"].mean()),
+        }
+        for key in ("ece", "mce", "ace", "smooth_ece", "brier", "nll"):
+            metrics[f"{key}_before"] = before[key]
+            metrics[f"{key}_after"] = after[key]
+        for key in ("mcc", "accuracy", "fnr", "fpr", "precision", "recall"):
+            metrics[f"val_calib_{key}"] = after[key]
+        metrics["val_calib_mcc_at_0.5_uncalibrated"] = before["mcc"]
+        if policy.conformal is not None:
+            sets = prediction_sets(p_cal, policy.conformal)
+            metrics["conformal_coverage"] = M.set_coverage(y, sets)
+            for label in (0, 1):
+                metrics[f"conformal_coverage_class{label}"] = M.set_coverage(y, sets, label=label)
+        write_json(out / "metrics.json", metrics)
+        run.log_metrics(metrics)
+        for name in ("policy.json", "threshold_sweep.csv", "reliability.png", "threshold_sweep.png"):
+            run.log_artifact(out / name)
+        run.log_artifact(out / "metrics.json")
+    print(
+        f"calibrate@{variant}: {params.method}, threshold {policy.threshold:.4f} (calibrated p) "
+        f"(margin {policy.decision_margin:+.3f}); val_calib MCC {metrics['val_calib_mcc']:.3f}; "
+        f"ECE {metrics['ece_before']:.3f} -> {metrics['ece_after']:.3f}"
+    )

@@ -1,0 +1,202 @@
+"""The embed / train / calibrate / evaluate stages called in-process on a small prepared project.
+
+A module fixture draws 90 synthetic images and runs ingest, dedupe and split once with the tiny backbone;
+each test then runs the model stages with its own overrides and checks what the parameters change.
+Marked slow (about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from safetensors.numpy import load_file
+
+from roadwork.cli import main as cli
+from roadwork.data.synth import generate_dataset
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def inside(path: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def run(*argv: str) -> None:
+    assert cli(list(argv)) == 0
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    params = OmegaConf.load(REPO / "params.yaml")
+    params.backbone.id = "tiny"
+    params.embed.train_copies = 1
+    params.train.max_epochs = 3
+    params.evaluate.bootstrap_resamples = 50
+    params.evaluate.robustness_copies = 1
+    OmegaConf.save(params, root / "params.yaml")
+    generate_dataset(root / "data", n=90, seed=5, show_progress=False)
+    with inside(root):
+        for stage in ("ingest", "dedupe", "split"):
+            run(stage)
+    return root
+
+
+@pytest.fixture()
+def work(project: Path, tmp_path: Path) -> Iterator[Path]:
+    """A private copy of the prepared project (the feature cache is shared to save recomputation)."""
+    copy = tmp_path / "work"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns(".cache"))
+    if (project / ".cache").exists():
+        (copy / ".cache").symlink_to(project / ".cache")
+    with inside(copy):
+        yield copy
+
+
+def embedded(split: str) -> dict[str, np.ndarray]:
+    return load_file(f"outputs/embed/base/features/{split}.safetensors")
+
+
+def metrics(stage: str) -> dict:
+    return json.loads(Path(f"outputs/{stage}/base/metrics.json").read_text())
+
+
+def test_views_copies_and_flip_shape_the_features(work: Path) -> None:
+    run("embed")
+    plain = embedded("train")
+    index = pd.read_csv("outputs/embed/base/index.csv")
+    n_train = int((index["split"] == "train").sum() / 2)
+    assert plain["features"].shape[:2] == (2 * n_train, 1)
+    assert "features_flip" not in embedded("val_select")
+
+    run("embed", "embed.views=global+tiles", "embed.grid=2", "embed.train_copies=0", "embed.tta_flip=true")
+    tiles = embedded("train")
+    assert tiles["features"].shape[:2] == (n_train, 5)
+    np.testing.assert_array_equal(tiles["features"][:, 0], plain["features"][:n_train, 0])
+    flipped = embedded("val_select")
+    assert flipped["features_flip"].shape == flipped["features"].shape
+    assert not np.allclose(flipped["features_flip"], flipped["features"])
+
+    run("embed", "embed.views=global+tiles", "embed.grid=2", "embed.tile_overlap=0.5", "embed.train_copies=0")
+    assert not np.allclose(embedded("train")["features"][:, 1:], tiles["features"][:, 1:])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "embed.seed=1",
+        "embed.augment.color_jitter=0.3",
+        "embed.augment.erase_p=1.0",
+        "embed.augment.flip_p=1.0",
+        "embed.augment.jpeg=false",
+        "embed.augment.level_probs=[0,0,0,1]",
+    ],
+)
+def test_augmentation_keys_change_the_augmented_copies_only(work: Path, override: str) -> None:
+    run("embed")
+    before = embedded("train")["features"]
+    run("embed", override)
+    after = embedded("train")["features"]
+    half = len(before) // 2  # clean rows first, then the augmented copy
+    np.testing.assert_array_equal(after[:half], before[:half])
+    assert not np.allclose(after[half:], before[half:])
+
+
+def test_batch_size_and_cache_dir_change_how_not_what(work: Path) -> None:
+    run("embed")
+    before = embedded("val_calib")["features"]
+    run("embed", "embed.batch_size=5", "embed.cache_dir=elsewhere")
+    assert metrics("embed")["images_computed"] > 0  # nothing was cached in the new folder
+    assert any(Path("elsewhere").rglob("*.npy"))
+    np.testing.assert_allclose(embedded("val_calib")["features"], before, atol=1e-5)
+
+
+def test_backbone_seed_changes_the_tiny_backbone(work: Path) -> None:
+    run("embed")
+    before = embedded("val_calib")["features"]
+    run("embed", "backbone.seed=1")
+    assert not np.allclose(embedded("val_calib")["features"], before)
+
+
+def test_train_writes_logits_and_tta_averages_over_the_flip(work: Path) -> None:
+    run("embed", "embed.tta_flip=true")
+    run("train", "embed.tta_flip=true")
+    with_tta = pd.read_csv("outputs/train/base/logits/val_calib.csv")
+    run("embed")
+    run("train")
+    without = pd.read_csv("outputs/train/base/logits/val_calib.csv")
+    assert list(without.columns) == ["sha256", "path", "z0", "z1", "margin"]
+    np.testing.assert_allclose(without["margin"], without["z1"] - without["z0"], rtol=1e-6)
+    assert not np.allclose(with_tta["margin"], without["margin"])
+    m = metrics("train")
+    assert m["val_select_mcc"] == pytest.approx(m["selection_metric"], abs=1e-9)
+    assert Path("outputs/train/base/training_curves.png").stat().st_size > 1000
+
+
+def test_calibrate_and_evaluate_follow_their_parameters(work: Path) -> None:
+    run("embed")
+    run("train")
+    run("calibrate")
+    policy = json.loads(Path("outputs/calibrate/base/policy.json").read_text())
+    assert policy["calibrator"]["name"] == "temperature" and policy["conformal"] is not None
+    sweep = pd.read_csv("outputs/calibrate/base/threshold_sweep.csv")
+    assert policy["threshold"] in set(sweep["threshold"])
+    run("calibrate", "calibrate.method=isotonic", "calibrate.conformal_alpha=null", "calibrate.max_fnr=0.2")
+    policy = json.loads(Path("outputs/calibrate/base/policy.json").read_text())
+    assert policy["calibrator"]["name"] == "isotonic" and policy["conformal"] is None
+    assert policy["max_fnr"] == 0.2 and metrics("calibrate")["val_calib_fnr"] <= 0.2
+    # infeasible guarantee: a clear error naming the minimum number of positives, exit code 2
+    assert cli(["calibrate", "calibrate.guarantee_alpha=0.01", "calibrate.guarantee_delta=0.01"]) == 2
+
+    run("evaluate")
+    m = metrics("evaluate")
+    predictions = pd.read_csv("outputs/evaluate/base/predictions.csv")
+    assert m["test_n"] == len(predictions)
+    assert ((predictions["probability"] > 0.5) == (predictions["decision"] == 1)).all()
+    slices = pd.read_csv("outputs/evaluate/base/slices.csv")
+    assert {"time_of_day", "weather", "camera"} <= set(slices["column"])
+    assert (slices.groupby("column")["n"].sum() == len(predictions)).all()
+    levels = pd.read_csv("outputs/evaluate/base/robustness.csv")
+    assert list(levels["level"]) == [0, 1, 2, 3]
+    errors = pd.read_csv("outputs/evaluate/base/errors.csv")
+    assert len(errors) == int((predictions["decision"] != predictions["label"]).sum())
+    run("evaluate", "evaluate.ci_level=0.5")
+    narrow = metrics("evaluate")
+    assert narrow["test_mcc_high"] - narrow["test_mcc_low"] <= m["test_mcc_high"] - m["test_mcc_low"]
+
+
+def test_finetune_mode_trains_its_own_backbone_that_evaluate_then_uses(work: Path) -> None:
+    run("embed")
+    run("train")
+    head_only = pd.read_csv("outputs/train/base/logits/val_select.csv")
+    assert json.loads(Path("outputs/train/base/model/backbone.json").read_text())["finetuned"] is False
+    run("train", "train.mode=finetune", "train.max_epochs=2", "train.finetune.lora_rank=2")
+    ref = json.loads(Path("outputs/train/base/model/backbone.json").read_text())
+    assert ref["finetuned"] is True
+    assert (Path("outputs/train/base/model/backbone") / "config.json").is_file()
+    m = metrics("train")
+    assert m["merge_max_abs_diff"] <= 1e-3 and m["trainable_parameters"] > 0
+    tuned = pd.read_csv("outputs/train/base/logits/val_select.csv")
+    assert not np.allclose(tuned["margin"], head_only["margin"])
+    run("calibrate")
+    run("evaluate")
+    assert metrics("evaluate")["test_n"] > 0
+    # multi-view needs the feature cache: finetune refuses it with a message naming both keys
+    assert cli(["train", "train.mode=finetune", "embed.views=global+tiles"]) == 2
