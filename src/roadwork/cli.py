@@ -23,6 +23,7 @@ STAGES: dict[str, str] = {
     "train": "train the head on cached features (or LoRA + head with train.mode=finetune); val logits",
     "calibrate": "fit calibration, the exact MCC threshold and abstention sets on val_calib: policy.json",
     "evaluate": "val_test once: metrics with group-bootstrap CIs, slices, validator-level robustness, plots",
+    "bundle": "choose the variant on val_calib, build the pyfunc and HF export, register 'challenger'",
 }
 # stages run once per variant (a DVC foreach): they take --variant
 VARIANT_STAGES = ("embed", "train", "calibrate", "evaluate")
@@ -95,6 +96,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, description in STAGES.items():
         _add_stage_parser(subparsers, name, description)
+
+    predict = subparsers.add_parser(
+        "predict",
+        help="score image files / folders with a registered model",
+        description="Score image files and folders (searched recursively) with an MLflow model. Unreadable "
+        "or non-image files get a reason in the error column and never stop the rest.",
+    )
+    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    predict.add_argument(
+        "--model",
+        default="models:/roadwork-classifier@champion",
+        help="MLflow model URI: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/…, or a local folder "
+        "(default: %(default)s)",
+    )
+    predict.add_argument("--out", type=Path, default=None, help="CSV to write (default: standard output)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    promote = subparsers.add_parser(
+        "promote",
+        help="move 'champion' to 'challenger' when it is better on the current hold-out",
+        description="Evaluate the registered 'challenger' and 'champion' on today's val_test images and "
+        "move 'champion' only when challenger > champion + min-delta (the first model becomes champion). "
+        "The decision and both scores are recorded as tags on the challenger version.",
+    )
+    promote.add_argument(
+        "--metric",
+        choices=("mcc", "accuracy", "validator_score", "auroc"),
+        default=None,
+        help="comparison metric (default: params.yaml deploy.promote_metric)",
+    )
+    promote.add_argument(
+        "--min-delta",
+        type=float,
+        default=None,
+        help="required margin (default: params.yaml deploy.promote_min_delta)",
+    )
+    promote.add_argument("--dry-run", action="store_true", help="decide and record, but move no alias")
+    promote.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
     return parser
 
 
@@ -129,6 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "synth":
             _synth(args)
             return 0
+        if args.command == "predict":
+            from roadwork.stages import predict
+
+            return predict.main(args.model, args.paths, args.out, show_progress=not args.quiet)
+        if args.command == "promote":
+            from roadwork.config import load_config
+            from roadwork.stages import promote
+
+            cfg = load_config(args.params)
+            return promote.main(cfg, metric=args.metric, min_delta=args.min_delta, dry_run=args.dry_run)
         from roadwork.config import load_config
 
         overrides = tuple(args.overrides)

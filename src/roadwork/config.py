@@ -15,6 +15,7 @@ import difflib
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
@@ -157,6 +158,20 @@ class EvaluateParams:
 
 
 @dataclass
+class DeployParams:
+    registered_model: str = "roadwork-classifier"
+    model_name: str = "roadwork-classifier"
+    description: str = "Roadwork / no-roadwork classifier for the NATIX StreetVision task, built by roadwork."
+    version: str = "1.0.0"
+    submitted_by: str = ""
+    max_bytes: int = 20_000_000
+    max_pixels: int = 50_000_000
+    batch_size: int = 32
+    promote_metric: str = "mcc"
+    promote_min_delta: float = 0.0
+
+
+@dataclass
 class TrackingParams:
     experiment: str = "roadwork"
 
@@ -172,6 +187,7 @@ class RoadworkConfig:
     train: TrainParams = field(default_factory=TrainParams)
     calibrate: CalibrateParams = field(default_factory=CalibrateParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    deploy: DeployParams = field(default_factory=DeployParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
 
@@ -230,6 +246,22 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "evaluate.seed": (lambda v: v >= 0, "an integer >= 0"),
     "evaluate.robustness_copies": (lambda v: v >= 1, "a positive integer (renders per image and level)"),
     "evaluate.worst_errors": (lambda v: v >= 0, "an integer >= 0"),
+    "deploy.registered_model": (lambda v: bool(v.strip()), "a non-empty registered model name"),
+    "deploy.version": (
+        lambda v: re.fullmatch(r"\d+\.\d+\.\d+", v) is not None,
+        "a version X.Y.Z (digits), as model_card.json requires",
+    ),
+    "deploy.max_bytes": (lambda v: v >= 1, "a positive integer (bytes)"),
+    "deploy.max_pixels": (
+        lambda v: 0 < v <= (_pillow_limit() or v),
+        "a positive integer no larger than Pillow's own hard limit",
+    ),
+    "deploy.batch_size": (lambda v: v >= 1, "a positive integer"),
+    "deploy.promote_metric": (
+        lambda v: v in ("mcc", "accuracy", "validator_score", "auroc"),
+        "one of mcc, accuracy, validator_score, auroc",
+    ),
+    "deploy.promote_min_delta": (lambda v: v >= 0, "a number >= 0"),
 }
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -40,7 +41,15 @@ from tqdm.auto import tqdm
 from roadwork.data.preprocess import TrainAugment, render_as_validator, tile_boxes, to_tensor_batch
 from roadwork.models.backbone import Backbone
 
-__all__ = ["FeatureCache", "Render", "ViewSpec", "embed_images", "render_image"]
+__all__ = [
+    "FeatureCache",
+    "Render",
+    "ViewSpec",
+    "embed_images",
+    "forward_views",
+    "image_views",
+    "render_image",
+]
 
 VIEW_MODES = ("global", "global+tiles")
 
@@ -138,6 +147,22 @@ def _view_images(image: Image.Image, part: str, spec: ViewSpec) -> list[Image.Im
     if part == "global":
         return [image]
     return [image.crop(box) for box in tile_boxes(image.width, image.height, spec.grid, spec.overlap)]
+
+
+def image_views(image: Image.Image, spec: ViewSpec) -> list[Image.Image]:
+    """The ``spec.num_views`` views of one (rendered) image: the image itself, then its tiles."""
+    return [view for part in spec.parts for view in _view_images(image, part, spec)]
+
+
+def forward_views(
+    backbone: Backbone, view_lists: Sequence[Sequence[Image.Image]]
+) -> list[NDArray[np.float32]]:
+    """Features ``[len(views), D]`` for each list of views; every view of every list in one forward pass."""
+    flat = [view for views in view_lists for view in views]
+    with torch.inference_mode():
+        features = backbone(to_tensor_batch(flat, backbone.preprocess)).numpy()
+    bounds = np.cumsum([0, *(len(views) for views in view_lists)])
+    return [features[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 class FeatureCache:
@@ -259,15 +284,11 @@ def embed_images(
         for begin in range(0, len(todo), batch_size):
             batch = todo[begin : begin + batch_size]
             prepared = list(pool.map(prepare, batch))
-            flat = [view for parts in prepared for views in parts for view in views]
-            with torch.inference_mode():
-                features = backbone(to_tensor_batch(flat, backbone.preprocess)).numpy()
-            views_computed += len(flat)
-            offset = 0
-            for sha, parts in zip(batch, prepared, strict=True):
-                for part, views in zip(missing[sha], parts, strict=True):
-                    cache.put(sha, render, part, features[offset : offset + len(views)])
-                    offset += len(views)
+            keys = [(sha, part) for sha in batch for part in missing[sha]]
+            features = forward_views(backbone, [views for parts in prepared for views in parts])
+            for (sha, part), part_features in zip(keys, features, strict=True):
+                cache.put(sha, render, part, part_features)
+                views_computed += len(part_features)
             bar.update(len(batch))
 
     rows = [np.concatenate([cache.get(s, render, part) for part in spec.parts]) for s in sha256]

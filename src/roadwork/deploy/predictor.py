@@ -1,0 +1,165 @@
+"""The deployed model: backbone + head + policy + views, applied to encoded images.
+
+One inference path serves the MLflow pyfunc (and so ``mlflow models serve``), ``roadwork predict`` and
+``roadwork promote``. A model folder holds ``backbone/`` (:meth:`Backbone.save`), ``head.safetensors`` +
+``head.json``, ``policy.json`` and ``predictor.json`` (views, test-time flip, input limits). Images are
+decoded by :func:`roadwork.data.images.decode_image` (limits on bytes and pixels checked before any pixel
+is decoded) and preprocessed by the backbone's own preprocessing; what the validator sends (a 224x224
+JPEG) is exactly what the clean render used in training looks like.
+
+Per image the output is ``probability`` (the policy folded in: > 0.5 exactly when the decision is
+roadwork), ``calibrated_probability``, ``decision`` (0/1), ``abstain`` and ``error`` (empty, or why the
+input could not be used: such rows carry NaN / -1 and never stop the others).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+__all__ = ["OUTPUT_COLUMNS", "Predictor", "PredictorSpec"]
+
+OUTPUT_COLUMNS = ("probability", "calibrated_probability", "decision", "abstain", "error")
+SPEC_FILE = "predictor.json"
+POLICY_FILE = "policy.json"
+BACKBONE_DIR = "backbone"
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """How inputs become predictions.
+
+    Attributes:
+        views: ``global`` or ``global+tiles`` (with ``grid`` and ``overlap``), as the head was trained.
+        tta_flip: average the logits of the image and its mirror image.
+        max_bytes: largest accepted encoded input, in bytes.
+        max_pixels: largest accepted declared width x height.
+        batch_size: images per backbone forward pass.
+    """
+
+    views: str = "global"
+    grid: int = 3
+    overlap: float = 0.25
+    tta_flip: bool = False
+    max_bytes: int = 20_000_000
+    max_pixels: int = 50_000_000
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_pixels", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"PredictorSpec.{name} must be a positive int, got {value!r}.")
+
+
+class Predictor:
+    """Backbone, head, policy and spec; :meth:`predict` maps encoded images to the output columns."""
+
+    def __init__(self, backbone: Any, head: Any, policy: Any, spec: PredictorSpec) -> None:
+        from roadwork.train.embed import ViewSpec
+
+        self.backbone, self.head, self.policy, self.spec = backbone, head, policy, spec
+        self.view_spec = ViewSpec(spec.views, spec.grid, spec.overlap)
+        if head.num_views != self.view_spec.num_views:
+            raise ValueError(
+                f"the head expects {head.num_views} views per image but the spec gives "
+                f"{self.view_spec.num_views} ({spec.views})."
+            )
+
+    @classmethod
+    def from_dir(cls, directory: Path | str) -> Predictor:
+        from roadwork.models.backbone import load_backbone
+        from roadwork.policy import Policy
+        from roadwork.train.head import load_head
+
+        directory = Path(directory)
+        spec_path = directory / SPEC_FILE
+        if not spec_path.is_file():
+            raise FileNotFoundError(f"{spec_path}: missing; {directory} is not a roadwork model folder.")
+        try:
+            spec = PredictorSpec(**json.loads(spec_path.read_text()))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{spec_path}: invalid predictor spec ({exc}).") from None
+        return cls(
+            load_backbone(str(directory / BACKBONE_DIR)),
+            load_head(directory),
+            Policy.from_json(directory / POLICY_FILE),
+            spec,
+        )
+
+    def save(self, directory: Path | str, *, head_dir: Path) -> None:
+        """Write the model folder (``head_dir`` holds the trained ``head.safetensors`` / ``head.json``)."""
+        import shutil
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backbone.save(directory / BACKBONE_DIR)
+        for name in ("head.safetensors", "head.json"):
+            shutil.copyfile(Path(head_dir) / name, directory / name)
+        self.policy.to_json(directory / POLICY_FILE)
+        (directory / SPEC_FILE).write_text(json.dumps(asdict(self.spec), indent=2, sort_keys=True) + "\n")
+
+    def decode(self, source: bytes | Path) -> Image.Image:
+        """One input as an RGB image, or ImageRejected / ValueError / OSError saying why not."""
+        from roadwork.data.images import decode_image
+
+        size = len(source) if isinstance(source, (bytes, bytearray)) else Path(source).stat().st_size
+        if size > self.spec.max_bytes:
+            raise ValueError(f"input is {size} bytes; the limit is max_bytes={self.spec.max_bytes}")
+        return decode_image(source, max_pixels=self.spec.max_pixels, min_side=1).image
+
+    def margins(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Margins ``z1 - z0`` of decoded images (flip-averaged logits when ``tta_flip``)."""
+        from roadwork.train.embed import forward_views, image_views
+        from roadwork.train.head import predict_logits
+
+        out = []
+        for begin in range(0, len(images), self.spec.batch_size):
+            batch = list(images[begin : begin + self.spec.batch_size])
+            variants = [batch]
+            if self.spec.tta_flip:
+                variants.append([im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in batch])
+            logits = []
+            for group in variants:
+                features = np.stack(
+                    forward_views(self.backbone, [image_views(im, self.view_spec) for im in group])
+                )
+                logits.append(predict_logits(self.head, features))
+            mean = sum(logits) / len(logits)
+            out.append(mean[:, 1] - mean[:, 0])
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def predict(self, sources: Sequence[bytes | Path]) -> pd.DataFrame:
+        """One row per source, in order, with :data:`OUTPUT_COLUMNS`; bad inputs get an ``error``."""
+        from roadwork.data.images import ImageRejected
+
+        images, ok, errors = [], [], [""] * len(sources)
+        for i, source in enumerate(sources):
+            try:
+                images.append(self.decode(source))
+                ok.append(i)
+            except (ImageRejected, OSError, ValueError) as exc:
+                errors[i] = f"{type(exc).__name__}: {exc}"
+        frame = pd.DataFrame(
+            {
+                "probability": np.full(len(sources), np.nan),
+                "calibrated_probability": np.full(len(sources), np.nan),
+                "decision": np.full(len(sources), -1, dtype=np.int64),
+                "abstain": np.zeros(len(sources), dtype=bool),
+                "error": errors,
+            }
+        )
+        if ok:
+            applied = self.policy.apply(self.margins(images).astype(np.float64))
+            frame.loc[ok, "probability"] = applied["probability"]
+            frame.loc[ok, "calibrated_probability"] = applied["calibrated_probability"]
+            frame.loc[ok, "decision"] = applied["decision"].astype(np.int64)
+            frame.loc[ok, "abstain"] = applied["abstain"]
+        return frame

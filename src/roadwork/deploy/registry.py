@@ -1,0 +1,153 @@
+"""The MLflow model registry: log the pyfunc as code, register versions, and the promotion rule.
+
+Aliases: ``challenger`` points at the newest bundle; ``champion`` at the model in production. Promotion
+compares both on the *current* hold-out (the split may have changed since either was registered) and moves
+``champion`` only when the challenger is better by more than ``min_delta`` on the chosen metric; the first
+model becomes champion without a comparison. Every decision is recorded as tags on the challenger version.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MODEL_NAME = "roadwork-classifier"
+CHALLENGER, CHAMPION = "challenger", "champion"
+PROMOTION_METRICS = ("mcc", "accuracy", "validator_score", "auroc")
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "MODEL_NAME",
+    "PROMOTION_METRICS",
+    "PromotionDecision",
+    "decide_promotion",
+    "log_pyfunc",
+    "score_predictions",
+]
+
+
+def _example_jpeg() -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (224, 224), (128, 128, 128)).save(buffer, format="JPEG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def log_pyfunc(model_dir: Path, *, registered_model_name: str | None, tags: Mapping[str, str] = ()) -> Any:
+    """Log ``model_dir`` (a :class:`~roadwork.deploy.predictor.Predictor` folder) as a pyfunc in the active
+    run, from code (``pyfunc_model.py``) with the ``roadwork`` package as code path; register it as a new
+    version of ``registered_model_name`` when given, tagged with ``tags``. Returns MLflow's ``ModelInfo``."""
+    import mlflow
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, Schema
+
+    import roadwork
+    from roadwork.deploy import pyfunc_model
+
+    example = pd.DataFrame({"image": [_example_jpeg()]})
+    output = pd.DataFrame(
+        {
+            "probability": [0.5],
+            "calibrated_probability": [0.5],
+            "decision": [0],
+            "abstain": [False],
+            "error": [""],
+        }
+    )
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=pyfunc_model.__file__,
+        artifacts={pyfunc_model.MODEL_ARTIFACT: str(model_dir)},
+        code_paths=[str(Path(roadwork.__file__).parent)],
+        # either column may be given: base64 bytes over HTTP, file paths for local batch prediction
+        signature=ModelSignature(
+            inputs=Schema(
+                [ColSpec("string", "image", required=False), ColSpec("string", "path", required=False)]
+            ),
+            outputs=infer_signature(example, output).outputs,
+        ),
+        input_example=example,
+        registered_model_name=registered_model_name,
+    )
+    if registered_model_name:
+        client = mlflow.MlflowClient()
+        version = str(info.registered_model_version)
+        for key, value in dict(tags).items():
+            client.set_model_version_tag(registered_model_name, version, key, str(value))
+    return info
+
+
+def score_predictions(metric: str, y_true: np.ndarray, predictions: pd.DataFrame) -> float:
+    """``metric`` of a pyfunc output on labelled images (rows with an ``error`` count as wrong)."""
+    from roadwork import metrics as M
+
+    if metric not in PROMOTION_METRICS:
+        raise ValueError(f"metric must be one of {PROMOTION_METRICS}, got {metric!r}.")
+    decision = predictions["decision"].to_numpy()
+    failed = decision < 0
+    # An unreadable image is a wrong answer, never a free pass.
+    decision = np.where(failed, 1 - np.asarray(y_true), decision).astype(int)
+    if metric == "auroc":
+        p = predictions["probability"].fillna(0.5).to_numpy()
+        return M.auroc(y_true, p)
+    mcc, acc = M.mcc(y_true, decision), M.accuracy(y_true, decision)
+    return {"mcc": mcc, "accuracy": acc, "validator_score": M.validator_score(mcc, acc)}[metric]
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+
+
+def decide_promotion(challenger: float, champion: float | None, min_delta: float) -> PromotionDecision:
+    """The rule: no champion -> promote; else promote iff ``challenger > champion + min_delta``."""
+    if min_delta < 0 or not np.isfinite(min_delta):
+        raise ValueError(f"min_delta must be finite and >= 0, got {min_delta!r}.")
+    if champion is None:
+        return PromotionDecision(True, "no champion yet: the first model becomes champion")
+    if not np.isfinite(challenger):
+        return PromotionDecision(False, f"challenger score is {challenger}; nothing to compare")
+    if challenger > champion + min_delta:
+        return PromotionDecision(
+            True, f"challenger {challenger:.4f} > champion {champion:.4f} + min_delta {min_delta:g}"
+        )
+    return PromotionDecision(
+        False, f"challenger {challenger:.4f} <= champion {champion:.4f} + min_delta {min_delta:g}"
+    )
+
+
+def alias_version(client: Any, name: str, alias: str) -> Any | None:
+    """The model version ``alias`` points at, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def predict_with(
+    model_uri: str, paths: list[Path], progress: Callable[[int], None] | None = None
+) -> pd.DataFrame:
+    """Load the pyfunc at ``model_uri`` and predict ``paths`` in chunks (``progress(n_done)`` after each)."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    chunks = []
+    for begin in range(0, len(paths), 64):
+        part = [str(p) for p in paths[begin : begin + 64]]
+        chunks.append(model.predict(pd.DataFrame({"path": part})))
+        if progress:
+            progress(len(part))
+    columns = ["probability", "calibrated_probability", "decision", "abstain", "error"]
+    return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=columns)
