@@ -62,7 +62,7 @@ def main(cfg: RoadworkConfig, *, metric: str | None, min_delta: float | None, dr
         "promote.min_delta": str(min_delta),
         "promote.holdout_n": str(len(paths)),
         "promote.challenger_score": f"{scores['challenger']:.6f}",
-        "promote.champion_version": champion.version if champion is not None else "",
+        "promote.champion_version": str(champion.version) if champion is not None else "",
         "promote.champion_score": f"{scores['champion']:.6f}" if "champion" in scores else "",
         "promote.time": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
     }

@@ -1,0 +1,554 @@
+"""ExPLoRA (arXiv 2406.10973): continue the backbone's self-supervised pretraining on the target domain.
+
+:func:`adapt_backbone` trains the :class:`~roadwork.adapt.ssl.ExploraSSL` student/teacher pair on the
+given images (the caller passes train-split images, plus any unlabeled pool; never validation splits),
+merges the student's adapters, checks the merge and saves the adapted backbone. The head is then trained on
+the adapted backbone's features exactly as on the base backbone's.
+
+One optimiser step (:func:`ssl_step`), in order: teacher forward (no gradients) on the 2 global crops; student
+forward on the iBOT-masked global crops and the local crops; DINO + ``ibot_weight`` * iBOT +
+``koleo_weight`` * KoLeo; backward; global gradient-norm clipping; the head's last-layer gradients dropped
+during the first ``freeze_last_layer_steps`` steps; AdamW at the step's learning rate (linear warm-up,
+cosine decay); EMA update of the teacher with a momentum on a cosine schedule from ``teacher_momentum`` to 1.
+
+Reproducibility and resumption: initialisation is seeded by ``cfg.seed``; crops by (seed, epoch, image);
+masks and adapter dropout by (seed, step); the image order by (seed, epoch). So a run is a function of its
+inputs on CPU, and a resumed run continues exactly where the checkpoint left off. Checkpoints
+(``checkpoint_dir``) are written at every epoch end, every ``checkpoint_every_steps`` steps and after the
+last step, as ``explora-<step>.safetensors`` (trainable student weights, their teacher copies, both heads,
+the teacher centres and the AdamW state) plus ``explora-<step>.json`` (step, config, base-backbone
+fingerprint, image-list digest, history so far); only the newest is kept. A run finds the newest complete
+checkpoint and resumes from it; one from a different config, backbone or image list is an error.
+
+``out_dir`` receives ``backbone/`` (:meth:`Backbone.save`, so ``load_backbone(str(out_dir / "backbone"))``
+rebuilds it with the same family and preprocessing), ``history.csv`` (one row per step) and ``adapt.json``
+(settings, layout, parameter counts, losses, fingerprints, the merge check's difference).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from lightning.pytorch.loggers import Logger
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from roadwork.adapt.config import AdaptConfig
+from roadwork.adapt.layout import AdapterLayout
+from roadwork.adapt.merge import MERGE_TOLERANCE, backbone_features, merge_check, merge_student
+from roadwork.adapt.ssl import (
+    ExploraSSL,
+    MultiCropDataset,
+    ResumableEpochSampler,
+    block_masks,
+    cosine_lr,
+    multi_crop_transform,
+    seeded,
+    teacher_temperature,
+)
+from roadwork.data.images import open_image, pillow_pixel_limit
+from roadwork.data.preprocess import to_tensor_batch
+from roadwork.models.backbone import Backbone
+
+__all__ = [
+    "ACCELERATORS",
+    "ADAPT_META",
+    "BACKBONE_DIR",
+    "HISTORY_COLUMNS",
+    "HISTORY_FILE",
+    "AdaptResult",
+    "adapt_backbone",
+    "latest_checkpoint",
+    "make_optimizer",
+    "ssl_step",
+]
+
+BACKBONE_DIR = "backbone"
+ADAPT_META = "adapt.json"
+HISTORY_FILE = "history.csv"
+ACCELERATORS = ("auto", "cpu", "gpu")
+HISTORY_COLUMNS = (
+    "step",
+    "epoch",
+    "loss",
+    "loss_dino",
+    "loss_ibot",
+    "loss_koleo",
+    "agreement",
+    "lr",
+    "teacher_temp",
+    "teacher_momentum",
+)
+CHECKPOINT_FORMAT_VERSION = 1
+_CHECKPOINT_PREFIX = "explora-"
+_CHECK_BATCH_SIZE = 8
+# RNG stream tags for seeded(): crops use 1 (in MultiCropDataset), steps 2, initialisation 0
+_INIT_STREAM, _STEP_STREAM = 0, 2
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    """What :func:`adapt_backbone` produced.
+
+    Attributes:
+        backbone: the merged, frozen backbone (eval mode, CPU), equal to what ``backbone_dir`` holds.
+        history: one row per optimiser step, columns :data:`HISTORY_COLUMNS` (``step`` counts from 1).
+        trainable_params: student backbone parameters trained (adapters, last blocks, norms).
+        total_params: all parameters of the adapted student backbone (base weights plus adapters).
+        trainable_pct: ``100 * trainable_params / total_params``.
+        loss_start, loss_end: total SSL loss of the first and of the last step.
+        agreement_end: teacher-student agreement of the last step.
+        merge_max_abs_diff: the merge check's max |merged - unmerged| feature difference.
+        steps: optimiser steps of the whole run (resumed ones included).
+        resumed_from_step: the checkpoint step the run resumed from (0: a fresh start).
+        layout: which weights trained how.
+        backbone_dir, history_path, meta_path: what was written in ``out_dir``.
+    """
+
+    backbone: Backbone
+    history: pd.DataFrame
+    trainable_params: int
+    total_params: int
+    trainable_pct: float
+    loss_start: float
+    loss_end: float
+    agreement_end: float
+    merge_max_abs_diff: float
+    steps: int
+    resumed_from_step: int
+    layout: AdapterLayout
+    backbone_dir: Path
+    history_path: Path
+    meta_path: Path
+
+
+# ---------------------------------------------------------------------------------------- optimisation
+
+
+def make_optimizer(model: ExploraSSL, cfg: AdaptConfig) -> torch.optim.AdamW:
+    """AdamW over :meth:`ExploraSSL.trainable_parameters`: weight decay on tensors of rank >= 2 only."""
+    params = [p for _, p in model.trainable_parameters()]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
+
+
+def _momentum(step: int, total_steps: int, cfg: AdaptConfig) -> float:
+    from lightly.utils.scheduler import cosine_schedule
+
+    return cosine_schedule(step, max(1, total_steps), cfg.teacher_momentum, 1.0)
+
+
+def ssl_step(
+    model: ExploraSSL,
+    optimizer: torch.optim.Optimizer,
+    crops: Sequence[Tensor],
+    *,
+    step: int,
+    total_steps: int,
+    steps_per_epoch: int,
+) -> dict[str, float]:
+    """One ExPLoRA optimiser step on one batch (see the module docstring); returns its metrics.
+
+    Args:
+        model: the student/teacher pair, in training mode.
+        optimizer: from :func:`make_optimizer`.
+        crops: ``2 + n_local_crops`` tensors ``[B, 3, s, s]`` (global crops first), e.g. a collated batch of
+            :class:`~roadwork.adapt.ssl.MultiCropDataset`.
+        step: 0-based index of this step in the run; total_steps: steps of the run (schedules);
+        steps_per_epoch: steps of one epoch (teacher-temperature warm-up).
+
+    Masks and adapter dropout draw from RNGs seeded by ``(cfg.seed, step)``.
+    Returns the :data:`HISTORY_COLUMNS` values but ``step`` and ``epoch``.
+    """
+    cfg = model.cfg
+    device = next(model.student_head.parameters()).device
+    lr = cosine_lr(step, total_steps, cfg)
+    temp = teacher_temperature(step, steps_per_epoch, cfg)
+    momentum = _momentum(step, total_steps, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    global_crops = torch.cat([c.to(device, non_blocking=True) for c in crops[:2]])
+    local = [c.to(device, non_blocking=True) for c in crops[2:]]
+    local_crops = torch.cat(local) if local else None
+    with seeded(cfg.seed, _STEP_STREAM, step):
+        masks = None
+        if model.is_vit:
+            grid = model.patch_grid(int(global_crops.shape[-1]))
+            masks = block_masks(int(global_crops.shape[0]), grid, cfg).to(device)
+        bf16 = cfg.precision == "bf16-mixed"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model.losses(global_crops, local_crops, masks, teacher_temp=temp)
+    loss = out["loss"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the ExPLoRA loss became non-finite ({float(loss)}) at step {step}.")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for _, p in model.trainable_parameters()]
+    if cfg.gradient_clip_val > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clip_val)
+    model.cancel_last_layer_gradients(step)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.update_teacher(momentum)
+    return {
+        "loss": float(loss.detach()),
+        "loss_dino": float(out["dino"]),
+        "loss_ibot": float(out["ibot"]),
+        "loss_koleo": float(out["koleo"]),
+        "agreement": float(out["agreement"]),
+        "lr": lr,
+        "teacher_temp": temp,
+        "teacher_momentum": momentum,
+    }
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensor = value if isinstance(value, Tensor) else torch.tensor(value)
+            out[f"optimizer/{index}/{key}"] = tensor.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for name, tensor in tensors.items():
+        _, index, key = name.split("/", 2)
+        state.setdefault(int(index), {})[key] = tensor
+    current = optimizer.state_dict()
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete checkpoint's JSON file in ``checkpoint_dir`` (None when there is none)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return None
+    complete = [
+        p
+        for p in checkpoint_dir.glob(f"{_CHECKPOINT_PREFIX}*.json")
+        if p.with_suffix(".safetensors").is_file()
+    ]
+    return max(complete, key=lambda p: p.stem) if complete else None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(
+    checkpoint_dir: Path,
+    step: int,
+    model: ExploraSSL,
+    optimizer: torch.optim.Optimizer,
+    identity: dict[str, Any],
+    history: list[dict[str, float]],
+) -> Path:
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{_CHECKPOINT_PREFIX}{step:09d}"
+    tensors = {**model.state_tensors(), **_optimizer_tensors(optimizer)}
+    weights = checkpoint_dir / f"{stem}.safetensors"
+    tmp = weights.with_name(f".{weights.name}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, weights)
+    meta = {"format_version": CHECKPOINT_FORMAT_VERSION, "step": step, **identity, "history": history}
+    meta_path = checkpoint_dir / f"{stem}.json"
+    _atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")  # written last: marks completeness
+    for old in checkpoint_dir.glob(f"{_CHECKPOINT_PREFIX}*"):
+        if old.stem != stem:
+            old.unlink(missing_ok=True)
+    return meta_path
+
+
+def _load_checkpoint(
+    meta_path: Path, model: ExploraSSL, optimizer: torch.optim.Optimizer, identity: dict[str, Any]
+) -> tuple[int, list[dict[str, float]]]:
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise ValueError(f"{meta_path}: unknown checkpoint format {meta.get('format_version')!r}.")
+    for key, value in identity.items():
+        if meta.get(key) != value:
+            raise ValueError(
+                f"{meta_path} belongs to a different run ({key} differs); delete {meta_path.parent} to start "
+                "afresh, or restore the settings it was written with."
+            )
+    tensors = load_file(str(meta_path.with_suffix(".safetensors")))
+    optim = {k: v for k, v in tensors.items() if k.startswith("optimizer/")}
+    model.load_state_tensors({k: v for k, v in tensors.items() if not k.startswith("optimizer/")})
+    _load_optimizer_tensors(optimizer, optim)
+    return int(meta["step"]), list(meta["history"])
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _check_images(images: Sequence[str | os.PathLike]) -> list[Path]:
+    if isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence):
+        raise TypeError(f"images must be a sequence of image file paths, got {type(images).__name__}.")
+    if len(images) == 0:
+        raise ValueError("images is empty; ExPLoRA needs at least one training image.")
+    paths = []
+    for k, item in enumerate(images):
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(f"images[{k}] must be a path, got {type(item).__name__}.")
+        if not Path(item).is_file():
+            raise FileNotFoundError(f"images[{k}]: {item} is not a file.")
+        paths.append(Path(item))
+    return paths
+
+
+def _load_image(path: Path) -> Image.Image:
+    limit = pillow_pixel_limit()
+    return open_image(path, max_pixels=limit if limit is not None else 1 << 40)
+
+
+def _images_digest(paths: Sequence[Path]) -> str:
+    return hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest()
+
+
+def _device(accelerator: str) -> torch.device:
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise ValueError("accelerator='gpu' but no CUDA device is available.")
+    if accelerator in ("auto", "gpu") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------------- public
+
+
+def adapt_backbone(
+    backbone: Backbone,
+    images: Sequence[str | os.PathLike],
+    cfg: AdaptConfig,
+    *,
+    out_dir: Path,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every_steps: int = 0,
+    loggers: Sequence[Logger] = (),
+    show_progress: bool = True,
+    accelerator: str = "auto",
+    num_workers: int = 0,
+) -> AdaptResult:
+    """ExPLoRA-adapt ``backbone`` on ``images``; merge, check and save it under ``out_dir``.
+
+    Args:
+        backbone: a plain frozen :class:`Backbone` (``tiny``, a DINOv2/v3 ViT or ``efficientnet_lite0``); it
+            is copied, never modified.
+        images: image file paths (decoded with Pillow, converted to RGB): the train split and any unlabeled
+            pool. Never pass validation or test images.
+        cfg: the settings.
+        out_dir: output folder (created); see the module docstring.
+        checkpoint_dir: where checkpoints go and are resumed from; None: no checkpoints.
+        checkpoint_every_steps: also checkpoint every this many steps (>= 0; 0: at epoch ends only).
+        loggers: Lightning loggers; each step's metrics (``ssl_loss``, ``ssl_loss_dino``, ``ssl_loss_ibot``,
+            ``ssl_loss_koleo``, ``agreement``, ``lr``, ``teacher_temp``, ``teacher_momentum``) with
+            ``step`` = steps done, per epoch ``epoch_ssl_loss`` and ``epoch_agreement``, at the start
+            ``trainable_params``, ``total_params``, ``trainable_pct``, and at the end
+            ``merge_max_abs_diff``. The loggers are not finalised (the caller owns their runs).
+        show_progress: a tqdm progress bar over the steps.
+        accelerator: ``auto`` (a GPU when there is one), ``cpu`` or ``gpu``.
+        num_workers: DataLoader worker processes for decoding and cropping (0: in-process).
+
+    Returns:
+        :class:`AdaptResult`.
+
+    Raises:
+        TypeError/ValueError naming the argument for bad inputs; FloatingPointError when the loss becomes
+        non-finite; :class:`~roadwork.adapt.merge.MergeCheckError` when the merged backbone's features differ
+        from the unmerged student's by more than ``1e-4`` (nothing is saved then).
+    """
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"backbone must be a roadwork Backbone, got {type(backbone).__name__}.")
+    if not isinstance(cfg, AdaptConfig):
+        raise TypeError(f"cfg must be an AdaptConfig, got {type(cfg).__name__}.")
+    paths = _check_images(images)
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}.")
+    for name, value in (("num_workers", num_workers), ("checkpoint_every_steps", checkpoint_every_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
+    out_dir = Path(out_dir)
+    backbone_dir = out_dir / BACKBONE_DIR
+    device = _device(accelerator)
+
+    n = len(paths)
+    batch_size = min(cfg.batch_size, n)
+    steps_per_epoch = n // batch_size
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    base_fingerprint = backbone.fingerprint()
+    identity = {
+        "config": cfg.to_dict(),
+        "base_backbone_fingerprint": base_fingerprint,
+        "images_digest": _images_digest(paths),
+        "total_steps": total_steps,
+    }
+
+    with seeded(cfg.seed, _INIT_STREAM):
+        model = ExploraSSL(backbone, cfg)
+    model.to(device)
+    optimizer = make_optimizer(model, cfg)
+    trainable, total = model.backbone_parameter_counts()
+    pct = 100.0 * trainable / total
+    history: list[dict[str, float]] = []
+    start = 0
+    if checkpoint_dir is not None:
+        found = latest_checkpoint(Path(checkpoint_dir))
+        if found is not None:
+            start, history = _load_checkpoint(found, model, optimizer, identity)
+    for logger in loggers:
+        logger.log_metrics(
+            {"trainable_params": float(trainable), "total_params": float(total), "trainable_pct": pct}, step=0
+        )
+
+    transform = multi_crop_transform(backbone, cfg)
+    dataset = MultiCropDataset(paths, _load_image, transform, seed=cfg.seed)
+    model.train()
+    step = start
+    from tqdm.auto import tqdm
+
+    with (
+        tqdm(total=total_steps, initial=start, desc="explora", disable=not show_progress) as bar,
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("ignore", message=".*exceeds max_steps.*", category=RuntimeWarning)
+        while step < total_steps:
+            epoch, done_in_epoch = divmod(step, steps_per_epoch)
+            sampler = ResumableEpochSampler(n, seed=cfg.seed, epoch=epoch, start=done_in_epoch * batch_size)
+            loader = DataLoader(
+                dataset,
+                batch_size=batch_size,
+                sampler=sampler,
+                drop_last=True,
+                num_workers=num_workers,
+                generator=torch.Generator().manual_seed(cfg.seed),
+                pin_memory=device.type == "cuda",
+            )
+            epoch_rows = []
+            for crops in loader:
+                row = ssl_step(
+                    model,
+                    optimizer,
+                    crops,
+                    step=step,
+                    total_steps=total_steps,
+                    steps_per_epoch=steps_per_epoch,
+                )
+                step += 1
+                row = {"step": step, "epoch": epoch, **row}
+                history.append(row)
+                epoch_rows.append(row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", agree=f"{row['agreement']:.2f}")
+                metrics = {("ssl_" + k if k.startswith("loss") else k): float(v) for k, v in row.items()}
+                metrics.pop("step")
+                for logger in loggers:
+                    logger.log_metrics(metrics, step=step)
+                epoch_end = step % steps_per_epoch == 0 or step == total_steps
+                periodic = checkpoint_every_steps and step % checkpoint_every_steps == 0
+                if checkpoint_dir is not None and (epoch_end or periodic):
+                    _save_checkpoint(Path(checkpoint_dir), step, model, optimizer, identity, history)
+                if epoch_end:
+                    summary = {
+                        "epoch_ssl_loss": sum(r["loss"] for r in epoch_rows) / len(epoch_rows),
+                        "epoch_agreement": sum(r["agreement"] for r in epoch_rows) / len(epoch_rows),
+                    }
+                    for logger in loggers:
+                        logger.log_metrics(summary, step=step)
+                if step >= total_steps:
+                    break
+
+    model.eval()
+    student, layout = model.student, model.layout
+    del model, optimizer
+    check_batch = to_tensor_batch([_load_image(p) for p in paths[:_CHECK_BATCH_SIZE]], backbone.preprocess)
+    reference = backbone_features(student, check_batch)
+    merged = merge_student(student, backbone_id=str(backbone_dir))
+    diff = merge_check(reference, merged, check_batch, tol=MERGE_TOLERANCE)
+    merged.cpu()
+    for logger in loggers:
+        logger.log_metrics({"merge_max_abs_diff": diff}, step=step)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged.save(backbone_dir)
+    frame = pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).astype({"step": int, "epoch": int})
+    history_path = out_dir / HISTORY_FILE
+    frame.to_csv(history_path, index=False)
+    loss_start = float(history[0]["loss"]) if history else math.nan
+    loss_end = float(history[-1]["loss"]) if history else math.nan
+    agreement_end = float(history[-1]["agreement"]) if history else math.nan
+    meta = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "layout": {
+            "lora_targets": list(layout.lora_targets),
+            "unfrozen_blocks": list(layout.unfrozen_blocks),
+            "unfrozen_modules": list(layout.unfrozen_modules),
+            "norm_layers": len(layout.norm_layers),
+        },
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_pct": pct,
+        "images": n,
+        "steps": step,
+        "steps_per_epoch": steps_per_epoch,
+        "resumed_from_step": start,
+        "loss_start": loss_start,
+        "loss_end": loss_end,
+        "agreement_end": agreement_end,
+        "merge_max_abs_diff": diff,
+        "base_backbone": {
+            "id": backbone.backbone_id,
+            "family": backbone.family,
+            "fingerprint": base_fingerprint,
+        },
+        "backbone_fingerprint": merged.fingerprint(),
+    }
+    meta_path = out_dir / ADAPT_META
+    _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    for logger in loggers:
+        logger.save()
+    return AdaptResult(
+        backbone=merged,
+        history=frame,
+        trainable_params=trainable,
+        total_params=total,
+        trainable_pct=pct,
+        loss_start=loss_start,
+        loss_end=loss_end,
+        agreement_end=agreement_end,
+        merge_max_abs_diff=diff,
+        steps=step,
+        resumed_from_step=start,
+        layout=layout,
+        backbone_dir=backbone_dir,
+        history_path=history_path,
+        meta_path=meta_path,
+    )

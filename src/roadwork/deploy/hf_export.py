@@ -1,0 +1,497 @@
+"""Hugging Face export: backbone + linear head + folded policy as a plain image-classification model.
+
+The folder :func:`export_hf` writes loads fully offline with
+``transformers.pipeline("image-classification", model=str(out_dir))`` (no custom code, no hub) and its
+"Roadwork" softmax score is the policy's deployed probability ``sigmoid((z - z*) / s)``, so the validator's
+``round(p)`` reproduces the policy's decision (see :mod:`roadwork.deploy.fold` for the float edge at
+``z ~ z*``). ``id2label`` is ``{0: "None", 1: "Roadwork"}``.
+
+Per backbone family:
+
+* ``dinov2`` -> ``Dinov2ForImageClassification``. Its classifier is ``Linear(2 * hidden, num_labels)`` on
+  ``concat(last_hidden_state[:, 0], last_hidden_state[:, 1:].mean(1))`` (transformers 5.x
+  ``modeling_dinov2.py``), which is our feature definition: the folded head becomes that classifier.
+* ``dinov2_with_registers`` -> ``Dinov2WithRegistersForImageClassification``, whose patch mean starts at
+  ``1 + num_register_tokens`` (registers excluded), as ours does.
+* ``dinov3``: transformers (checked with 5.23) has no ``DINOv3ViTForImageClassification``; exporting raises
+  NotImplementedError rather than shipping custom code. :func:`roadwork.deploy.onnx_export.export_onnx`
+  handles this family.
+* ``timm`` -> ``TimmWrapperForImageClassification``: the timm model is rebuilt with ``num_classes=2`` and its
+  classifier (``Linear(num_features, 2)`` on the same global-pooled features) receives the folded weights.
+
+Preprocessing. ViT exports carry the ``preprocessor_config.json`` of
+:meth:`roadwork.models.backbone.Backbone.save` (``BitImageProcessor`` or ``DINOv3ViTImageProcessor``), which
+:func:`roadwork.data.preprocess.to_tensor_batch` reproduces. A timm-wrapper checkpoint normally gets
+``TimmWrapperImageProcessor``, built from the ``pretrained_cfg`` in ``config.json`` with timm's eval
+transform (PIL resize, ``torchvision`` ``CenterCrop``). That transform cannot equal ours exactly: PIL's
+antialiased bicubic down-scaling differs from the uint8 tensor resize by 1-2 grey levels on about 0.2-0.6 %
+of values (measured on smooth synthetic images from 227x300 to 4032x3024), and ``CenterCrop`` rounds its
+offset with ``round()`` where ``BitImageProcessor`` truncates, a one-pixel shift of the crop for some
+non-square sizes (e.g. 300x402). So timm exports also name ``"image_processor_type": "BitImageProcessor"``
+(or ``DINOv3ViTImageProcessor``) in ``config.json`` next to a ``preprocessor_config.json``:
+``AutoImageProcessor`` (and so ``pipeline``) reads the type from a timm checkpoint's ``config.json`` and then
+loads that processor, which matches ``to_tensor_batch`` exactly (transformers 5.23). The ``pretrained_cfg`` is
+still written as close to ours as timm allows (``crop_pct`` giving the same resize, same
+mean/std/interpolation) as the fallback for tools that build timm's own transform; on 224x224 inputs (what
+the validator sends) it agrees with ours to float rounding.
+
+All weights are written float32 as safetensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from roadwork.deploy.fold import folded_classifier
+from roadwork.models.backbone import Backbone, PreprocessConfig, _image_processor_for
+from roadwork.policy.policy import Policy
+from roadwork.train.head import ID2LABEL, HeadModel
+
+__all__ = [
+    "LABEL2ID",
+    "MODEL_CARD_FIELDS",
+    "MODEL_CARD_FILE",
+    "ROADWORK_LABEL",
+    "export_hf",
+    "hf_probabilities",
+    "validate_model_card",
+]
+
+ROADWORK_LABEL = ID2LABEL[1]
+LABEL2ID = {label: index for index, label in ID2LABEL.items()}
+MODEL_CARD_FILE = "model_card.json"
+MODEL_CARD_FIELDS = ("model_name", "description", "version", "submitted_by", "submission_time")
+_OPTIONAL_CARD_FIELDS = ("metrics",)
+_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
+_VIT_CLASSES = {
+    "dinov2": "Dinov2ForImageClassification",
+    "dinov2_with_registers": "Dinov2WithRegistersForImageClassification",
+}
+
+
+# ------------------------------------------------------------------------------------------- model card
+
+
+def _card_text(card: Mapping[str, Any], key: str) -> str:
+    value = card[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"model_card[{key!r}] must be a non-empty string, got {value!r}.")
+    return value.strip()
+
+
+def _card_time(value: Any) -> str:
+    hint = "an ISO 8601 UTC date-time such as '2025-06-01T12:00:00Z'"
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        text = value.strip()
+        # datetime.fromisoformat accepts a trailing 'Z' only from Python 3.11 on
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"model_card['submission_time'] must be {hint}, got {value!r}.") from None
+        if "T" not in text and " " not in text:
+            raise ValueError(
+                f"model_card['submission_time'] must be {hint} (a time, not a date), got {value!r}."
+            )
+    else:
+        raise ValueError(
+            f"model_card['submission_time'] must be {hint} or an aware datetime, got {type(value).__name__}."
+        )
+    offset = moment.utcoffset()
+    if offset is None or offset.total_seconds() != 0:
+        raise ValueError(
+            f"model_card['submission_time'] must be in UTC (suffix 'Z' or '+00:00'), got {value!r}; "
+            f"expected {hint}."
+        )
+    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat() + "Z"
+
+
+def validate_model_card(model_card: Mapping[str, Any]) -> dict[str, str]:
+    """The ``model_card.json`` content of a submission, validated and normalised.
+
+    Args:
+        model_card: ``model_name``, ``description``, ``submitted_by`` (non-empty strings), ``version``
+            (``"X.Y.Z"``, three non-negative integers) and ``submission_time`` (ISO 8601 in UTC, as a string
+            such as ``"2025-06-01T12:00:00Z"`` or an aware ``datetime``); optionally ``metrics``, a mapping of
+            metric name to value that goes to the README only.
+
+    Returns:
+        The five fields in :data:`MODEL_CARD_FIELDS` order, strings stripped, ``submission_time`` written as
+        ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z``.
+
+    Raises:
+        TypeError: ``model_card`` is not a mapping.
+        ValueError: naming the field, for a missing, unknown or malformed field.
+    """
+    if not isinstance(model_card, Mapping):
+        raise TypeError(f"model_card must be a mapping, got {type(model_card).__name__}.")
+    missing = [key for key in MODEL_CARD_FIELDS if key not in model_card]
+    if missing:
+        raise ValueError(f"model_card is missing {missing}; required fields are {list(MODEL_CARD_FIELDS)}.")
+    unknown = sorted(set(model_card) - set(MODEL_CARD_FIELDS) - set(_OPTIONAL_CARD_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"model_card has unknown fields {unknown}; allowed are "
+            f"{list(MODEL_CARD_FIELDS) + list(_OPTIONAL_CARD_FIELDS)}."
+        )
+    card = {key: _card_text(model_card, key) for key in ("model_name", "description")}
+    version = model_card["version"]
+    if not isinstance(version, str) or not _VERSION.fullmatch(version.strip()):
+        raise ValueError(f"model_card['version'] must be a string 'X.Y.Z' (e.g. '1.0.0'), got {version!r}.")
+    card["version"] = version.strip()
+    card["submitted_by"] = _card_text(model_card, "submitted_by")
+    card["submission_time"] = _card_time(model_card["submission_time"])
+    _card_metrics(model_card)
+    return {key: card[key] for key in MODEL_CARD_FIELDS}
+
+
+def _card_metrics(model_card: Mapping[str, Any]) -> dict[str, Any]:
+    metrics = model_card.get("metrics")
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise ValueError(
+            f"model_card['metrics'] must be a mapping name -> value, got {type(metrics).__name__}."
+        )
+    for name, value in metrics.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"model_card['metrics'] keys must be non-empty strings, got {name!r}.")
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(
+                f"model_card['metrics'][{name!r}] must be a number or a string, got {type(value).__name__}."
+            )
+    return dict(metrics)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def _float32_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().to("cpu"))
+        for k, v in module.state_dict().items()
+    }
+
+
+def _vit_model(backbone: Backbone, weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Module:
+    import transformers
+
+    cls = getattr(transformers, _VIT_CLASSES[backbone.family])
+    config = copy.deepcopy(backbone.model.config)
+    config.num_labels = len(ID2LABEL)
+    config.id2label = dict(ID2LABEL)
+    config.label2id = dict(LABEL2ID)
+    config.problem_type = "single_label_classification"
+    config.architectures = [cls.__name__]
+    # the initial weights are all overwritten; the fork keeps the caller's RNG stream untouched
+    with torch.random.fork_rng(devices=[]):
+        model = cls(config)
+    inner = getattr(model, model.base_model_prefix)
+    try:
+        inner.load_state_dict(_float32_state(backbone.model), strict=True)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"the backbone's weights do not fit {cls.__name__} ({exc}); a backbone with adapters must be "
+            "merged before export."
+        ) from None
+    with torch.no_grad():
+        model.classifier.weight.copy_(weight)
+        model.classifier.bias.copy_(bias)
+    return model.float().eval()
+
+
+def _timm_pretrained_cfg(cfg: PreprocessConfig) -> dict[str, Any]:
+    """timm ``pretrained_cfg`` whose eval transform is as close to ``cfg`` as timm can express."""
+    side = cfg.image_size
+    if cfg.resize_mode == "square":
+        # resize straight to S x S, then a no-op centre crop
+        crop_pct, crop_mode = 1.0, "squash"
+    else:
+        # timm resizes the short side to floor(S / crop_pct); pick crop_pct so that this is resize_size
+        crop_pct, crop_mode = side / cfg.resize_size, "center"
+        if math.floor(side / crop_pct) != cfg.resize_size:
+            crop_pct = side / (cfg.resize_size + 0.5)
+        if math.floor(side / crop_pct) != cfg.resize_size:  # pragma: no cover - float arithmetic guard
+            raise ValueError(f"no timm crop_pct gives resize {cfg.resize_size} for image size {side}.")
+    return {
+        "input_size": [3, side, side],
+        "interpolation": cfg.interpolation,
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "crop_pct": crop_pct,
+        "crop_mode": crop_mode,
+    }
+
+
+def _timm_model(backbone: Backbone, weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Module:
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    architecture = getattr(backbone.model, "pretrained_cfg", {}).get("architecture")
+    if not isinstance(architecture, str) or not architecture:
+        raise ValueError(
+            "the timm backbone does not name its architecture (model.pretrained_cfg['architecture'])."
+        )
+    config = TimmWrapperConfig(
+        architecture=architecture,
+        num_labels=len(ID2LABEL),
+        id2label=dict(ID2LABEL),
+        label2id=dict(LABEL2ID),
+        problem_type="single_label_classification",
+        pretrained_cfg=_timm_pretrained_cfg(backbone.preprocess),
+    )
+    with torch.random.fork_rng(devices=[]):
+        model = TimmWrapperForImageClassification(config)
+    classifier = model.timm_model.get_classifier()
+    if not isinstance(classifier, torch.nn.Linear) or classifier.in_features != backbone.feature_dim:
+        raise ValueError(
+            f"timm {architecture!r} with num_classes=2 has classifier {classifier!r}; expected "
+            f"Linear({backbone.feature_dim}, 2) on the pooled features."
+        )
+    classifier_keys = {
+        name
+        for name, param in model.timm_model.named_parameters()
+        if param is classifier.weight or param is classifier.bias
+    }
+    result = model.timm_model.load_state_dict(_float32_state(backbone.model), strict=False)
+    if result.unexpected_keys or set(result.missing_keys) != classifier_keys:
+        raise ValueError(
+            f"the backbone's weights do not fit timm {architecture!r} with a 2-class classifier "
+            f"(missing {result.missing_keys}, unexpected {result.unexpected_keys})."
+        )
+    with torch.no_grad():
+        classifier.weight.copy_(weight)
+        classifier.bias.copy_(bias)
+    return model.float().eval()
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _readme(
+    card: Mapping[str, str],
+    metrics: Mapping[str, Any],
+    backbone: Backbone,
+    policy: Policy,
+    architecture: str,
+) -> str:
+    pre = backbone.preprocess
+    if pre.resize_mode == "square":
+        resize = f"resize to {pre.image_size}x{pre.image_size} ({pre.interpolation})"
+    else:
+        resize = (
+            f"resize the short side to {pre.resize_size} ({pre.interpolation}, antialiased), "
+            f"centre crop {pre.image_size}x{pre.image_size}"
+        )
+    guarantee = (
+        f"true FNR <= {policy.alpha} with probability >= {1 - policy.delta:.6g}"
+        if policy.alpha is not None and policy.delta is not None
+        else "none"
+    )
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: image-classification",
+        "tags:",
+        "- roadwork",
+        "- natix",
+        "- streetvision",
+        "---",
+        "",
+        f"# {card['model_name']}",
+        "",
+        card["description"],
+        "",
+        "| field | value |",
+        "|---|---|",
+        *(f"| {key} | {_fmt(card[key])} |" for key in MODEL_CARD_FIELDS),
+        "",
+        "## Output",
+        "",
+        'Labels: `{0: "None", 1: "Roadwork"}`. The "Roadwork" softmax score is the calibrated decision '
+        "policy folded into the classifier: score > 0.5 exactly when the policy decides roadwork, so "
+        "`round(score)` is the decision.",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        'classifier = pipeline("image-classification", model="<this folder>")',
+        'score = next(r["score"] for r in classifier(image, top_k=2) if r["label"] == "Roadwork")',
+        "```",
+        "",
+        "## Model",
+        "",
+        f"- architecture: `{architecture}`",
+        f"- backbone: `{backbone.backbone_id}` (family `{backbone.family}`, "
+        f"{backbone.feature_dim}-d features), frozen",
+        "- head: linear, single (global) view",
+        f"- preprocessing: RGB, {resize}, scale to [0, 1], normalise with mean "
+        f"[{', '.join(map(_fmt, pre.mean))}] and std [{', '.join(map(_fmt, pre.std))}]",
+        "",
+        "## Decision policy",
+        "",
+        f"- calibrator: {policy.calibrator.get('name', '?')}",
+        f"- threshold on the calibrated probability: {_fmt(float(policy.threshold))}",
+        f"- decision margin z* (on z = z1 - z0 of the trained head): {_fmt(float(policy.decision_margin))}",
+        f"- scale s: {_fmt(float(policy.scale))}; deployed probability sigmoid((z - z*) / s)",
+        f"- FNR constraint on the calibration set: {'none' if policy.max_fnr is None else policy.max_fnr}",
+        f"- FNR guarantee: {guarantee}",
+        f"- calibration split: `{policy.split_hash}`",
+        "",
+    ]
+    if metrics:
+        lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {_fmt(name)} | {_fmt(value)} |" for name, value in metrics.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def export_hf(
+    backbone: Backbone,
+    head: HeadModel,
+    policy: Policy,
+    out_dir: str | Path,
+    *,
+    model_card: Mapping[str, Any],
+) -> Path:
+    """Write a Hugging Face image-classification folder with the policy folded into its classifier.
+
+    Args:
+        backbone: the frozen backbone the head was trained on (any device and dtype; written float32).
+        head: a single-view linear head (``embed.views=global``, ``train.head=linear``).
+        policy: the fitted policy (finite ``decision_margin``).
+        out_dir: folder to create; it must not exist or be empty. The export is built in a temporary sibling
+            folder and moved into place at the end, so a failed export leaves nothing behind.
+        model_card: see :func:`validate_model_card`; ``metrics`` (optional) become a README section.
+
+    Writes ``config.json`` (``id2label {0: "None", 1: "Roadwork"}``, ``label2id`` to match),
+    ``model.safetensors``, ``preprocessor_config.json``, ``model_card.json`` (the five submission fields) and
+    ``README.md``.
+
+    Returns:
+        ``Path(out_dir)``.
+
+    Raises:
+        ValueError: bad model card (naming the field), MLP or multi-view head, infinite decision margin,
+            head and backbone feature sizes that differ, weights that do not fit the target class.
+        NotImplementedError: the ``dinov3`` family (transformers has no DINOv3 classification model).
+        FileExistsError: ``out_dir`` exists and is not an empty folder.
+    """
+    card = validate_model_card(model_card)
+    metrics = _card_metrics(model_card)
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"backbone must be a roadwork Backbone, got {type(backbone).__name__}.")
+    weight, bias = folded_classifier(head, policy)
+    if head.feature_dim != backbone.feature_dim:
+        raise ValueError(
+            f"the head takes {head.feature_dim}-d features but the backbone gives {backbone.feature_dim}-d; "
+            "export the head with the backbone it was trained on."
+        )
+    if backbone.family == "dinov3":
+        raise NotImplementedError(
+            "Hugging Face export of the 'dinov3' family is not supported: transformers has no "
+            "DINOv3ViTForImageClassification, and the export must load without custom code. Use "
+            "roadwork.deploy.onnx_export.export_onnx, or a DINOv2 backbone."
+        )
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} exists and is not an empty folder; export into a new folder.")
+    if backbone.family == "timm":
+        model = _timm_model(backbone, weight.float(), bias.float())
+    elif backbone.family in _VIT_CLASSES:
+        model = _vit_model(backbone, weight.float(), bias.float())
+    else:  # pragma: no cover - Backbone validates its family
+        raise NotImplementedError(f"Hugging Face export of the {backbone.family!r} family is not supported.")
+    processor = _image_processor_for(backbone.preprocess)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
+        if backbone.family == "timm":
+            # AutoImageProcessor reads a timm checkpoint's processor settings from config.json; naming the
+            # processor type there makes it load preprocessor_config.json (our exact preprocessing) instead
+            # of building timm's transform from pretrained_cfg (see the module docstring).
+            config_path = tmp / "config.json"
+            config = json.loads(config_path.read_text())
+            config["image_processor_type"] = type(processor).__name__
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        (tmp / "README.md").write_text(
+            _readme(card, metrics, backbone, policy, type(model).__name__), encoding="utf-8"
+        )
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def hf_probabilities(
+    out_dir: str | Path,
+    images: Sequence[Image.Image | str | Path],
+    *,
+    batch_size: int = 8,
+    device: str | int | None = None,
+) -> np.ndarray:
+    """The "Roadwork" score per image from the real ``transformers.pipeline`` on an exported folder.
+
+    Runs ``pipeline("image-classification", model=str(out_dir))`` with ``top_k=2`` and
+    ``function_to_apply="softmax"`` (what the miner reads), offline.
+
+    Args:
+        out_dir: a folder written by :func:`export_hf`.
+        images: PIL images or image file paths.
+        batch_size: images per forward pass.
+        device: passed to ``pipeline`` (``None``: its default).
+
+    Returns:
+        float64 array ``[N]`` of the scores (float32 values, as the pipeline computes them).
+    """
+    from transformers import pipeline
+
+    out_dir = Path(out_dir)
+    if not (out_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{out_dir}/config.json: missing; point out_dir at a folder written by export_hf."
+        )
+    if isinstance(images, (Image.Image, str, Path)) or not isinstance(images, Sequence):
+        raise TypeError("images must be a sequence of PIL images or paths (wrap a single image in a list).")
+    inputs = [str(image) if isinstance(image, Path) else image for image in images]
+    if not inputs:
+        return np.empty(0, dtype=np.float64)
+    classifier = pipeline("image-classification", model=str(out_dir), device=device)
+    results = classifier(inputs, top_k=len(ID2LABEL), function_to_apply="softmax", batch_size=batch_size)
+    scores = []
+    for k, result in enumerate(results):
+        found = [r["score"] for r in result if r["label"] == ROADWORK_LABEL]
+        if len(found) != 1:
+            labels = [r["label"] for r in result]
+            raise ValueError(f"{out_dir}: image {k} has labels {labels}; expected one {ROADWORK_LABEL!r}.")
+        scores.append(float(found[0]))
+    return np.asarray(scores, dtype=np.float64)

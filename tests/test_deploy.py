@@ -1,0 +1,296 @@
+"""The deployed model: Predictor, pyfunc (logged as code), promotion rule, promote, predict, serving."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from roadwork.data.preprocess import to_tensor_batch
+from roadwork.deploy.predictor import Predictor, PredictorSpec
+from roadwork.deploy.registry import decide_promotion, score_predictions
+from roadwork.models.backbone import load_backbone
+from roadwork.policy import fit_policy
+from roadwork.train.head import HISTORY_COLUMNS, HeadModel, predict_logits, save_head
+from roadwork.train.head_config import HeadTrainConfig
+
+BIN = Path(sys.executable).parent
+
+
+def jpeg(seed: int, size: tuple[int, int] = (96, 80)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+HEAD_CFG = HeadTrainConfig(dropout=0.0, topk=1)
+
+
+def make_predictor(seed: int = 0, **spec) -> Predictor:
+    backbone = load_backbone("tiny")
+    torch.manual_seed(seed)
+    head = HeadModel.from_config(HEAD_CFG, feature_dim=backbone.feature_dim, num_views=1).eval()
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 200)
+    policy = fit_policy(rng.normal(size=200) + y, y, conformal_alpha=0.2, split_hash="x" * 64)
+    return Predictor(backbone, head, policy, PredictorSpec(**spec))
+
+
+def save_model(predictor: Predictor, folder: Path) -> Path:
+    head_dir = folder / "head"
+    history = pd.DataFrame(columns=list(HISTORY_COLUMNS))
+    save_head(
+        head_dir, predictor.head, HEAD_CFG, history=history, best_epoch=0, best_metric=0.0, optimizer_steps=0
+    )
+    predictor.save(folder / "model", head_dir=head_dir)
+    return folder / "model"
+
+
+def test_predictor_matches_backbone_head_policy_composed_by_hand() -> None:
+    predictor = make_predictor()
+    sources = [jpeg(i) for i in range(5)]
+    out = predictor.predict(sources)
+    images = [Image.open(io.BytesIO(s)).convert("RGB") for s in sources]
+    with torch.inference_mode():
+        features = predictor.backbone(to_tensor_batch(images, predictor.backbone.preprocess)).numpy()
+    logits = predict_logits(predictor.head, features[:, None, :])
+    expected = predictor.policy.apply((logits[:, 1] - logits[:, 0]).astype(np.float64))
+    np.testing.assert_allclose(out["probability"], expected["probability"], atol=1e-6)
+    assert (out["decision"].to_numpy() == expected["decision"].astype(int)).all()
+    assert ((out["probability"] > 0.5) == (out["decision"] == 1)).all()
+    assert (out["error"] == "").all()
+
+
+def test_bad_inputs_get_a_reason_and_do_not_disturb_the_others(tmp_path: Path) -> None:
+    predictor = make_predictor(max_bytes=50_000, max_pixels=300 * 300)
+    plain = io.BytesIO()
+    Image.new("RGB", (320, 320), (40, 90, 200)).save(plain, format="JPEG")  # few bytes, many pixels
+    sources = [
+        jpeg(0),
+        b"not an image",
+        b"",
+        plain.getvalue(),
+        b"\xff" * 60_000,
+        tmp_path / "nope.jpg",
+    ]
+    out = predictor.predict(sources)
+    assert out["error"].iloc[0] == "" and out["error"].iloc[-3] != ""
+    assert "not_an_image" in out["error"].iloc[1]
+    assert "empty_file" in out["error"].iloc[2]
+    assert "too_many_pixels" in out["error"].iloc[3]
+    assert "max_bytes" in out["error"].iloc[4]
+    assert "nope.jpg" in out["error"].iloc[5]
+    assert out.loc[1:, "decision"].eq(-1).all() and out.loc[1:, "probability"].isna().all()
+    alone = predictor.predict([jpeg(0)])
+    assert alone["probability"].iloc[0] == pytest.approx(out["probability"].iloc[0], abs=1e-7)
+
+
+def test_model_folder_round_trip(tmp_path: Path) -> None:
+    predictor = make_predictor(tta_flip=True)
+    folder = save_model(predictor, tmp_path)
+    loaded = Predictor.from_dir(folder)
+    assert loaded.spec == predictor.spec
+    sources = [jpeg(i) for i in range(3)]
+    np.testing.assert_allclose(
+        loaded.predict(sources)["probability"], predictor.predict(sources)["probability"]
+    )
+    (folder / "predictor.json").write_text('{"views": "global", "bogus": 1}')
+    with pytest.raises(ValueError, match=r"predictor\.json"):
+        Predictor.from_dir(folder)
+
+
+def test_promotion_rule() -> None:
+    assert decide_promotion(0.1, None, 0.0).promote
+    assert decide_promotion(0.6, 0.5, 0.05).promote
+    assert not decide_promotion(0.54, 0.5, 0.05).promote
+    assert not decide_promotion(0.5, 0.5, 0.0).promote  # ties keep the incumbent
+    with pytest.raises(ValueError, match="min_delta"):
+        decide_promotion(0.5, 0.4, -1)
+
+
+def test_unreadable_images_count_as_wrong_when_scoring() -> None:
+    from sklearn.metrics import matthews_corrcoef
+
+    y = np.array([1, 0, 1, 0])
+    predictions = pd.DataFrame({"decision": [1, 0, -1, -1], "probability": [0.9, 0.1, np.nan, np.nan]})
+    assert score_predictions("accuracy", y, predictions) == 0.5
+    assert score_predictions("mcc", y, predictions) == pytest.approx(matthews_corrcoef(y, [1, 0, 0, 1]))
+
+
+@pytest.fixture()
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    # artifacts beside the test database, never in the working directory
+    mlflow.MlflowClient().create_experiment(
+        "deploy-tests", artifact_location=(tmp_path / "artifacts").as_uri()
+    )
+    return uri
+
+
+def register(folder: Path, name: str = "roadwork-classifier") -> str:
+    import mlflow
+
+    from roadwork.deploy.registry import CHALLENGER, log_pyfunc
+
+    mlflow.set_experiment("deploy-tests")
+    with mlflow.start_run():
+        info = log_pyfunc(folder, registered_model_name=name, tags={"roadwork.variant": "base"})
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_registered_model_alias(name, CHALLENGER, version)
+    return version
+
+
+@pytest.mark.slow
+def test_pyfunc_from_code_takes_base64_or_paths_and_loads_without_pickles(
+    tmp_path: Path, registry: str
+) -> None:
+    import mlflow
+
+    folder = save_model(make_predictor(), tmp_path)
+    version = register(folder)
+    model = mlflow.pyfunc.load_model(f"models:/roadwork-classifier/{version}")
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(jpeg(i))
+    by_path = model.predict(pd.DataFrame({"path": [str(p) for p in paths]}))
+    by_bytes = model.predict(
+        pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in paths] + ["%%%"]})
+    )
+    np.testing.assert_allclose(by_bytes["probability"][:3], by_path["probability"], atol=1e-7)
+    assert "base64" in by_bytes["error"].iloc[3]
+    stored = Path(mlflow.artifacts.download_artifacts(f"models:/roadwork-classifier/{version}"))
+    assert not list(stored.rglob("*.pkl")) and not list(stored.rglob("*.pickle"))
+    assert "loader_module: mlflow.pyfunc.loaders.code_model" in (stored / "MLmodel").read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_served_model_answers_like_roadwork_predict(tmp_path: Path, registry: str) -> None:
+    import mlflow
+
+    from roadwork.cli import main as cli
+    from roadwork.deploy.registry import CHAMPION
+
+    folder = save_model(make_predictor(), tmp_path)
+    version = register(folder)
+    mlflow.MlflowClient().set_registered_model_alias("roadwork-classifier", CHAMPION, version)
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(jpeg(7, size=(224, 224)))
+    assert cli(["predict", str(image), "--out", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    expected = pd.read_csv(tmp_path / "p.csv")
+
+    port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/roadwork-classifier@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise AssertionError("mlflow models serve did not come up within 120 s") from None
+                time.sleep(1)
+        body = {
+            "dataframe_split": {
+                "columns": ["image"],
+                "data": [[base64.b64encode(image.read_bytes()).decode()]],
+            }
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"][0]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert answer["decision"] == expected["decision"].iloc[0]
+    assert answer["probability"] == pytest.approx(expected["probability"].iloc[0], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_promote_first_becomes_champion_then_compares_and_records(
+    tmp_path: Path, registry: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    from roadwork.cli import main as cli
+
+    project = tmp_path / "project"
+    (project / "outputs/ingest/images").mkdir(parents=True)
+    (project / "outputs/split").mkdir(parents=True)
+    rows = []
+    for i in range(12):
+        name = f"images/{i}.jpg"
+        (project / "outputs/ingest" / name).write_bytes(jpeg(100 + i))
+        rows.append(
+            {
+                "path": f"x/{i}.jpg",
+                "sha256": f"{i:064x}",
+                "label": i % 2,
+                "working_path": name,
+                "group": i,
+                "split": "val_test",
+            }
+        )
+    pd.DataFrame(rows).to_csv(project / "outputs/split/splits.csv", index=False)
+    (project / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    monkeypatch.chdir(project)
+
+    first = register(save_model(make_predictor(seed=0), tmp_path / "m1"))
+    assert cli(["promote"]) == 0
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("roadwork-classifier", "champion").version) == first
+    second = register(save_model(make_predictor(seed=1), tmp_path / "m2"))
+    assert cli(["promote", "--dry-run", "--min-delta", "0"]) == 0
+    assert str(client.get_model_version_by_alias("roadwork-classifier", "champion").version) == first
+    tags = client.get_model_version("roadwork-classifier", second).tags
+    assert tags["promote.decision"].endswith("(dry run)") and tags["promote.champion_version"] == first
+    assert float(tags["promote.champion_score"]) >= -1 and tags["promote.metric"] == "mcc"
+    assert cli(["promote", "--min-delta", "2"]) == 0  # impossible margin: champion stays
+    assert str(client.get_model_version_by_alias("roadwork-classifier", "champion").version) == first
+    assert client.get_model_version("roadwork-classifier", second).tags["promote.decision"] == "keep"
