@@ -30,9 +30,12 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	@test -d data || roadwork synth data
 	dvc repro
+	roadwork promote
 	@echo
-	@echo "Done. Metrics:   dvc metrics show          (files: outputs/*/metrics.json)"
-	@echo "      Splits:    outputs/split/splits.csv   Quarantine: outputs/ingest/quarantine.csv"
+	@echo "Done. Metrics:   dvc metrics show          (files: outputs/*/metrics.json; val_test: outputs/evaluate/base/)"
+	@echo "      Plots:     dvc plots show            (PNGs: outputs/evaluate/base/plots/)"
+	@echo "      Model:     models:/roadwork-classifier@champion  (HF export: outputs/bundle/hf/)"
+	@echo "      Predict:   $(VENV)/bin/roadwork predict data/roadwork --out predictions.csv"
 	@echo "      MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  -> http://127.0.0.1:5000"
 
 test: $(STAMP)
