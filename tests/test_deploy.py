@@ -294,3 +294,14 @@ def test_promote_first_becomes_champion_then_compares_and_records(
     assert cli(["promote", "--min-delta", "2"]) == 0  # impossible margin: champion stays
     assert str(client.get_model_version_by_alias("roadwork-classifier", "champion").version) == first
     assert client.get_model_version("roadwork-classifier", second).tags["promote.decision"] == "keep"
+
+
+def test_export_onnx_command_checks_parity_and_refuses_flip_averaged_models(tmp_path: Path) -> None:
+    from roadwork.cli import main as cli
+
+    folder = save_model(make_predictor(), tmp_path / "plain")
+    assert cli(["export-onnx", "--model", str(folder), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 10_000
+    flipped = save_model(make_predictor(tta_flip=True), tmp_path / "flip")
+    assert cli(["export-onnx", "--model", str(flipped), "--out", str(tmp_path / "f.onnx")]) == 2
+    assert not (tmp_path / "f.onnx").exists()

@@ -113,6 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, default=None, help="CSV to write (default: standard output)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    onnx = subparsers.add_parser(
+        "export-onnx",
+        help="export a model folder (backbone + head + folded policy) to ONNX",
+        description="Export backbone, head and the folded policy as one ONNX graph: input pixel_values "
+        "[B, 3, S, S] (the backbone's preprocessing), outputs probability [B] (> 0.5 exactly when the "
+        "policy says roadwork) and logits [B, 2]. Checks onnxruntime against torch on a fixed batch.",
+    )
+    onnx.add_argument(
+        "--model", type=Path, default=Path("outputs/bundle/model"), help="model folder (default: %(default)s)"
+    )
+    onnx.add_argument(
+        "--out", type=Path, default=Path("outputs/model.onnx"), help="ONNX file (default: %(default)s)"
+    )
+    onnx.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+
     promote = subparsers.add_parser(
         "promote",
         help="move 'champion' to 'challenger' when it is better on the current hold-out",
@@ -172,6 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from roadwork.stages import predict
 
             return predict.main(args.model, args.paths, args.out, show_progress=not args.quiet)
+        if args.command == "export-onnx":
+            from roadwork.deploy.predictor import export_onnx_from_dir
+
+            diff = export_onnx_from_dir(args.model, args.out, opset=args.opset)
+            print(f"export-onnx: wrote {args.out}; onnxruntime vs torch max |dp| {diff:.2e} on a fixed batch")
+            return 0
         if args.command == "promote":
             from roadwork.config import load_config
             from roadwork.stages import promote

@@ -163,3 +163,41 @@ class Predictor:
             frame.loc[ok, "decision"] = applied["decision"].astype(np.int64)
             frame.loc[ok, "abstain"] = applied["abstain"]
         return frame
+
+
+ONNX_TOLERANCE = 1e-4
+
+
+def export_onnx_from_dir(model_dir: Path | str, path: Path | str, *, opset: int = 17) -> float:
+    """Export a model folder to ONNX and check onnxruntime against torch on a fixed batch.
+
+    Returns the max abs difference of the probability; raises RuntimeError above :data:`ONNX_TOLERANCE`
+    (the file is then removed). Multi-view and flip-averaged models are refused (the graph is single-view).
+    """
+    import torch
+
+    from roadwork.deploy.onnx_export import export_onnx, onnx_probabilities
+
+    predictor = Predictor.from_dir(model_dir)
+    if predictor.spec.views != "global" or predictor.spec.tta_flip:
+        raise ValueError(
+            f"{model_dir}: views={predictor.spec.views!r}, tta_flip={predictor.spec.tta_flip}; the ONNX "
+            "graph is single-view without flip averaging (train with embed.views=global, "
+            "embed.tta_flip=false)."
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(predictor.backbone, predictor.head, predictor.policy, path, opset=opset)
+    size = predictor.backbone.preprocess.image_size
+    pixels = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        features = predictor.backbone(pixels).numpy()
+    from roadwork.train.head import predict_logits
+
+    logits = predict_logits(predictor.head, features[:, None, :])
+    expected = predictor.policy.apply((logits[:, 1] - logits[:, 0]).astype(np.float64))["probability"]
+    diff = float(np.abs(onnx_probabilities(path, pixels.numpy()) - expected).max())
+    if diff > ONNX_TOLERANCE:
+        path.unlink(missing_ok=True)
+        raise RuntimeError(f"ONNX export disagrees with torch: max |dp| {diff:.2e} > {ONNX_TOLERANCE}.")
+    return diff

@@ -12,6 +12,7 @@ tagged with the variant, git commit, data version and val metrics, and the ``cha
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -148,16 +149,19 @@ def _export_hf(cfg: RoadworkConfig, predictor: Any, directory: Path, val_metrics
     """Write the Hugging Face export; returns why not when the model cannot be expressed as one."""
     if predictor.spec.views != "global" or predictor.spec.tta_flip:
         return "multi-view and flip-averaged models have no standard image-classification form"
-    from roadwork.deploy.hf_export import export_hf
+    from roadwork.deploy.hf_export import export_hf, validate_model_card
 
     card = {
         "model_name": cfg.deploy.model_name,
         "description": cfg.deploy.description,
         "version": cfg.deploy.version,
-        "submitted_by": os.environ.get("ROADWORK_SUBMITTED_BY", cfg.deploy.submitted_by),
+        "submitted_by": os.environ.get("ROADWORK_SUBMITTED_BY")
+        or cfg.deploy.submitted_by
+        or getpass.getuser(),
         "submission_time": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         "metrics": val_metrics,
     }
+    card = validate_model_card(card)  # a bad card is an error, never a silently skipped export
     try:
         export_hf(predictor.backbone, predictor.head, predictor.policy, directory, model_card=card)
     except (NotImplementedError, ValueError) as exc:
