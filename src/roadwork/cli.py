@@ -128,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     onnx.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
 
+    relog = subparsers.add_parser(
+        "relog",
+        help="log a finished stage's outputs to MLflow again (after a tracking outage)",
+        description="Open a new MLflow run for STAGE and log its metrics.json and small output files; "
+        "nothing is recomputed. Then `dvc commit STAGE[@VARIANT]` records the outputs.",
+    )
+    relog.add_argument("stage", choices=list(STAGES), help="the stage whose outputs to log")
+    relog.add_argument("--variant", choices=VARIANTS, default=None, help="variant of a per-variant stage")
+    relog.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
+
     promote = subparsers.add_parser(
         "promote",
         help="move 'champion' to 'challenger' when it is better on the current hold-out",
@@ -178,6 +188,7 @@ def _synth(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from roadwork.config import ConfigError
+    from roadwork.tracking import TrackingLostError, TrackingUnavailableError
 
     try:
         if args.command == "synth":
@@ -193,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             diff = export_onnx_from_dir(args.model, args.out, opset=args.opset)
             print(f"export-onnx: wrote {args.out}; onnxruntime vs torch max |dp| {diff:.2e} on a fixed batch")
             return 0
+        if args.command == "relog":
+            from roadwork.config import load_config
+            from roadwork.stages import relog
+
+            variant = args.variant or ("base" if args.stage in VARIANT_STAGES else None)
+            return relog.main(load_config(args.params), args.stage, variant)
         if args.command == "promote":
             from roadwork.config import load_config
             from roadwork.stages import promote
@@ -211,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"roadwork {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
+    except (TrackingUnavailableError, TrackingLostError) as exc:
+        print(f"roadwork {args.command}: tracking error: {exc}", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError) as exc:
         # Library input errors already name the file or argument; a traceback adds nothing for the user.
         print(f"roadwork {args.command}: error: {exc}", file=sys.stderr)

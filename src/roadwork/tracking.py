@@ -14,14 +14,17 @@ stages); ``MLFLOW_TRACKING_URI`` points it anywhere else. ``mlflow`` is imported
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import subprocess
+import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,32 +88,93 @@ def data_version(root: Path, dvc_file: str = "data.dvc") -> str:
     return str(outs[0].get("md5", "untracked"))
 
 
+class TrackingLostError(RuntimeError):
+    """Logging failed during a stage although its outputs were written; the message says how to re-log."""
+
+
+def _retry_settings() -> tuple[int, float]:
+    """(attempts, first back-off in seconds) from ``ROADWORK_TRACKING_RETRIES`` / ``..._BACKOFF``."""
+    return int(os.environ.get("ROADWORK_TRACKING_RETRIES", "4")), float(
+        os.environ.get("ROADWORK_TRACKING_BACKOFF", "1.0")
+    )
+
+
 @dataclass
 class StageRun:
-    """Handle a stage uses to log to its MLflow run."""
+    """Handle a stage uses to log to its MLflow run.
+
+    Every call is retried with exponential back-off (``ROADWORK_TRACKING_RETRIES`` attempts, first wait
+    ``ROADWORK_TRACKING_BACKOFF`` seconds). A call that still fails is recorded in ``failures`` instead of
+    raising, so a lost tracking server never costs the stage its work; once one call has failed, later
+    calls try once only. :func:`stage_run` turns recorded failures into :class:`TrackingLostError` after
+    the stage has written its outputs.
+    """
 
     run_id: str
     experiment_id: str
+    failures: list[str] = field(default_factory=list)
+
+    def call(self, what: str, fn: Any) -> None:
+        retries, backoff = _retry_settings()
+        attempts = 1 if self.failures else max(1, retries)
+        for attempt in range(attempts):
+            try:
+                fn()
+                return
+            except Exception as exc:  # any transport or server error is a tracking outage
+                last = exc
+                if attempt + 1 < attempts:
+                    time.sleep(backoff * 2**attempt)
+        message = f"{what}: {type(last).__name__}: {redact_uri(str(last))[:300]}"
+        self.failures.append(message)
+        print(f"roadwork: MLflow logging failed, continuing without it ({message})", file=sys.stderr)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import mlflow
 
         clean = {k: float(v) for k, v in metrics.items() if v is not None}
-        mlflow.log_metrics(clean, step=step)
+        self.call("log_metrics", lambda: mlflow.log_metrics(clean, step=step, run_id=self.run_id))
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         import mlflow
 
         path = Path(path)
         if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+            self.call(
+                f"log_artifacts {path}",
+                lambda: mlflow.log_artifacts(str(path), artifact_path=artifact_path, run_id=self.run_id),
+            )
         else:
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            self.call(
+                f"log_artifact {path}",
+                lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path, run_id=self.run_id),
+            )
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         import mlflow
 
-        mlflow.set_tags(dict(tags))
+        client = mlflow.MlflowClient()
+        for key, value in tags.items():
+            self.call(f"set_tag {key}", lambda k=key, v=value: client.set_tag(self.run_id, k, v))
+
+    def lightning_logger(self) -> Any:
+        """Lightning's MLFlowLogger on this run, with the same retry-and-record behaviour."""
+        import mlflow
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        run = self
+
+        class _ResilientMLFlowLogger(MLFlowLogger):
+            def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+                run.call("epoch metrics", lambda: MLFlowLogger.log_metrics(self, metrics, step))
+
+            def log_hyperparams(self, params: Any) -> None:
+                run.call("hyperparameters", lambda: MLFlowLogger.log_hyperparams(self, params))
+
+            def finalize(self, status: str = "success") -> None:
+                """The stage owns the run and ends it."""
+
+        return _ResilientMLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=self.run_id)
 
 
 def _pipeline_id(commit: str, data_ver: str, resolved_config: Mapping[str, Any]) -> str:
@@ -144,15 +208,27 @@ def _parent_run(client: Any, experiment_id: str, pipeline_id: str, tags: Mapping
     return run.info.run_id
 
 
+def limit_http_retries() -> None:
+    """Bound MLflow's own HTTP retries (7 with back-off, minutes, by default): roadwork retries per call.
+
+    Only sets defaults; ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``..._TIMEOUT`` in the environment win.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
 def check_reachable(uri: str) -> None:
     """Fail fast, naming the (redacted) URI, when the tracking store does not answer."""
     import mlflow
 
+    limit_http_retries()
     try:
         mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:
         raise TrackingUnavailableError(
-            f"MLflow tracking at {redact_uri(uri)} is unreachable ({type(exc).__name__}: {exc}). "
+            f"MLflow tracking at {redact_uri(uri)} is unreachable "
+            f"({type(exc).__name__}: {redact_uri(str(exc))[:500]}). "
             "Start the server or unset MLFLOW_TRACKING_URI to use the local sqlite store."
         ) from None
 
@@ -203,6 +279,23 @@ def stage_run(
         # The tag the UI nests by; start_run(parent_run_id=...) would insist the parent is still active.
         "mlflow.parentRunId": parent,
     }
-    with mlflow.start_run(experiment_id=experiment_id, run_name=dvc_stage, tags=tags) as run:
-        mlflow.log_params({k: str(v) for k, v in params.items()})
-        yield StageRun(run_id=run.info.run_id, experiment_id=experiment_id)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=dvc_stage, tags=tags)
+    handle = StageRun(run_id=run.info.run_id, experiment_id=experiment_id)
+    handle.call("log_params", lambda: mlflow.log_params({k: str(v) for k, v in params.items()}))
+    status = "FAILED"
+    try:
+        yield handle
+        status = "FINISHED"
+    finally:
+        handle.call("end_run", lambda: client.set_terminated(handle.run_id, status))
+        # end_run pops the local active run first; its own server call may fail again and adds nothing
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status=status)
+    if handle.failures:
+        where = f"outputs/{stage}" + (f"/{variant}" if variant else "")
+        raise TrackingLostError(
+            f"stage {dvc_stage} finished and wrote {where}, but {len(handle.failures)} MLflow call(s) to "
+            f"{redact_uri(uri)} failed (first: {handle.failures[0]}). Nothing is lost: once the server is "
+            f"back, run `roadwork relog {stage}{f' --variant {variant}' if variant else ''}` to log the "
+            f"results again, then `dvc commit {dvc_stage}` to record the outputs without recomputing."
+        )

@@ -118,8 +118,6 @@ def _fit_finetune(
 
 
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
-    from lightning.pytorch.loggers import MLFlowLogger
-
     from roadwork import metrics as M
     from roadwork.plots import training_curves_plot
 
@@ -128,9 +126,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     labelled = read_split(SPLITS_CSV, "train", ["train", "val_select"])
     head_cfg = head_train_config(cfg.train)
     with tracked("train", cfg, ("train", "embed", "backbone"), overrides, variant=variant) as run:
-        import mlflow
-
-        loggers = [MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run.run_id)]
+        loggers = [run.lightning_logger()]
         if cfg.train.mode == "finetune":
             result = _fit_finetune(cfg, variant, labelled, head_cfg, model, loggers)
             backbone, head = result.backbone, result.head

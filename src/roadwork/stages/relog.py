@@ -1,0 +1,44 @@
+"""``roadwork relog STAGE``: log a finished stage's outputs to MLflow again, after a tracking outage.
+
+A stage whose MLflow logging failed still writes its outputs and exits non-zero saying so. Once the server
+is back, this opens a new run for the stage (tagged ``roadwork.relogged``, with every parameter of the
+current ``params.yaml``), logs its ``metrics.json`` and its small output files as artifacts, and nothing is
+recomputed. ``dvc commit <stage>`` then records the outputs in ``dvc.lock``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from roadwork.config import RoadworkConfig, flatten, to_dict
+from roadwork.stages.common import OUTPUTS
+from roadwork.tracking import stage_run
+
+MAX_ARTIFACT_BYTES = 20_000_000  # features and image copies are DVC's to keep, not MLflow's
+
+
+def main(cfg: RoadworkConfig, stage: str, variant: str | None) -> int:
+    directory = OUTPUTS / stage / variant if variant else OUTPUTS / stage
+    metrics_file = directory / "metrics.json"
+    if not metrics_file.is_file():
+        raise FileNotFoundError(f"{metrics_file}: missing; the stage never finished, so run it instead.")
+    metrics = json.loads(metrics_file.read_text())
+    resolved = to_dict(cfg)
+    logged = 0
+    with stage_run(
+        stage,
+        params=flatten(resolved),
+        resolved_config=resolved,
+        experiment=cfg.tracking.experiment,
+        variant=variant,
+        overrides=("relog",),
+    ) as run:
+        run.set_tags({"roadwork.relogged": "true"})
+        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            if path.stat().st_size <= MAX_ARTIFACT_BYTES and path.suffix != ".npy":
+                parent = path.parent.relative_to(directory).as_posix()
+                run.log_artifact(path, None if parent == "." else parent)
+                logged += 1
+    print(f"relog: {stage}{f'@{variant}' if variant else ''}: {len(metrics)} metrics, {logged} files logged")
+    return 0
