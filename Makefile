@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
+# torch's OpenMP threads spin-wait by default, which starves other work on small shared machines
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test test-all lint bench venv clean-outputs help
 

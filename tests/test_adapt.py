@@ -200,8 +200,7 @@ def test_efficientnet_layout_puts_lora_on_pointwise_convs() -> None:
 
 
 def test_ssl_steps_lower_the_loss_on_a_fixed_batch(tiny: Backbone, images: list[Path]) -> None:
-    cfg_overrides = {"lr": 1e-3}
-    model = trained_model(tiny, images, 0, **cfg_overrides)
+    model = trained_model(tiny, images, 0)  # lr 1e-3, batch 4: the same 4 images every step
     crops = fixed_batch(tiny, model.cfg, images)
     before = eval_loss(model, crops)
     optimizer = make_optimizer(model, model.cfg)
@@ -478,7 +477,8 @@ def test_field_table_covers_every_config_field() -> None:
 
 
 @pytest.fixture(scope="module")
-def base_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, explora_module.AdaptResult]:
+def base_runs() -> dict[str, explora_module.AdaptResult]:
+    """Base runs shared by the field tests, keyed by their context."""
     return {}
 
 
@@ -501,6 +501,54 @@ def test_every_field_changes_behaviour(
     assert not base.history.equals(changed.history) or not same_state(
         state(base.backbone), state(changed.backbone)
     )
+
+
+# ------------------------------------------------------------------------------------ other backbones
+
+
+def _random_vit(family: str) -> Backbone:
+    """A small randomly initialised DINOv3 / DINOv2-with-registers backbone (no hub needed)."""
+    from transformers import (
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+        DINOv3ViTConfig,
+        DINOv3ViTModel,
+    )
+
+    from roadwork.models.backbone import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig, _freeze_hf
+
+    config_cls, model_cls = {
+        "dinov3": (DINOv3ViTConfig, DINOv3ViTModel),
+        "dinov2_with_registers": (Dinov2WithRegistersConfig, Dinov2WithRegistersModel),
+    }[family]
+    config = config_cls(
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=128,
+        patch_size=16,
+        image_size=112,
+        num_register_tokens=2,
+    )
+    torch.manual_seed(0)
+    preprocess = PreprocessConfig(112, 112, IMAGENET_MEAN, IMAGENET_STD, "bilinear", resize_mode="square")
+    return _freeze_hf(model_cls(config).eval(), family, preprocess)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["dinov3", "dinov2_with_registers"])
+def test_other_vit_families_adapt_with_ibot_and_merge(
+    images: list[Path], tmp_path: Path, family: str
+) -> None:
+    backbone = _random_vit(family)
+    assert backbone.family == family and backbone.num_register_tokens == 2
+    result = run(backbone, images, tmp_path / "out", mask_probability=1.0)
+    assert result.layout.unfrozen_blocks and all(
+        "q_proj" in t or "v_proj" in t for t in result.layout.lora_targets
+    )
+    assert (result.history["loss_ibot"] > 0).all() and result.merge_max_abs_diff <= 1e-4
+    loaded = load_backbone(str(result.backbone_dir))
+    assert loaded.family == family and loaded.fingerprint() == result.backbone.fingerprint()
 
 
 # ---------------------------------------------------------------------------------------- efficientnet

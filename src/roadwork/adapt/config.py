@@ -56,9 +56,10 @@ class AdaptConfig:
     Objective (DINO self-distillation with an EMA teacher; iBOT masked-patch loss for ViTs):
 
     Attributes:
-        out_dim: prototypes ``K`` of the freshly initialised DINO projection head (>= 2).
-        head_hidden_dim: hidden width of the projection head's MLP (>= 1).
-        head_bottleneck_dim: bottleneck width before the weight-normalised last layer (>= 1).
+        out_dim: prototypes ``K`` of the freshly initialised DINO projection head (>= 2). DINO/DINOv2 use
+            65536; the default keeps CPU demo runs fast.
+        head_hidden_dim: hidden width of the projection head's MLP (>= 1); DINO uses 2048.
+        head_bottleneck_dim: bottleneck width before the weight-normalised last layer (>= 1); DINO uses 256.
         teacher_momentum: starting EMA momentum in [0, 1]; follows a cosine schedule up to 1 at the last step.
         teacher_temp: teacher softmax temperature (> 0) after the warm-up.
         warmup_teacher_temp: teacher temperature (> 0) at step 0, linearly moved to ``teacher_temp`` over
@@ -69,7 +70,8 @@ class AdaptConfig:
         freeze_last_layer_steps: the projection head's last layer gets no update during the first this many
             steps (>= 0).
         ibot_weight: weight (>= 0) of the iBOT masked-patch loss (ViTs only; ignored for EfficientNets).
-        mask_probability: fraction in [0, 1] of the student's global crops that are masked for iBOT.
+        mask_probability: fraction in [0, 1] of the student's global crops masked for iBOT (ViTs with
+            ``ibot_weight > 0``; otherwise no crop is masked).
         mask_ratio_min: smallest fraction in [0, 1] of patches masked in a masked crop.
         mask_ratio_max: largest fraction in [mask_ratio_min, 1] of patches masked in a masked crop.
         koleo_weight: weight (>= 0) of the KoLeo regulariser on the student's global-crop embeddings.

@@ -16,8 +16,9 @@ masks and adapter dropout by (seed, step); the image order by (seed, epoch). So 
 inputs on CPU, and a resumed run continues exactly where the checkpoint left off. Checkpoints
 (``checkpoint_dir``) are written at every epoch end, every ``checkpoint_every_steps`` steps and after the
 last step, as ``explora-<step>.safetensors`` (trainable student weights, their teacher copies, both heads,
-the teacher centres and the AdamW state) plus ``explora-<step>.json`` (step, config, base-backbone
-fingerprint, image-list digest, history so far); only the newest is kept. A run finds the newest complete
+the teacher centres and the AdamW state) plus ``explora-<step>.json`` (step, epochs done, config,
+base-backbone fingerprint, image-list digest, history so far); only the newest is kept. No RNG state is
+needed: every random draw is seeded from (seed, epoch, image) or (seed, step). A run finds the newest complete
 checkpoint and resumes from it; one from a different config, backbone or image list is an error.
 
 ``out_dir`` receives ``backbone/`` (:meth:`Backbone.save`, so ``load_backbone(str(out_dir / "backbone"))``
@@ -31,15 +32,13 @@ import hashlib
 import json
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
-from lightning.pytorch.loggers import Logger
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -61,6 +60,9 @@ from roadwork.adapt.ssl import (
 from roadwork.data.images import open_image, pillow_pixel_limit
 from roadwork.data.preprocess import to_tensor_batch
 from roadwork.models.backbone import Backbone
+
+if TYPE_CHECKING:  # importing lightning costs seconds; only its Logger interface is used
+    from lightning.pytorch.loggers import Logger
 
 __all__ = [
     "ACCELERATORS",
@@ -191,7 +193,7 @@ def ssl_step(
     local_crops = torch.cat(local) if local else None
     with seeded(cfg.seed, _STEP_STREAM, step):
         masks = None
-        if model.is_vit:
+        if model.is_vit and cfg.ibot_weight > 0:
             grid = model.patch_grid(int(global_crops.shape[-1]))
             masks = block_masks(int(global_crops.shape[0]), grid, cfg).to(device)
         bf16 = cfg.precision == "bf16-mixed"
@@ -268,6 +270,7 @@ def _save_checkpoint(
     optimizer: torch.optim.Optimizer,
     identity: dict[str, Any],
     history: list[dict[str, float]],
+    steps_per_epoch: int,
 ) -> Path:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{_CHECKPOINT_PREFIX}{step:09d}"
@@ -276,7 +279,13 @@ def _save_checkpoint(
     tmp = weights.with_name(f".{weights.name}.tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, weights)
-    meta = {"format_version": CHECKPOINT_FORMAT_VERSION, "step": step, **identity, "history": history}
+    meta = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "step": step,
+        "epochs_done": step / steps_per_epoch,
+        **identity,
+        "history": history,
+    }
     meta_path = checkpoint_dir / f"{stem}.json"
     _atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")  # written last: marks completeness
     for old in checkpoint_dir.glob(f"{_CHECKPOINT_PREFIX}*"):
@@ -370,7 +379,8 @@ def adapt_backbone(
             ``ssl_loss_koleo``, ``agreement``, ``lr``, ``teacher_temp``, ``teacher_momentum``) with
             ``step`` = steps done, per epoch ``epoch_ssl_loss`` and ``epoch_agreement``, at the start
             ``trainable_params``, ``total_params``, ``trainable_pct``, and at the end
-            ``merge_max_abs_diff``. The loggers are not finalised (the caller owns their runs).
+            ``merge_max_abs_diff``. A resumed run logs only the steps it runs (``history`` holds them all).
+            The loggers are not finalised (the caller owns their runs).
         show_progress: a tqdm progress bar over the steps.
         accelerator: ``auto`` (a GPU when there is one), ``cpu`` or ``gpu``.
         num_workers: DataLoader worker processes for decoding and cropping (0: in-process).
@@ -434,11 +444,7 @@ def adapt_backbone(
     step = start
     from tqdm.auto import tqdm
 
-    with (
-        tqdm(total=total_steps, initial=start, desc="explora", disable=not show_progress) as bar,
-        warnings.catch_warnings(),
-    ):
-        warnings.filterwarnings("ignore", message=".*exceeds max_steps.*", category=RuntimeWarning)
+    with tqdm(total=total_steps, initial=start, desc="explora", disable=not show_progress) as bar:
         while step < total_steps:
             epoch, done_in_epoch = divmod(step, steps_per_epoch)
             sampler = ResumableEpochSampler(n, seed=cfg.seed, epoch=epoch, start=done_in_epoch * batch_size)
@@ -474,7 +480,9 @@ def adapt_backbone(
                 epoch_end = step % steps_per_epoch == 0 or step == total_steps
                 periodic = checkpoint_every_steps and step % checkpoint_every_steps == 0
                 if checkpoint_dir is not None and (epoch_end or periodic):
-                    _save_checkpoint(Path(checkpoint_dir), step, model, optimizer, identity, history)
+                    _save_checkpoint(
+                        Path(checkpoint_dir), step, model, optimizer, identity, history, steps_per_epoch
+                    )
                 if epoch_end:
                     summary = {
                         "epoch_ssl_loss": sum(r["loss"] for r in epoch_rows) / len(epoch_rows),

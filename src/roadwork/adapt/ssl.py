@@ -66,14 +66,14 @@ def _seed_words(*words: int) -> tuple[int, int, int]:
 
 
 @contextlib.contextmanager
-def seeded(*words: int) -> Iterator[None]:
-    """Seed torch (CPU and CUDA), numpy's and Python's global RNGs from ``words``; restore them after.
+def seeded(*words: int, cuda: bool = True) -> Iterator[None]:
+    """Seed torch (CPU; CUDA too with ``cuda``), numpy and Python global RNGs from ``words``; restore after.
 
     lightly's transforms and masks draw from those global generators, so this is how they are made
     reproducible per (seed, epoch, image) or (seed, step) without disturbing the caller's streams.
     """
     torch_seed, numpy_seed, python_seed = _seed_words(*words)
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cuda = cuda and torch.cuda.is_available() and torch.cuda.is_initialized()
     devices = list(range(torch.cuda.device_count())) if cuda else []
     numpy_state, python_state = np.random.get_state(), random.getstate()
     with torch.random.fork_rng(devices=devices):
@@ -136,7 +136,7 @@ class MultiCropDataset(Dataset):
     def __getitem__(self, key: int) -> list[Tensor]:
         epoch, index = divmod(int(key), len(self._images))
         image = self._load(self._images[index])
-        with seeded(self._seed, 1, epoch, index):
+        with seeded(self._seed, 1, epoch, index, cuda=False):  # CPU-only transforms
             return list(self._transform(image))
 
 
@@ -331,7 +331,8 @@ class ExploraSSL(nn.Module):
         Args:
             global_crops: ``[2 * B, 3, S, S]``, first global crop of every image, then the second.
             local_crops: ``[M * B, 3, s, s]`` ordered the same way, or None when ``M == 0``.
-            masks: ``[2 * B, h, w]`` iBOT masks of the student's global crops (ViTs), or None.
+            masks: ``[2 * B, h, w]`` iBOT masks of the student's global crops (ViTs, ``ibot_weight > 0``;
+                ignored otherwise), or None.
             teacher_temp: teacher temperature of this step.
             update_centers: move the teacher centres (training); False leaves every buffer unchanged.
 
@@ -346,11 +347,14 @@ class ExploraSSL(nn.Module):
             raise ValueError(f"global_crops must hold 2 crops per image, got {n_global} crops.")
         batch = n_global // 2
         use_ibot = self.is_vit and cfg.ibot_weight > 0 and masks is not None and bool(masks.any())
-        saved = (self.dino_loss.center.clone(), self.ibot_loss.center.center.clone())
+        saved = (
+            None if update_centers else (self.dino_loss.center.clone(), self.ibot_loss.center.center.clone())
+        )
         with torch.no_grad():
             t_cls, t_patches = self._encode(self.teacher, global_crops, None)
             t_cls_out = self.teacher_head(t_cls).float()
-        s_cls, s_patches = self._encode(self.student, global_crops, masks if self.is_vit else None)
+        # the student sees masked global crops only when the iBOT loss uses them
+        s_cls, s_patches = self._encode(self.student, global_crops, masks if use_ibot else None)
         s_global_out = self.student_head(s_cls).float()
         student_views = list(s_global_out.chunk(2))
         if local_crops is not None and local_crops.shape[0]:
@@ -375,7 +379,7 @@ class ExploraSSL(nn.Module):
         if cfg.koleo_weight > 0 and batch >= 2:
             koleo = sum(self.koleo_loss(part.float()) for part in s_cls.chunk(2)) / 2
             loss = loss + cfg.koleo_weight * koleo
-        if not update_centers:
+        if saved is not None:
             self.dino_loss.center.copy_(saved[0])
             self.ibot_loss.center.center = saved[1]
         return {

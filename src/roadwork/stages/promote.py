@@ -27,7 +27,7 @@ def main(cfg: RoadworkConfig, *, metric: str | None, min_delta: float | None, dr
         predict_with,
         score_predictions,
     )
-    from roadwork.tracking import check_reachable, tracking_uri
+    from roadwork.tracking import check_reachable, redact_uri, tracking_uri
 
     name = cfg.deploy.registered_model
     metric = metric or cfg.deploy.promote_metric
@@ -38,7 +38,9 @@ def main(cfg: RoadworkConfig, *, metric: str | None, min_delta: float | None, dr
     client = mlflow.MlflowClient()
     challenger = alias_version(client, name, CHALLENGER)
     if challenger is None:
-        raise ValueError(f"model '{name}' has no '{CHALLENGER}' alias at {uri}; run the bundle stage first.")
+        raise ValueError(
+            f"model '{name}' has no '{CHALLENGER}' alias at {redact_uri(uri)}; run the bundle stage first."
+        )
     champion = alias_version(client, name, CHAMPION)
     if champion is not None and champion.version == challenger.version:
         print(f"promote: '{CHAMPION}' already is version {champion.version}; nothing to do.")

@@ -29,11 +29,23 @@ RuntimeError. ``out_dir`` then holds:
   (``num_views == 1``), so :func:`~roadwork.train.head.load_head` reads it;
 * ``finetune.json``: the LoRA settings, targets, trainable parameter count, the base and merged backbone
   fingerprints and the merge check's difference.
+
+Crash-safe resume (``checkpoint_dir``): as :func:`~roadwork.train.head.fit_head` does, after every epoch the
+training state goes atomically into ``checkpoint_dir / "finetune-checkpoint.safetensors"``
+(:data:`FINETUNE_CHECKPOINT_FILE`, same format, see :mod:`roadwork.train.head`), holding of the network only
+its trainable tensors (adapters and head; the frozen base weights never change) plus the selected epoch's
+val_select logits. It is tied to a fingerprint of the configs, the base backbone's fingerprint, the images
+(in-memory images by their pixels, files by path, size and modification time), the labels, the augmentation
+(its ``repr``, or its qualified name for a function), the device type and the torch/Lightning versions; a call
+with the same inputs continues after the checkpoint's epoch with outputs identical to an uninterrupted run's
+on CPU.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import inspect
 import json
 import math
 import os
@@ -58,10 +70,14 @@ from roadwork.data.preprocess import PreprocessConfig, to_tensor_batch
 from roadwork.models.backbone import Backbone
 from roadwork.models.lora import apply_lora, lora_target_modules, merge_lora
 from roadwork.train.head import (
+    CHECKPOINT_FORMAT_VERSION,
     HISTORY_COLUMNS,
+    EpochCheckpoint,
     HeadModel,
     HeadModule,
     HeadTrainConfig,
+    library_versions,
+    load_resume_state,
     optimizer_steps_per_epoch,
     save_head,
 )
@@ -69,6 +85,7 @@ from roadwork.train.losses import inverse_frequency_weights
 
 __all__ = [
     "BACKBONE_DIR",
+    "FINETUNE_CHECKPOINT_FILE",
     "FINETUNE_CONFIG",
     "FinetuneConfig",
     "FinetuneModule",
@@ -80,6 +97,7 @@ __all__ = [
 
 BACKBONE_DIR = "backbone"
 FINETUNE_CONFIG = "finetune.json"
+FINETUNE_CHECKPOINT_FILE = "finetune-checkpoint.safetensors"
 FINETUNE_FORMAT_VERSION = 1
 ACCELERATORS = ("auto", "cpu", "gpu")
 # Merged vs. adapter forward: same math in a different order, so float32 rounding only.
@@ -193,15 +211,17 @@ class _ImageDataset(Dataset):
 class _EpochSampler(Sampler[int]):
     """Yields ``epoch * N + i`` over the images ``i``; shuffled by ``default_rng([seed, epoch])`` if asked.
 
-    Lightning calls :meth:`set_epoch` at the start of every training epoch.
+    Lightning calls :meth:`set_epoch` at the start of every training epoch with its own count, which restarts
+    at 0 on a resumed run; ``epoch_offset`` (the epochs restored from a checkpoint) is added to it.
     """
 
     def __init__(self, n: int, *, seed: int, shuffle: bool) -> None:
         self._n, self._seed, self._shuffle = n, seed, shuffle
         self.epoch = 0
+        self.epoch_offset = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self.epoch = self.epoch_offset + int(epoch)
 
     def __len__(self) -> int:
         return self._n
@@ -357,8 +377,34 @@ class FinetuneModule(HeadModule):
     def on_validation_epoch_end(self) -> None:
         logits = torch.cat(self._val_logits).numpy().copy()
         super().on_validation_epoch_end()
-        if self.best_epoch == self.current_epoch:
+        if self.best_epoch == self.epoch:
             self.best_val_logits = logits
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """:meth:`HeadModule.checkpoint_state` with only the trainable tensors, plus ``best_val_logits``."""
+        state = super().checkpoint_state()
+        keep = set(self.trainable_names)
+        for key in ("model", "ema", "best_state"):
+            if state[key] is not None:
+                state[key] = {k: v for k, v in state[key].items() if k in keep}
+        logits = self.best_val_logits
+        state["best_val_logits"] = None if logits is None else torch.from_numpy(logits)
+        return state
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`checkpoint_state` onto this module's (unchanged) frozen weights."""
+        keep = set(self.trainable_names)
+        for key in ("model", "ema", "best_state"):
+            if state[key] is not None and set(state[key]) != keep:
+                raise ValueError(f"checkpoint {key!r} does not hold exactly the trainable tensors.")
+        full = dict(state)
+        full["model"] = {**self.model.state_dict(), **state["model"]}
+        if self.ema is not None:
+            full["ema"] = {**self.ema.state_dict(), **state["ema"]}
+        full["best_state"] = {**self.evaluated_model.state_dict(), **state["best_state"]}
+        super().load_checkpoint_state(full)
+        logits = state["best_val_logits"]
+        self.best_val_logits = None if logits is None else logits.numpy().copy()
 
 
 # ------------------------------------------------------------------------------------------------- public
@@ -379,6 +425,8 @@ class FinetuneResult:
         lora_targets: the adapted modules (names inside ``Backbone.model``).
         trainable_parameters: adapter plus head parameter count.
         backbone_dir, head_path, config_path, history_path, finetune_path: what was written.
+        resumed_epochs: epochs restored from a checkpoint instead of being run by this call (0: fresh).
+        checkpoint_path: the resume checkpoint (None without ``checkpoint_dir``).
     """
 
     backbone: Backbone
@@ -397,6 +445,64 @@ class FinetuneResult:
     config_path: Path
     history_path: Path
     finetune_path: Path
+    resumed_epochs: int = 0
+    checkpoint_path: Path | None = None
+
+
+def _describe(augment: Callable[..., Any] | None) -> str | None:
+    """A stable description of ``augment`` for the checkpoint fingerprint (never a memory address)."""
+    if augment is None:
+        return None
+    if inspect.isfunction(augment) or inspect.ismethod(augment):
+        return f"{augment.__module__}.{augment.__qualname__}"
+    text = repr(augment)
+    if " at 0x" in text:
+        kind = type(augment)
+        return f"{kind.__module__}.{kind.__qualname__}"
+    return text
+
+
+def _hash_images(h: Any, images: Sequence[ImageInput]) -> None:
+    for item in images:
+        if isinstance(item, Image.Image):
+            h.update(f"image|{item.mode}|{item.size}|".encode())
+            h.update(item.tobytes())
+        else:
+            path = Path(item).resolve()
+            stat = path.stat()
+            h.update(f"file|{path}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+
+
+def finetune_fingerprint(
+    backbone: Backbone,
+    train_images: Sequence[ImageInput],
+    train_labels: NDArray[np.int64],
+    val_images: Sequence[ImageInput],
+    val_labels: NDArray[np.int64],
+    head_cfg: HeadTrainConfig,
+    ft_cfg: FinetuneConfig,
+    *,
+    augment: Callable[..., Any] | None,
+    device_type: str,
+) -> str:
+    """SHA-256 (hex) tying a :func:`finetune` checkpoint to its inputs (see the module docstring)."""
+    h = hashlib.sha256()
+    header = {
+        "kind": "roadwork.finetune",
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "head": asdict(head_cfg),
+        "finetune": asdict(ft_cfg),
+        "backbone": backbone.fingerprint(),
+        "augment": _describe(augment),
+        "device_type": device_type,
+        "versions": library_versions(),
+    }
+    h.update(json.dumps(header, sort_keys=True).encode())
+    for images, labels in ((train_images, train_labels), (val_images, val_labels)):
+        h.update(f"|{len(images)}|".encode())
+        h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+        _hash_images(h, images)
+    return h.hexdigest()
 
 
 def _logits(
@@ -425,6 +531,7 @@ def finetune(
     show_progress: bool = True,
     accelerator: str = "auto",
     num_workers: int = 0,
+    checkpoint_dir: Path | None = None,
 ) -> FinetuneResult:
     """Train LoRA adapters and a head end-to-end on images; select on val_select; merge; save in ``out_dir``.
 
@@ -445,6 +552,10 @@ def finetune(
         callbacks: extra Lightning callbacks. show_progress: Lightning's progress bar.
         accelerator: Lightning accelerator, one device: ``auto`` (a GPU if there is one), ``cpu``, ``gpu``.
         num_workers: DataLoader worker processes for decoding, augmenting and preprocessing (0: in-process).
+        checkpoint_dir: where the resume checkpoint :data:`FINETUNE_CHECKPOINT_FILE` is written after every
+            epoch and looked for at the start (see the module docstring); None (default): none. A matching
+            checkpoint continues training after its epoch (its history rows are first replayed to
+            ``loggers``); use one folder per job, outside anything deleted before a rerun.
 
     Deterministic for a fixed ``head_cfg.seed`` on CPU; the caller's global torch RNG state is left
     untouched. Raises TypeError/ValueError naming the argument for bad inputs, FloatingPointError when the
@@ -491,6 +602,22 @@ def finetune(
         sampler=_EpochSampler(len(val_y), seed=head_cfg.seed, shuffle=False),
         num_workers=num_workers,
     )
+    checkpoint_path = None if checkpoint_dir is None else Path(checkpoint_dir) / FINETUNE_CHECKPOINT_FILE
+    resume = None
+    if checkpoint_path is not None:
+        use_gpu = accelerator in ("gpu", "auto") and torch.cuda.is_available()
+        fingerprint = finetune_fingerprint(
+            backbone,
+            train_images,
+            train_y,
+            val_images,
+            val_y,
+            head_cfg,
+            ft_cfg,
+            augment=augment,
+            device_type="cuda" if use_gpu else "cpu",
+        )
+        resume = load_resume_state(checkpoint_path, fingerprint)
     rng_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=rng_devices):
         # Head first, so that for one seed it starts from the weights fit_head would give it; then lora_A.
@@ -515,10 +642,19 @@ def finetune(
             val_labels=val_y,
             loggers=loggers,
         )
+        if resume is not None:
+            module.load_checkpoint_state(resume["module"])
+            if module.epoch_offset != int(resume["epochs_done"]):
+                raise ValueError(f"{checkpoint_path}: history rows and epochs_done disagree.")
+            train_loader.sampler.epoch_offset = module.epoch_offset  # type: ignore[attr-defined]
+        remaining = head_cfg.max_epochs - module.epoch_offset
+        checkpoint = (
+            None if checkpoint_path is None else EpochCheckpoint(checkpoint_path, fingerprint, resume=resume)
+        )
         trainer = pl.Trainer(
             accelerator=accelerator,
             devices=1,
-            max_epochs=head_cfg.max_epochs,
+            max_epochs=max(1, remaining),
             precision=head_cfg.precision,
             accumulate_grad_batches=head_cfg.accumulate_grad_batches,
             gradient_clip_val=head_cfg.gradient_clip_val or None,
@@ -527,15 +663,21 @@ def finetune(
             enable_progress_bar=show_progress,
             enable_model_summary=False,
             num_sanity_val_steps=0,
-            callbacks=list(callbacks),
+            callbacks=[*([checkpoint] if checkpoint is not None else []), *callbacks],
         )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            # intended: the backbone network stays in eval mode (see the module docstring)
-            warnings.filterwarnings(
-                "ignore", message=".*module\\(s\\) in eval mode at the start of training.*"
-            )
-            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        for row in module.history:  # restored epochs, so the caller's run holds the whole curve
+            for logger in loggers:
+                logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        optimizer_steps = 0 if resume is None else int(resume["optimizer_steps"])
+        if remaining > 0 and not module.early_stopped:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                # intended: the backbone network stays in eval mode (see the module docstring)
+                warnings.filterwarnings(
+                    "ignore", message=".*module\\(s\\) in eval mode at the start of training.*"
+                )
+                trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            optimizer_steps += int(trainer.global_step)
     device = trainer.strategy.root_device
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
 
@@ -569,7 +711,7 @@ def finetune(
         history=history,
         best_epoch=module.best_epoch,
         best_metric=module.best_metric,
-        optimizer_steps=int(trainer.global_step),
+        optimizer_steps=optimizer_steps,
     )
     meta = {
         "format_version": FINETUNE_FORMAT_VERSION,
@@ -598,7 +740,7 @@ def finetune(
         best_epoch=module.best_epoch,
         best_metric=module.best_metric,
         epochs_run=len(module.history),
-        optimizer_steps=int(trainer.global_step),
+        optimizer_steps=optimizer_steps,
         val_logits=module.best_val_logits,
         merge_max_abs_diff=diff,
         lora_targets=tuple(targets),
@@ -608,4 +750,6 @@ def finetune(
         config_path=config_path,
         history_path=history_path,
         finetune_path=finetune_path,
+        resumed_epochs=0 if resume is None else int(resume["epochs_done"]),
+        checkpoint_path=checkpoint_path,
     )

@@ -22,16 +22,42 @@ Outputs of :func:`fit_head` in ``out_dir``: ``head.safetensors`` (weights of the
 weights when EMA is on, which are also the weights that were evaluated for selection), ``head.json``
 (config, feature dim, views, best epoch and metric) and ``history.csv`` (one row per epoch). No pickle is
 written: Lightning's checkpointing is off and the best weights are kept in memory.
+
+Crash-safe resume (``fit_head(..., checkpoint_dir=...)``): after every epoch (after its validation) the whole
+training state is written, atomically (temporary file, fsync, ``os.replace``), to ``checkpoint_dir /
+"head-checkpoint.safetensors"`` (:data:`CHECKPOINT_FILE`): one safetensors file whose tensors are the weights,
+the EMA weights, the best state so far, the optimizer's state tensors and the RNG states (torch's global CPU
+generator, the shuffling generator; the CUDA generator on GPU), and whose metadata holds everything else as
+JSON (history rows, best epoch and metric, early-stopping counter, epochs and optimizer steps done, the
+optimizer's and LR scheduler's other state; tensors nested in those appear in the JSON as references to
+safetensors keys). Nothing is pickled. The checkpoint carries a fingerprint of its inputs (the
+:class:`HeadTrainConfig`, the world size, the torch/Lightning versions and the shapes and SHA-256 of both
+splits' features, labels and ids; not roadwork's own code); a later call with the same inputs continues after
+the checkpoint's epoch, and its outputs are byte-identical to an uninterrupted run's on CPU. A checkpoint with
+another fingerprint, an unreadable one or another format is ignored and overwritten by the first new epoch.
+The checkpoint is kept after training (a repeated call then only rewrites the outputs); nothing is deleted.
+
+Several processes (``devices > 1``, ``strategy="ddp"``; on CPU the gloo backend): every process runs
+:func:`fit_head` on the same arrays. ``HeadTrainConfig.batch_size`` stays the *global* batch: each process
+takes ``batch_size / devices`` rows of every batch of the single-process order (same shuffling generator,
+rows dealt out in turn; the row count is padded to a multiple of ``devices`` by repeating the epoch's
+first rows, as ``DistributedSampler`` does). Validation is sharded the same way and the logits are gathered
+(padding dropped), so every process computes the metrics of every val_select item exactly once and takes
+the same selection and early-stopping decisions. Only global rank 0 writes files and checkpoints and calls
+the loggers. With Lightning's ``ddp`` launcher the calling script is started again for the other ranks
+(see :func:`fit_head`).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +69,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import Logger
 from numpy.typing import NDArray
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from roadwork.metrics import mcc
 from roadwork.policy.threshold import best_mcc_threshold
@@ -58,6 +85,12 @@ HISTORY = "history.csv"
 HEAD_FORMAT_VERSION = 1
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_mcc", "val_best_mcc", "lr")
 ID2LABEL = {0: "None", 1: "Roadwork"}
+CHECKPOINT_FILE = "head-checkpoint.safetensors"
+CHECKPOINT_FORMAT_VERSION = 1
+STRATEGIES = ("auto", "ddp")
+ACCELERATORS = ("cpu", "gpu", "auto")
+
+_log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -267,34 +300,102 @@ def optimizer_steps_per_epoch(n_rows: int, batch_size: int, accumulate_grad_batc
     return math.ceil(math.ceil(n_rows / batch_size) / accumulate_grad_batches)
 
 
-def _tensors(features: NDArray[np.float32], labels: NDArray[np.int64]) -> TensorDataset:
+def _tensors(
+    features: NDArray[np.float32], labels: NDArray[np.int64], *, index: bool = False
+) -> TensorDataset:
     # np.require copies only arrays torch cannot share (read-only or non-contiguous ones).
-    return TensorDataset(
+    tensors = [
         torch.from_numpy(np.require(features, requirements=["C", "W"])),
         torch.from_numpy(np.require(labels, requirements=["C", "W"])),
-    )
+    ]
+    if index:
+        tensors.append(torch.arange(len(labels)))
+    return TensorDataset(*tensors)
+
+
+class ShardSampler(Sampler[int]):
+    """Row order of one of ``world_size`` processes: every ``world_size``-th row of the epoch's order.
+
+    The epoch's order is ``torch.randperm(n, generator=generator)`` (a new permutation per pass, the
+    generator's state carrying over) or ``0..n-1`` without a generator. It is padded to a multiple of
+    ``world_size`` by repeating its first rows (as ``torch.utils.data.DistributedSampler`` pads), then
+    process ``rank`` takes positions ``rank, rank + world_size, ...``; so with a per-process batch of
+    ``B / world_size`` the processes' k-th batches together hold exactly the rows of the single-process
+    k-th batch of size ``B``. With ``world_size == 1`` and a generator it yields, and draws from the
+    generator, exactly what ``RandomSampler(generator=generator)`` does, so single-process training is
+    unchanged by it.
+    """
+
+    def __init__(
+        self, n: int, *, rank: int = 0, world_size: int = 1, generator: torch.Generator | None = None
+    ) -> None:
+        if n < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need n >= 1 and 0 <= rank < world_size, got {n}, {rank}, {world_size}.")
+        self.n, self.rank, self.world_size, self.generator = n, rank, world_size, generator
+        self.num_samples = math.ceil(n / world_size)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        if self.generator is None:
+            order = list(range(self.n))
+        else:
+            order = torch.randperm(self.n, generator=self.generator).tolist()
+        total = self.num_samples * self.world_size
+        order = (order * math.ceil(total / self.n))[:total]
+        yield from order[self.rank :: self.world_size]
+        if self.generator is not None:
+            # RandomSampler draws one more permutation (and yields none of it) when it is exhausted; doing
+            # the same keeps the generator's stream, hence every later epoch's order, identical to it.
+            torch.randperm(self.n, generator=self.generator)
 
 
 class FeatureDataModule(pl.LightningDataModule):
     """Batches of ``(features [B, V, D], labels [B])`` from in-memory feature sets; no worker processes.
 
-    Training batches are reshuffled every epoch from a generator seeded with ``seed``; validation keeps
-    row order.
+    Training batches are reshuffled every epoch by :attr:`generator`, seeded once with ``seed`` (its state
+    is part of a resume checkpoint); validation batches
+    ``(features, labels, row index)`` keep row order. Under a multi-process strategy each process gets its
+    :class:`ShardSampler` shard and ``batch_size / world_size`` rows per batch (``batch_size`` is the
+    global batch; it must be divisible by the world size).
     """
 
-    def __init__(self, train: FeatureSet, val_select: FeatureSet, *, batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        train: FeatureSet,
+        val_select: FeatureSet,
+        *,
+        batch_size: int,
+        seed: int,
+    ) -> None:
         super().__init__()
         self._train = _tensors(train.features, train.labels)
-        self._val = _tensors(val_select.features, val_select.labels)
+        self._val = _tensors(val_select.features, val_select.labels, index=True)
         self._batch_size = batch_size
         self._seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _shard(self) -> tuple[int, int, int]:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if self._batch_size % world:
+            raise ValueError(
+                f"HeadTrainConfig.batch_size={self._batch_size} is the global batch and must be divisible "
+                f"by the number of processes ({world})."
+            )
+        return rank, world, self._batch_size // world
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self._seed)
-        return DataLoader(self._train, batch_size=self._batch_size, shuffle=True, generator=generator)
+        rank, world, batch_size = self._shard()
+        sampler = ShardSampler(len(self._train), rank=rank, world_size=world, generator=self.generator)
+        # The loader draws its (unused, no workers) base seed from the same generator, as shuffle=True does.
+        return DataLoader(self._train, batch_size=batch_size, sampler=sampler, generator=self.generator)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._val, batch_size=self._batch_size, shuffle=False)
+        rank, world, batch_size = self._shard()
+        sampler = ShardSampler(len(self._val), rank=rank, world_size=world)
+        return DataLoader(self._val, batch_size=batch_size, sampler=sampler)
 
 
 class HeadModule(pl.LightningModule):
@@ -304,8 +405,15 @@ class HeadModule(pl.LightningModule):
     configured loss averaged over the epoch's rows (batch means weighted by batch size); ``val_loss`` is the
     plain (unweighted, unsmoothed) cross-entropy on val_select, comparable across loss settings;
     ``val_mcc`` is the MCC of ``margin > 0``; ``val_best_mcc`` the MCC at the best threshold; ``lr`` the
-    learning rate of the epoch's last optimizer step. Epochs count from 0. Validation runs in float32 on the
-    evaluated weights (EMA when on) whatever ``precision`` says, as :func:`predict_logits` does.
+    learning rate of the epoch's last optimizer step. Epochs count from 0 (:attr:`epoch`, which on a resumed
+    run continues the checkpoint's count while Lightning's ``current_epoch`` restarts at 0). Validation runs
+    in float32 on the evaluated weights (EMA when on) whatever ``precision`` says, as :func:`predict_logits`
+    does.
+
+    Under a multi-process strategy the validation batches carry row indices (see
+    :class:`FeatureDataModule`); the logits of all processes are gathered and put back in row order, and the
+    training loss is summed over processes, so every process records the same history row and takes the same
+    selection and stopping decisions; only global rank 0 calls ``loggers``.
     """
 
     def __init__(
@@ -331,11 +439,51 @@ class HeadModule(pl.LightningModule):
         self.best_metric = -math.inf
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] = {}
+        self.epoch_offset = 0
         self._epochs_without_improvement = 0
         self._loss_sum = 0.0
         self._rows = 0
         self._last_lr = math.nan
         self._val_logits: list[torch.Tensor] = []
+        self._val_index: list[torch.Tensor] = []
+
+    @property
+    def epoch(self) -> int:
+        """The epoch being run, counted from 0 over the whole training (resumed runs included)."""
+        return self.epoch_offset + self.current_epoch
+
+    @property
+    def early_stopped(self) -> bool:
+        """Whether early stopping has fired: ``early_stopping_patience`` epochs without improvement."""
+        return self._epochs_without_improvement >= self.cfg.early_stopping_patience
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The module's part of a resume checkpoint after the current epoch: weights and selection state.
+
+        Tensors and JSON-compatible values only; :meth:`load_checkpoint_state` restores it. Subclasses that
+        hold more (or less) state override both.
+        """
+        return {
+            "model": self.model.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "best_state": self.best_state,
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_metric": self.best_metric,
+            "epochs_without_improvement": self._epochs_without_improvement,
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`checkpoint_state`; training then continues with epoch ``len(history)``."""
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.best_state = {k: v.clone() for k, v in state["best_state"].items()}
+        self.history = [dict(row) for row in state["history"]]
+        self.best_epoch = int(state["best_epoch"])
+        self.best_metric = float(state["best_metric"])
+        self._epochs_without_improvement = int(state["epochs_without_improvement"])
+        self.epoch_offset = len(self.history)
 
     @property
     def evaluated_model(self) -> HeadModel:
@@ -405,7 +553,7 @@ class HeadModule(pl.LightningModule):
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(
-                f"training loss is {value} at epoch {self.current_epoch}, batch {batch_idx}; "
+                f"training loss is {value} at epoch {self.epoch}, batch {batch_idx}; "
                 "lower HeadTrainConfig.lr or set gradient_clip_val."
             )
         self._loss_sum += value * len(labels)
@@ -422,35 +570,72 @@ class HeadModule(pl.LightningModule):
                 for ema_p, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
                     ema_p.lerp_(p, 1.0 - self.cfg.ema_decay)
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_logits = []
+    def on_fit_start(self) -> None:
+        if self.class_weight is not None:
+            self.class_weight = self.class_weight.to(self.device)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        with torch.autocast("cpu", enabled=False):
+    def on_validation_epoch_start(self) -> None:
+        self._val_logits, self._val_index = [], []
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        with torch.autocast(self.device.type, enabled=False):
             self._val_logits.append(self.evaluated_model(batch[0]).float())
+        if len(batch) > 2:
+            self._val_index.append(batch[2])
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def validation_logits(self) -> torch.Tensor:
+        """This epoch's val_select logits ``[N, 2]`` (float32, CPU), in row order, each row exactly once.
+
+        With several processes each holds a :class:`ShardSampler` shard: position ``j`` of process ``r`` is
+        position ``j * world_size + r`` of the padded order, so interleaving the gathered shards and cutting
+        at ``N`` restores the rows in order without the padding; the gathered row indices are checked.
+        """
+        logits = torch.cat(self._val_logits)
+        world = self._world_size()
+        if world == 1:
+            return logits.cpu()
+        if not self._val_index:
+            raise RuntimeError("multi-process validation needs batches (features, labels, row index).")
+        n = len(self.val_labels)
+        gathered = self.all_gather(logits).transpose(0, 1).reshape(-1, 2)[:n]
+        index = self.all_gather(torch.cat(self._val_index)).transpose(0, 1).reshape(-1)[:n]
+        if not torch.equal(index.cpu(), torch.arange(n)):
+            raise RuntimeError("gathered validation rows are not val_select's rows 0..N-1 once each.")
+        return gathered.cpu()
+
+    def _train_loss(self) -> float:
+        if self._world_size() == 1:
+            return self._loss_sum / self._rows
+        totals = torch.tensor([self._loss_sum, float(self._rows)], dtype=torch.float64, device=self.device)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        return float(totals[0] / totals[1])
 
     def on_validation_epoch_end(self) -> None:
-        logits = torch.cat(self._val_logits)
+        logits = self.validation_logits()
         margins = (logits[:, 1] - logits[:, 0]).numpy()
         row = {
-            "epoch": float(self.current_epoch),
-            "train_loss": self._loss_sum / self._rows,
+            "epoch": float(self.epoch),
+            "train_loss": self._train_loss(),
             "val_loss": float(F.cross_entropy(logits, self._val_targets)),
             "val_mcc": mcc(self.val_labels, (margins > 0).astype(np.int64)),
             "val_best_mcc": float(best_mcc_threshold(self.val_labels, margins)[1]),
             "lr": self._last_lr,
         }
         self.history.append(row)
-        for logger in self.metric_loggers:
-            logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=self.current_epoch)
+        if self.trainer.is_global_zero:
+            for logger in self.metric_loggers:
+                logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=self.epoch)
         metric = row["val_mcc" if self.cfg.selection_metric == "mcc" else "val_best_mcc"]
         if metric > self.best_metric:
-            self.best_metric, self.best_epoch = metric, self.current_epoch
+            self.best_metric, self.best_epoch = metric, self.epoch
             self.best_state = {k: v.detach().clone() for k, v in self.evaluated_model.state_dict().items()}
             self._epochs_without_improvement = 0
         else:
             self._epochs_without_improvement += 1
-            if self._epochs_without_improvement >= self.cfg.early_stopping_patience:
+            if self.early_stopped:
                 self.trainer.should_stop = True
 
 
@@ -468,6 +653,219 @@ def _lr_factor(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[
     return factor
 
 
+# --------------------------------------------------------------------------------------- resume checkpoints
+
+_TAGS = ("__tensor__", "__tuple__", "__items__")
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
+    """``obj`` as JSON-compatible values; each tensor goes into ``tensors`` under its path ``key``."""
+    if isinstance(obj, torch.Tensor):
+        if key in tensors:
+            raise ValueError(f"checkpoint state: two tensors at {key!r}.")
+        tensors[key] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, tensors, f"{key}/{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors, f"{key}/{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and k not in _TAGS for k in obj):
+            return {k: _encode(v, tensors, f"{key}/{k}") for k, v in obj.items()}
+        if not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in obj):
+            raise TypeError(f"checkpoint state {key}: dict keys must be str or int, got {list(obj)[:3]}.")
+        return {"__items__": [[k, _encode(v, tensors, f"{key}/{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (np.bool_, np.integer, np.floating)):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint state {key}: cannot store a {type(obj).__name__}.")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`_encode`."""
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if obj.keys() == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if obj.keys() == {"__tuple__"}:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        if obj.keys() == {"__items__"}:
+            return {k: _decode(v, tensors) for k, v in obj["__items__"]}
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    return obj
+
+
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (nested dicts, lists, tuples, tensors, JSON scalars) atomically to a safetensors file.
+
+    Tensors become the file's tensors, keyed by their path in ``state``; everything else is JSON in the
+    file's metadata under ``"state"``, tensors appearing there as ``{"__tensor__": key}``.
+    :func:`read_checkpoint` reads it back without unpickling anything.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    meta = json.dumps(_encode(state, tensors, "state"), sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt", "state": meta}))
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The ``state`` :func:`write_checkpoint` wrote to ``path`` (tensors on CPU).
+
+    Raises OSError when the file cannot be read and ValueError when it is not such a checkpoint.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors' own SafetensorError on truncated or foreign files
+        raise ValueError(f"{path}: not a safetensors file ({exc}).") from None
+    try:
+        state = _decode(json.loads(meta["state"]), tensors)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a roadwork checkpoint ({exc!r}).") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a roadwork checkpoint (state is a {type(state).__name__}).")
+    return state
+
+
+def _hash_split(h: Any, split: FeatureSet) -> None:
+    for array in (split.features, split.labels):
+        h.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1).data)
+    h.update("\n".join(split.ids.tolist()).encode())
+
+
+def library_versions() -> dict[str, str]:
+    """torch and Lightning versions: part of every checkpoint fingerprint (their numerics may change)."""
+    return {"torch": torch.__version__, "lightning": pl.__version__}
+
+
+def head_fingerprint(cfg: HeadTrainConfig, train: FeatureSet, val_select: FeatureSet, world_size: int) -> str:
+    """SHA-256 (hex) tying a :func:`fit_head` checkpoint to its inputs.
+
+    Covers the checkpoint format, every :class:`HeadTrainConfig` field, the number of processes, the torch
+    and Lightning versions and both splits' shapes and bytes (features, labels, ids); not the loggers,
+    callbacks or progress bar, and not roadwork's own code: delete the checkpoint after changing it.
+    """
+    h = hashlib.sha256()
+    header = {
+        "kind": "roadwork.fit_head",
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "config": asdict(cfg),
+        "world_size": int(world_size),
+        "versions": library_versions(),
+        "shapes": {
+            "train": list(train.features.shape),
+            "val_select": list(val_select.features.shape),
+        },
+    }
+    h.update(json.dumps(header, sort_keys=True).encode())
+    _hash_split(h, train)
+    _hash_split(h, val_select)
+    return h.hexdigest()
+
+
+def load_resume_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it exists and matches ``fingerprint`` and this format; else None.
+
+    A missing file is silent; a stale (other fingerprint), unreadable or foreign one is logged and ignored
+    (the next epoch's checkpoint replaces it).
+    """
+    if not path.is_file():
+        return None
+    try:
+        state = read_checkpoint(path)
+    except (OSError, ValueError) as exc:
+        _log.warning("ignoring unreadable checkpoint: %s", exc)
+        return None
+    if state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        _log.warning(
+            "ignoring %s: checkpoint format %r, this code writes %d.",
+            path,
+            state.get("format_version"),
+            CHECKPOINT_FORMAT_VERSION,
+        )
+        return None
+    if state.get("fingerprint") != fingerprint:
+        _log.info("ignoring %s: it was written for other inputs (config, data or world size).", path)
+        return None
+    return state
+
+
+def _rng_state(device: torch.device, generator: torch.Generator | None) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "loader": None if generator is None else generator.get_state(),
+    }
+
+
+class EpochCheckpoint(pl.Callback):
+    """Writes a resume checkpoint after every epoch and restores a loaded one when fitting starts.
+
+    At the end of every training epoch (after its validation), global rank 0 writes, with
+    :func:`write_checkpoint` to ``path``: the module's :meth:`HeadModule.checkpoint_state`, every optimizer's
+    and LR scheduler's ``state_dict()``, the RNG states (torch's global CPU generator, the CUDA generator of
+    the module's device, ``generator`` when given), ``epochs_done``, ``optimizer_steps`` (over the whole
+    training) and ``fingerprint``. With ``resume`` (such a state, whose module part the caller has already
+    restored with :meth:`HeadModule.load_checkpoint_state`), ``on_fit_start`` restores the optimizers,
+    schedulers and RNG states: after the optimizers exist and before the first training batch is drawn.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fingerprint: str,
+        *,
+        generator: torch.Generator | None = None,
+        resume: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.generator = generator
+        self.resume = resume
+        self.steps_before = int(resume["optimizer_steps"]) if resume is not None else 0
+        self.epochs_written = 0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.resume is None:
+            return
+        optimizers, schedulers = self.resume["optimizers"], self.resume["schedulers"]
+        if len(optimizers) != len(trainer.optimizers) or len(schedulers) != len(trainer.lr_scheduler_configs):
+            raise RuntimeError(f"{self.path}: optimizers or schedulers differ from the checkpoint's.")
+        for optimizer, state in zip(trainer.optimizers, optimizers, strict=True):
+            optimizer.load_state_dict(state)
+        for config, state in zip(trainer.lr_scheduler_configs, schedulers, strict=True):
+            config.scheduler.load_state_dict(state)
+        rng = self.resume["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and pl_module.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], pl_module.device)
+        if rng["loader"] is not None and self.generator is not None:
+            self.generator.set_state(rng["loader"])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        assert isinstance(pl_module, HeadModule)
+        state = {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "epochs_done": pl_module.epoch + 1,
+            "optimizer_steps": self.steps_before + int(trainer.global_step),
+            "module": pl_module.checkpoint_state(),
+            "optimizers": [optimizer.state_dict() for optimizer in trainer.optimizers],
+            "schedulers": [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs],
+            "rng": _rng_state(pl_module.device, self.generator),
+        }
+        write_checkpoint(self.path, state)
+        self.epochs_written += 1
+
+
 # ------------------------------------------------------------------------------------------------- public
 
 
@@ -480,9 +878,12 @@ class FitResult:
         history: one row per epoch run, columns :data:`HISTORY_COLUMNS` (``epoch`` as int, from 0).
         best_epoch: epoch of the selected weights.
         best_metric: the selection metric on val_select at ``best_epoch``.
-        epochs_run: epochs trained (< ``max_epochs`` when early stopping fired).
+        epochs_run: epochs trained (< ``max_epochs`` when early stopping fired), resumed ones included.
         optimizer_steps: optimizer steps taken over all epochs.
-        head_path, config_path, history_path: the files written.
+        head_path, config_path, history_path: the files written (by global rank 0 only).
+        resumed_epochs: epochs restored from a checkpoint instead of being run by this call (0: fresh).
+        checkpoint_path: the resume checkpoint (None without ``checkpoint_dir``).
+        global_rank: this process's rank (0 unless several processes trained).
     """
 
     model: HeadModel
@@ -494,6 +895,9 @@ class FitResult:
     head_path: Path
     config_path: Path
     history_path: Path
+    resumed_epochs: int = 0
+    checkpoint_path: Path | None = None
+    global_rank: int = 0
 
 
 def _check_splits(train: FeatureSet, val_select: FeatureSet) -> None:
@@ -522,9 +926,26 @@ def _check_splits(train: FeatureSet, val_select: FeatureSet) -> None:
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file beside ``path``, flush it to disk, then rename it onto ``path``.
+
+    A reader sees the old file or the complete new one, never a partial one, even if the process is killed
+    (and, with the fsyncs, across a power cut on file systems that honour them).
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def fit_head(
@@ -536,6 +957,10 @@ def fit_head(
     loggers: Sequence[Logger] = (),
     callbacks: Sequence[pl.Callback] = (),
     show_progress: bool = True,
+    checkpoint_dir: Path | None = None,
+    accelerator: str = "cpu",
+    devices: int = 1,
+    strategy: str = "auto",
 ) -> FitResult:
     """Train a head on ``train``, select and stop early on ``val_select``, and save it in ``out_dir``.
 
@@ -544,15 +969,47 @@ def fit_head(
     ``callbacks`` are extra Lightning callbacks (e.g. timers or probes). Deterministic for a fixed
     ``cfg.seed`` on one machine; the caller's global torch RNG state is left untouched.
 
+    Args:
+        checkpoint_dir: where the resume checkpoint :data:`CHECKPOINT_FILE` is written after every epoch
+            and looked for at the start (see the module docstring). When it holds a checkpoint of the same
+            inputs, training continues after its epoch (the restored history rows are first replayed to
+            ``loggers``), and the outputs equal an uninterrupted run's byte for byte on CPU; a finished
+            checkpoint only rewrites the outputs. None (default): no checkpoint is read or written. Use one
+            folder per training job, outside anything the caller deletes before a rerun (e.g. outside a DVC
+            stage's ``outs``).
+        accelerator: Lightning accelerator, ``cpu`` (default), ``gpu`` or ``auto``. Hardware settings are
+            not part of :class:`HeadTrainConfig`; results are bit-reproducible on CPU.
+        devices: number of processes (one per device); ``HeadTrainConfig.batch_size`` is the global batch
+            and must be divisible by it.
+        strategy: ``auto`` (one process) or ``ddp`` (the default when ``devices > 1``): Lightning starts the
+            calling script (``sys.argv``) again for ranks 1.. with ``LOCAL_RANK`` etc. set, and each of
+            those processes must call :func:`fit_head` with the same arguments (torchrun-style launchers
+            that start every rank themselves work too). Spawn/fork strategies are refused: they train in
+            child processes whose state never comes back to this call. Only global rank 0 writes files and
+            checkpoints and calls the loggers; every rank returns the same :class:`FitResult`.
+
     Raises TypeError/ValueError naming the argument when the splits are not FeatureSets, lack a class,
-    disagree in views or dims, share image ids, or val_select repeats an id; FloatingPointError when the
-    training loss becomes non-finite.
+    disagree in views or dims, share image ids, or val_select repeats an id, or when a hardware argument is
+    invalid; FloatingPointError when the training loss becomes non-finite.
     """
     _check_splits(train, val_select)
     if not isinstance(cfg, HeadTrainConfig):
         raise TypeError(f"cfg must be a HeadTrainConfig, got {type(cfg).__name__}.")
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}.")
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"devices must be an int >= 1, got {devices!r}.")
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"strategy must be one of {STRATEGIES}, got {strategy!r}; spawn/fork strategies train in child "
+            "processes whose results never reach this call."
+        )
+    if cfg.batch_size % devices:
+        raise ValueError(
+            f"HeadTrainConfig.batch_size={cfg.batch_size} is the global batch and must be divisible by "
+            f"devices={devices}."
+        )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     num_views, feature_dim = train.num_views, train.feature_dim
     class_weight = (
         torch.tensor(inverse_frequency_weights(train.labels), dtype=torch.float32)
@@ -562,7 +1019,15 @@ def fit_head(
     steps_per_epoch = optimizer_steps_per_epoch(
         len(train.labels), cfg.batch_size, cfg.accumulate_grad_batches
     )
-    with torch.random.fork_rng(devices=[]):
+    checkpoint_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
+    resume = None
+    if checkpoint_path is not None:
+        fingerprint = head_fingerprint(cfg, train, val_select, devices)
+        resume = load_resume_state(checkpoint_path, fingerprint)
+    rng_devices = (
+        list(range(torch.cuda.device_count())) if accelerator != "cpu" and torch.cuda.is_available() else []
+    )
+    with torch.random.fork_rng(devices=rng_devices):
         # Dropout draws from the global generator; forking confines the seed to this call.
         torch.manual_seed(cfg.seed)
         model = HeadModel.from_config(cfg, feature_dim=feature_dim, num_views=num_views)
@@ -574,10 +1039,22 @@ def fit_head(
             val_labels=val_select.labels,
             loggers=loggers,
         )
+        if resume is not None:
+            module.load_checkpoint_state(resume["module"])
+            if module.epoch_offset != int(resume["epochs_done"]):
+                raise ValueError(f"{checkpoint_path}: history rows and epochs_done disagree.")
+        remaining = cfg.max_epochs - module.epoch_offset
+        data = FeatureDataModule(train, val_select, batch_size=cfg.batch_size, seed=cfg.seed)
+        checkpoint = (
+            None
+            if checkpoint_path is None
+            else EpochCheckpoint(checkpoint_path, fingerprint, generator=data.generator, resume=resume)
+        )
         trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
-            max_epochs=cfg.max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            strategy="ddp" if devices > 1 else strategy,
+            max_epochs=max(1, remaining),
             precision=cfg.precision,
             accumulate_grad_batches=cfg.accumulate_grad_batches,
             gradient_clip_val=cfg.gradient_clip_val or None,
@@ -586,37 +1063,53 @@ def fit_head(
             enable_progress_bar=show_progress,
             enable_model_summary=False,
             num_sanity_val_steps=0,
-            callbacks=list(callbacks),
+            use_distributed_sampler=False,
+            callbacks=[*([checkpoint] if checkpoint is not None else []), *callbacks],
         )
-        data = FeatureDataModule(train, val_select, batch_size=cfg.batch_size, seed=cfg.seed)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            trainer.fit(module, datamodule=data)
+        is_zero = trainer.is_global_zero
+        if is_zero:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for row in module.history:  # restored epochs, so the caller's run holds the whole curve
+                for logger in loggers:
+                    logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        optimizer_steps = 0 if resume is None else int(resume["optimizer_steps"])
+        if remaining > 0 and not module.early_stopped:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                # Lightning's own all_gather calls a torch function torch has deprecated
+                warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
+                trainer.fit(module, datamodule=data)
+            optimizer_steps += int(trainer.global_step)
         best = HeadModel.from_config(cfg, feature_dim=feature_dim, num_views=num_views)
     best.load_state_dict(module.best_state)
     best.eval()
     history = pd.DataFrame(module.history, columns=list(HISTORY_COLUMNS)).astype({"epoch": int})
-    head_path, config_path, history_path = save_head(
-        out_dir,
-        best,
-        cfg,
-        history=history,
-        best_epoch=module.best_epoch,
-        best_metric=module.best_metric,
-        optimizer_steps=int(trainer.global_step),
-    )
-    for logger in loggers:
-        logger.save()
+    head_path, config_path, history_path = out_dir / HEAD_WEIGHTS, out_dir / HEAD_CONFIG, out_dir / HISTORY
+    if is_zero:
+        save_head(
+            out_dir,
+            best,
+            cfg,
+            history=history,
+            best_epoch=module.best_epoch,
+            best_metric=module.best_metric,
+            optimizer_steps=optimizer_steps,
+        )
+        for logger in loggers:
+            logger.save()
     return FitResult(
         model=best,
         history=history,
         best_epoch=module.best_epoch,
         best_metric=module.best_metric,
         epochs_run=len(module.history),
-        optimizer_steps=int(trainer.global_step),
+        optimizer_steps=optimizer_steps,
         head_path=head_path,
         config_path=config_path,
         history_path=history_path,
+        resumed_epochs=0 if resume is None else int(resume["epochs_done"]),
+        checkpoint_path=checkpoint_path,
+        global_rank=int(trainer.global_rank),
     )
 
 
