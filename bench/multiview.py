@@ -100,12 +100,32 @@ def interleaved_best(
     return best
 
 
+def vit_s(folder: Path) -> Backbone:
+    """A DINOv2 ViT-S/14 (random weights, fixed seed) saved and loaded back like a downloaded model."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14)
+    Dinov2Model(config).save_pretrained(folder)
+    BitImageProcessor(
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        resample=3,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(folder)
+    return load_backbone(str(folder))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--backbone", default="efficientnet_lite0", help="efficientnet_lite0 (default) or tiny (quick run)"
+        "--backbone",
+        default="efficientnet_lite0",
+        help="efficientnet_lite0 (default), tiny (quick run), vit-s (a randomly initialised DINOv2 ViT-S/14 "
+        "at 224 px, loaded through the real from_pretrained path), or any load_backbone id / folder",
     )
     parser.add_argument("--images", type=int, default=8, help="images B in the batch (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each way, best kept (3)")
@@ -119,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("need --images >= 1, --repeats >= 1, --threads >= 1, --chunk >= 0, --seed >= 0")
 
     torch.set_num_threads(args.threads)
-    backbone = load_backbone(args.backbone)
     with tempfile.TemporaryDirectory(prefix="bench-multiview-") as tmp:
+        backbone = vit_s(Path(tmp) / "vit-s") if args.backbone == "vit-s" else load_backbone(args.backbone)
         images = draw_images(Path(tmp) / "data", args.images, args.seed)
 
     start = time.perf_counter()
