@@ -65,7 +65,16 @@ def shrink_params(params_file: Path) -> None:
 
 
 TRACKING_URI: dict[str, str] = {}
-STAGES = ("ingest", "dedupe", "split", "embed@base", "train@base", "calibrate@base", "evaluate@base")
+STAGES = (
+    "ingest",
+    "dedupe",
+    "split",
+    "embed@base",
+    "train@base",
+    "calibrate@base",
+    "evaluate@base",
+    "bundle",
+)
 BAD_FILES = {
     "roadwork/zero_bytes.jpg": "empty_file",
     "roadwork/text.jpg": "not_an_image",

@@ -242,9 +242,19 @@ def test_version_registered_and_champion_moved_over_http(
     # the environment's registry, not the registry_uri argument)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", url)
-    local = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL}@champion", dst_path=str(tmp_path))
-    )
+    # another test in this process may have set mlflow's global URIs, which win over the environment
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{MODEL}@champion", dst_path=str(tmp_path)
+            )
+        )
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     mlmodel = (local / "MLmodel").read_text()
     assert "python_function" in mlmodel
     choice = json.loads((reproduced.repo / "outputs/bundle/choice.json").read_text())
