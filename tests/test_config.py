@@ -114,12 +114,39 @@ def test_train_section_mirrors_head_train_config_names_and_defaults() -> None:
         ("embed.views=tiles", "'embed.views' is 'tiles'"),
         ("embed.augment.level_probs=[0.5,0.5]", "'embed.augment.level_probs'"),
         ("dedupe.embedding_cosine=1.5", "'dedupe.embedding_cosine' is 1.5"),
+        ("adapt.lora_rank=0", "adapt.lora_rank is 0; it must be >= 1"),
+        ("adapt.mask_ratio_max=0.05", "adapt.mask_ratio_max (0.05) must be >= mask_ratio_min"),
+        ("adapt.precision=16", "adapt.precision is '16'"),
+        ("adapt.checkpoint_every_steps=-1", "'adapt.checkpoint_every_steps' is -1"),
+        ("trainer.devices=0", "'trainer.devices' is 0"),
+        ("trainer.strategy=ddp_spawn", "'trainer.strategy' is 'ddp_spawn'"),
+        ("trainer.accelerator=tpu", "'trainer.accelerator' is 'tpu'"),
     ],
 )
 def test_train_and_embed_values_are_checked_when_loading(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(REPO_PARAMS, [override])
     assert message in str(err.value)
+
+
+def test_adapt_section_mirrors_adapt_config_names_and_defaults() -> None:
+    from dataclasses import fields
+
+    from roadwork.adapt.config import AdaptConfig
+    from roadwork.config import AdaptParams, adapt_config
+
+    names = [f.name for f in fields(AdaptParams)]
+    assert names == [*[f.name for f in fields(AdaptConfig)], "unlabeled_dir", "checkpoint_every_steps"]
+    assert adapt_config(AdaptParams()) == AdaptConfig()
+
+
+def test_loading_the_config_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, roadwork.config as c; c.load_config(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_embedding_check_can_be_switched_off() -> None:

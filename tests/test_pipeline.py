@@ -61,6 +61,9 @@ def shrink_params(params_file: Path) -> None:
     params.backbone.id = "tiny"
     params.embed.train_copies = 1
     params.train.max_epochs = 3
+    params.adapt.update(
+        {"max_steps": 2, "batch_size": 8, "local_crop_size": 48, "out_dim": 64, "head_hidden_dim": 32}
+    )
     OmegaConf.save(params, params_file)
 
 
@@ -69,10 +72,15 @@ STAGES = (
     "ingest",
     "dedupe",
     "split",
+    "adapt",
     "embed@base",
     "train@base",
     "calibrate@base",
     "evaluate@base",
+    "embed@adapted",
+    "train@adapted",
+    "calibrate@adapted",
+    "evaluate@adapted",
     "bundle",
 )
 BAD_FILES = {
@@ -152,11 +160,14 @@ def test_stage_runs_are_tracked_and_grouped(reproduced: tuple[Path, str]) -> Non
     client = mlflow.MlflowClient(tracking_uri=TRACKING_URI["uri"])
     experiment = client.get_experiment_by_name("roadwork")
     runs = client.search_runs([experiment.experiment_id])
-    stages = {
-        r.data.tags.get("roadwork.stage"): r for r in runs if r.data.tags.get("roadwork.run_kind") == "stage"
+    by_dvc_stage = {
+        r.data.tags.get("roadwork.dvc_stage"): r
+        for r in runs
+        if r.data.tags.get("roadwork.run_kind") == "stage"
     }
     parents = [r for r in runs if r.data.tags.get("roadwork.run_kind") == "pipeline"]
-    assert set(stages) == {s.split("@")[0] for s in STAGES}
+    assert set(by_dvc_stage) == set(STAGES)  # both variants side by side
+    stages = {name.replace("@base", ""): run_ for name, run_ in by_dvc_stage.items()}
     assert len(parents) == 1
     for run_ in stages.values():
         tags = run_.data.tags
@@ -177,6 +188,33 @@ def test_stage_runs_are_tracked_and_grouped(reproduced: tuple[Path, str]) -> Non
     # dedupe's embedding check cached the clean renders: embed only computed the augmented train copies
     embed = stages["embed"]
     assert embed.data.metrics["images_computed"] == embed.data.metrics["train_images"]
+    # ExPLoRA: parameter counts, the SSL curve per step and the merge check in MLflow
+    adapt = stages["adapt"]
+    assert 0 < adapt.data.metrics["trainable_pct"] < 100
+    assert adapt.data.metrics["merge_max_abs_diff"] <= 1e-4
+    assert [m.step for m in client.get_metric_history(adapt.info.run_id, "ssl_loss")] == [1, 2]
+    assert by_dvc_stage["train@adapted"].data.tags["roadwork.variant"] == "adapted"
+
+
+def test_adapted_variant_runs_on_the_adapted_backbone(reproduced: tuple[Path, str]) -> None:
+    repo, _ = reproduced
+    adapt = json.loads((repo / "outputs/adapt/metrics.json").read_text())
+    split = json.loads((repo / "outputs/split/metrics.json").read_text())
+    assert adapt["train_images"] == split["train_n"] and adapt["steps"] == 2
+    assert adapt["merge_max_abs_diff"] <= 1e-4 and 0 < adapt["trainable_pct"] < 100
+    saved = json.loads((repo / "outputs/adapt/adapt.json").read_text())
+    embedded = {
+        v: json.loads((repo / f"outputs/embed/{v}/backbone.json").read_text()) for v in ("base", "adapted")
+    }
+    assert embedded["adapted"]["fingerprint"] == saved["backbone_fingerprint"]
+    assert embedded["base"]["fingerprint"] == saved["base_backbone"]["fingerprint"]
+    assert embedded["adapted"]["fingerprint"] != embedded["base"]["fingerprint"]
+    for variant in ("base", "adapted"):
+        assert json.loads((repo / f"outputs/evaluate/{variant}/metrics.json").read_text())["test_n"] > 0
+    choice = json.loads((repo / "outputs/bundle/choice.json").read_text())
+    assert set(choice["candidates"]) == {"base", "adapted"}
+    best = max(choice["candidates"], key=lambda v: (choice["candidates"][v]["val_calib_mcc"], v == "base"))
+    assert choice["chosen"] == best
 
 
 def test_cli_override_reaches_mlflow_params(reproduced: tuple[Path, str]) -> None:

@@ -42,21 +42,33 @@ def run(*argv: str) -> None:
     assert cli(list(argv)) == 0
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("project")
+def prepare_project(root: Path, *, n: int, seed: int, updates: dict[str, dict]) -> Path:
+    """params.yaml with the tiny backbone and ``updates`` (section -> values), ``n`` synthetic images, and
+    ingest, dedupe and split run once in ``root``."""
     params = OmegaConf.load(REPO / "params.yaml")
     params.backbone.id = "tiny"
-    params.embed.train_copies = 1
-    params.train.max_epochs = 3
-    params.evaluate.bootstrap_resamples = 50
-    params.evaluate.robustness_copies = 1
+    for section, values in updates.items():
+        params[section].update(values)
     OmegaConf.save(params, root / "params.yaml")
-    generate_dataset(root / "data", n=90, seed=5, show_progress=False)
+    generate_dataset(root / "data", n=n, seed=seed, show_progress=False)
     with inside(root):
         for stage in ("ingest", "dedupe", "split"):
             run(stage)
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_project(
+        tmp_path_factory.mktemp("project"),
+        n=90,
+        seed=5,
+        updates={
+            "embed": {"train_copies": 1},
+            "train": {"max_epochs": 3},
+            "evaluate": {"bootstrap_resamples": 50, "robustness_copies": 1},
+        },
+    )
 
 
 @pytest.fixture()

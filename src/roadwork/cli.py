@@ -19,6 +19,7 @@ STAGES: dict[str, str] = {
     "ingest": "decode and verify data/, quarantine bad files, write the manifest and working copies",
     "dedupe": "group exact (sha256) and near (pHash) duplicates; report label conflicts",
     "split": "stratified group split into train / val_select / val_calib / val_test",
+    "adapt": "ExPLoRA: self-supervised adaptation of the backbone on train images; merge, check (adapted)",
     "embed": "run the variant's frozen backbone once per image, render and view; cache the features",
     "train": "train the head on cached features (or LoRA + head with train.mode=finetune); val logits",
     "calibrate": "fit calibration, the exact MCC threshold and abstention sets on val_calib: policy.json",

@@ -118,24 +118,57 @@ class FinetuneParams:
     backbone_lr: float = 1e-4
 
 
+_FIELD_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _mirrored_fields(cls: type) -> list[tuple[str, type, Any]]:
+    """The fields of a library dataclass (names, types, defaults) for a params section that mirrors it."""
+    return [(f.name, _FIELD_TYPES[f.type], field(default=f.default)) for f in fields(cls)]
+
+
 def _train_params_schema() -> type:
     """``mode``, every field of :class:`~roadwork.train.head_config.HeadTrainConfig` (its names, types and
     defaults: one home) and ``finetune``."""
     from roadwork.train.head_config import HeadTrainConfig
 
-    types = {"str": str, "int": int, "float": float}
-    head_fields = [(f.name, types[f.type], field(default=f.default)) for f in fields(HeadTrainConfig)]
     return make_dataclass(
         "TrainParams",
         [
             ("mode", str, field(default="head")),
-            *head_fields,
+            *_mirrored_fields(HeadTrainConfig),
             ("finetune", FinetuneParams, field(default_factory=FinetuneParams)),
         ],
     )
 
 
 TrainParams = _train_params_schema()
+
+
+def _adapt_params_schema() -> type:
+    """Every field of :class:`~roadwork.adapt.config.AdaptConfig`, plus what only the stage needs: the
+    optional unlabeled image folder and the checkpoint period."""
+    from roadwork.adapt.config import AdaptConfig
+
+    return make_dataclass(
+        "AdaptParams",
+        [
+            *_mirrored_fields(AdaptConfig),
+            ("unlabeled_dir", Optional[str], field(default=None)),  # noqa: UP045
+            ("checkpoint_every_steps", int, field(default=0)),
+        ],
+    )
+
+
+AdaptParams = _adapt_params_schema()
+
+
+@dataclass
+class TrainerParams:
+    """Where ``train`` and ``adapt`` run: Lightning's accelerator, process count and strategy."""
+
+    accelerator: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"
 
 
 @dataclass
@@ -184,7 +217,9 @@ class RoadworkConfig:
     split: SplitParams = field(default_factory=SplitParams)
     backbone: BackboneParams = field(default_factory=BackboneParams)
     embed: EmbedParams = field(default_factory=EmbedParams)
+    adapt: AdaptParams = field(default_factory=AdaptParams)
     train: TrainParams = field(default_factory=TrainParams)
+    trainer: TrainerParams = field(default_factory=TrainerParams)
     calibrate: CalibrateParams = field(default_factory=CalibrateParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     deploy: DeployParams = field(default_factory=DeployParams)
@@ -232,6 +267,13 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "train.finetune.lora_alpha": (lambda v: v > 0, "a positive number"),
     "train.finetune.lora_dropout": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
     "train.finetune.backbone_lr": (lambda v: v > 0, "a positive number"),
+    "adapt.checkpoint_every_steps": (lambda v: v >= 0, "an integer >= 0 (0 = at epoch ends only)"),
+    "trainer.accelerator": (lambda v: v in ("auto", "cpu", "gpu"), "one of auto, cpu, gpu"),
+    "trainer.devices": (lambda v: v >= 1, "a positive integer (processes, one per device)"),
+    "trainer.strategy": (
+        lambda v: v in ("auto", "ddp"),
+        "'auto' (one process) or 'ddp' (one process per device; torchrun and SLURM work too)",
+    ),
     "calibrate.method": (
         lambda v: v in ("temperature", "platt", "beta", "isotonic"),
         "one of temperature, platt, beta, isotonic",
@@ -276,7 +318,8 @@ def _check_ranges(cfg: RoadworkConfig, source: str) -> None:
         value = functools.reduce(getattr, key.split("."), cfg)
         if not ok(value):
             raise ConfigError(f"{source}: '{key}' is {value!r}; expected {expected}.")
-    _check_head_config(cfg.train, source)
+    _check_library_config(head_train_config, cfg.train, "train", source)
+    _check_library_config(adapt_config, cfg.adapt, "adapt", source)
     if (cfg.calibrate.guarantee_alpha is None) != (cfg.calibrate.guarantee_delta is None):
         raise ConfigError(
             f"{source}: 'calibrate.guarantee_alpha' and 'calibrate.guarantee_delta' go together "
@@ -293,19 +336,31 @@ def _check_ranges(cfg: RoadworkConfig, source: str) -> None:
         )
 
 
+def _library_config(section: Any, cls: type) -> Any:
+    """``cls`` (a library dataclass whose fields a params section mirrors) built from ``section``."""
+    return cls(**{f.name: getattr(section, f.name) for f in fields(cls)})
+
+
 def head_train_config(train: Any) -> Any:
     """The :class:`~roadwork.train.head_config.HeadTrainConfig` that ``train`` describes."""
     from roadwork.train.head_config import HeadTrainConfig
 
-    values = {f.name: getattr(train, f.name) for f in fields(HeadTrainConfig)}
-    return HeadTrainConfig(**values)
+    return _library_config(train, HeadTrainConfig)
 
 
-def _check_head_config(train: Any, source: str) -> None:
+def adapt_config(adapt: Any) -> Any:
+    """The :class:`~roadwork.adapt.config.AdaptConfig` that ``adapt`` describes."""
+    from roadwork.adapt.config import AdaptConfig
+
+    return _library_config(adapt, AdaptConfig)
+
+
+def _check_library_config(build: Any, section: Any, name: str, source: str) -> None:
+    """Re-raise the library dataclass's own validation error as a ConfigError naming ``name.key``."""
     try:
-        head_train_config(train)
+        build(section)
     except (TypeError, ValueError) as exc:
-        message = str(exc).replace("HeadTrainConfig.", "train.")
+        message = re.sub(r"\b(HeadTrainConfig|AdaptConfig)\.", f"{name}.", str(exc))
         raise ConfigError(f"{source}: {message}") from None
 
 

@@ -54,6 +54,8 @@ __all__ = [
     "risk_coverage_plot",
     "roc_figure",
     "roc_plot",
+    "ssl_curves_figure",
+    "ssl_curves_plot",
     "threshold_sweep_figure",
     "threshold_sweep_plot",
     "training_curves_figure",
@@ -575,6 +577,60 @@ def training_curves_plot(
     """Write :func:`training_curves_figure` to ``path`` (a .png) and return it."""
     out = _check_path(path)
     return _save(training_curves_figure(history, best_epoch=best_epoch, title=title), out)
+
+
+_SSL_REQUIRED = ("step", "loss", "agreement")
+_SSL_OPTIONAL = ("loss_dino", "loss_ibot", "loss_koleo")
+
+
+def ssl_curves_figure(
+    history: pd.DataFrame, *, title: str | None = "ExPLoRA self-supervised training"
+) -> Figure:
+    """Self-supervised loss (total and, where non-zero, its DINO / iBOT / KoLeo parts) and teacher-student
+    agreement per optimiser step.
+
+    ``history``: ExPLoRA's ``history.csv`` frame, columns step, loss, agreement and optionally loss_dino,
+    loss_ibot, loss_koleo (a part that is zero throughout, e.g. iBOT on a CNN, is not drawn). Agreement is
+    the fraction of images whose student and teacher prototypes (argmax) agree.
+    """
+    _check_title(title)
+    cols = _check_frame(history, "history", _SSL_REQUIRED, _SSL_OPTIONAL)
+    order = np.argsort(cols["step"], kind="stable")
+    cols = {k: v[order] for k, v in cols.items()}
+    step = cols["step"]
+    marker = "o" if len(step) <= 60 else None
+    fig = _new_figure(6.5, 5.5)
+    loss_ax, agree_ax = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    loss_ax.plot(step, cols["loss"], marker=marker, markersize=3, color=_PALETTE[0], label="total")
+    for k, name in enumerate(_SSL_OPTIONAL):
+        if name in cols and np.any(cols[name] != 0):
+            loss_ax.plot(
+                step, cols[name], linestyle="--", color=_PALETTE[k + 1], label=name.removeprefix("loss_")
+            )
+    loss_ax.set_ylabel("SSL loss")
+    agree_ax.plot(step, cols["agreement"], marker=marker, markersize=3, color=_PALETTE[3], label="agreement")
+    agree_ax.set_ylim(-0.02, 1.02)
+    agree_ax.set_ylabel("teacher-student\nagreement")
+    agree_ax.set_xlabel("optimiser step")
+    for ax in (loss_ax, agree_ax):
+        ax.legend(loc="best", fontsize=8)
+        _style(ax)
+    if len(step) == 1:
+        agree_ax.set_xlim(step[0] - 1, step[0] + 1)
+    if title:
+        loss_ax.set_title(title)
+    return fig
+
+
+def ssl_curves_plot(
+    history: pd.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = "ExPLoRA self-supervised training",
+) -> Path:
+    """Write :func:`ssl_curves_figure` to ``path`` (a .png) and return it."""
+    out = _check_path(path)
+    return _save(ssl_curves_figure(history, title=title), out)
 
 
 # ----------------------------------------------------------------------------------------- contact sheet

@@ -10,6 +10,10 @@ run (``ROADWORK_PIPELINE_ID`` overrides it, for example to group an ``mlflow run
 
 The tracking store defaults to ``sqlite:///<repo root>/mlflow.db`` (anchored on ``DVC_ROOT`` inside DVC
 stages); ``MLFLOW_TRACKING_URI`` points it anywhere else. ``mlflow`` is imported lazily: it costs seconds.
+
+In a multi-process run (``trainer.devices > 1``: Lightning's ``ddp`` launcher, torchrun or SLURM start the
+stage once per rank) only global rank 0 talks to MLflow; the other ranks get an :class:`OffRankRun` whose
+calls do nothing.
 """
 
 from __future__ import annotations
@@ -176,6 +180,35 @@ class StageRun:
 
         return _ResilientMLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=self.run_id)
 
+    def loggers(self) -> list[Any]:
+        """The Lightning loggers a stage hands to its trainer: :meth:`lightning_logger` on rank 0."""
+        return [self.lightning_logger()]
+
+
+class OffRankRun(StageRun):
+    """The run handle of a rank other than 0: every call is a no-op, so MLflow sees one writer."""
+
+    def call(self, what: str, fn: Any) -> None:
+        return None
+
+    def lightning_logger(self) -> Any:
+        return None
+
+    def loggers(self) -> list[Any]:
+        return []
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0 as the launchers announce it (True when nothing launched it).
+
+    torchrun and SLURM set ``RANK`` / ``SLURM_PROCID``; Lightning's ``ddp`` launcher starts ranks 1.. with
+    ``LOCAL_RANK`` and ``NODE_RANK`` set (rank 0 is the process the user started, before it launches).
+    """
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").strip().isdigit():
+            return int(os.environ[name]) == 0
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in ("LOCAL_RANK", "NODE_RANK"))
+
 
 def _pipeline_id(commit: str, data_ver: str, resolved_config: Mapping[str, Any]) -> str:
     if os.environ.get("ROADWORK_PIPELINE_ID"):
@@ -248,6 +281,9 @@ def stage_run(
     ``params`` are the stage's own parameters, flattened to ``section.key``; ``resolved_config`` is the
     whole configuration and only feeds the pipeline id.
     """
+    if not is_rank_zero():
+        yield OffRankRun(run_id="", experiment_id="")
+        return
     import mlflow
 
     root = repo_root()

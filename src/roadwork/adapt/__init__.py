@@ -2,20 +2,27 @@
 
 Public API: :class:`AdaptConfig`, :func:`adapt_backbone` / :class:`AdaptResult`, :func:`merge_check` /
 :class:`MergeCheckError`; the building blocks live in :mod:`.layout`, :mod:`.ssl`, :mod:`.merge` and
-:mod:`.explora`.
+:mod:`.explora`. Names are resolved lazily: ``roadwork.config`` reads :class:`AdaptConfig` and must not pay
+for importing torch and lightly.
 """
 
-from roadwork.adapt.config import AdaptConfig
-from roadwork.adapt.explora import AdaptResult, adapt_backbone
-from roadwork.adapt.layout import AdapterLayout
-from roadwork.adapt.merge import MERGE_TOLERANCE, MergeCheckError, merge_check
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "MERGE_TOLERANCE",
-    "AdaptConfig",
-    "AdaptResult",
-    "AdapterLayout",
-    "MergeCheckError",
-    "adapt_backbone",
-    "merge_check",
-]
+_HOMES = {
+    "AdaptConfig": "roadwork.adapt.config",
+    "AdaptResult": "roadwork.adapt.explora",
+    "adapt_backbone": "roadwork.adapt.explora",
+    "AdapterLayout": "roadwork.adapt.layout",
+    "MERGE_TOLERANCE": "roadwork.adapt.merge",
+    "MergeCheckError": "roadwork.adapt.merge",
+    "merge_check": "roadwork.adapt.merge",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'roadwork.adapt' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

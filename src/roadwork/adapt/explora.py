@@ -24,15 +24,33 @@ checkpoint and resumes from it; one from a different config, backbone or image l
 ``out_dir`` receives ``backbone/`` (:meth:`Backbone.save`, so ``load_backbone(str(out_dir / "backbone"))``
 rebuilds it with the same family and preprocessing), ``history.csv`` (one row per step) and ``adapt.json``
 (settings, layout, parameter counts, losses, fingerprints, the merge check's difference).
+
+Several processes (``devices > 1``, strategy ``ddp``, as :func:`roadwork.train.head.fit_head`): Lightning
+Fabric starts the calling script again for ranks 1.. (or joins the processes torchrun started) and sets up
+the process group (gloo on CPU, NCCL on GPUs); the loop stays this module's own. ``cfg.batch_size`` is the
+global batch: every process walks the same image order and takes its contiguous share of
+``batch_size / devices`` images of each global batch; iBOT masks are drawn for the whole global batch from
+(seed, step) and sliced the same way (adapter dropout draws from (seed, step, rank)). Each process computes
+the objective on its share; the gradients of the trainable weights are averaged over the processes after
+backward (before clipping), so every process takes the same optimiser step and the models stay identical;
+the teacher centres move with the global batch mean (see :mod:`roadwork.adapt.ssl`); the logged values are
+averages over the processes. Without dropout and with ``koleo_weight == 0`` a run therefore equals the
+one-process run up to float summation order. KoLeo, a nearest-neighbour term within a batch, is computed on
+each process's share (0 where a share has one image), so with ``koleo_weight > 0`` it is a different
+(smaller-batch) regulariser. Only global rank 0 writes (checkpoints, ``out_dir``) and calls the loggers;
+every process resumes from the checkpoint rank 0 finds and returns an :class:`AdaptResult` (with its
+``global_rank``). Checkpoints do not record the number of processes: the computation is the same up to the
+above, so a run may resume with another ``devices``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +60,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from roadwork.adapt.config import AdaptConfig
 from roadwork.adapt.layout import AdapterLayout
@@ -51,6 +69,7 @@ from roadwork.adapt.ssl import (
     ExploraSSL,
     MultiCropDataset,
     ResumableEpochSampler,
+    _process_count,
     block_masks,
     cosine_lr,
     multi_crop_transform,
@@ -59,6 +78,7 @@ from roadwork.adapt.ssl import (
 )
 from roadwork.data.images import open_image, pillow_pixel_limit
 from roadwork.data.preprocess import to_tensor_batch
+from roadwork.distributed import ACCELERATORS, STRATEGIES, check_processes
 from roadwork.models.backbone import Backbone
 
 if TYPE_CHECKING:  # importing lightning costs seconds; only its Logger interface is used
@@ -70,6 +90,7 @@ __all__ = [
     "BACKBONE_DIR",
     "HISTORY_COLUMNS",
     "HISTORY_FILE",
+    "STRATEGIES",
     "AdaptResult",
     "adapt_backbone",
     "latest_checkpoint",
@@ -80,7 +101,6 @@ __all__ = [
 BACKBONE_DIR = "backbone"
 ADAPT_META = "adapt.json"
 HISTORY_FILE = "history.csv"
-ACCELERATORS = ("auto", "cpu", "gpu")
 HISTORY_COLUMNS = (
     "step",
     "epoch",
@@ -116,7 +136,8 @@ class AdaptResult:
         steps: optimiser steps of the whole run (resumed ones included).
         resumed_from_step: the checkpoint step the run resumed from (0: a fresh start).
         layout: which weights trained how.
-        backbone_dir, history_path, meta_path: what was written in ``out_dir``.
+        backbone_dir, history_path, meta_path: what was written in ``out_dir`` (by global rank 0).
+        global_rank: this process's rank (0 in a one-process run); only rank 0 wrote files and logged.
     """
 
     backbone: Backbone
@@ -134,6 +155,7 @@ class AdaptResult:
     backbone_dir: Path
     history_path: Path
     meta_path: Path
+    global_rank: int = 0
 
 
 # ---------------------------------------------------------------------------------------- optimisation
@@ -167,6 +189,8 @@ def ssl_step(
     step: int,
     total_steps: int,
     steps_per_epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, float]:
     """One ExPLoRA optimiser step on one batch (see the module docstring); returns its metrics.
 
@@ -174,11 +198,17 @@ def ssl_step(
         model: the student/teacher pair, in training mode.
         optimizer: from :func:`make_optimizer`.
         crops: ``2 + n_local_crops`` tensors ``[B, 3, s, s]`` (global crops first), e.g. a collated batch of
-            :class:`~roadwork.adapt.ssl.MultiCropDataset`.
+            :class:`~roadwork.adapt.ssl.MultiCropDataset`; with several processes, this process's share
+            (images ``rank * B`` to ``(rank + 1) * B - 1`` of the global batch of ``world_size * B``).
         step: 0-based index of this step in the run; total_steps: steps of the run (schedules);
         steps_per_epoch: steps of one epoch (teacher-temperature warm-up).
+        rank, world_size: this process's rank and the number of processes (``torch.distributed``
+            initialised when ``world_size > 1``; every process must call this with the same step).
 
-    Masks and adapter dropout draw from RNGs seeded by ``(cfg.seed, step)``.
+    Masks draw from RNGs seeded by ``(cfg.seed, step)`` (for the whole global batch, then sliced), adapter
+    dropout from ``(cfg.seed, step)`` in one process and ``(cfg.seed, step, rank)`` in several.
+    With several processes the gradients are averaged over them before clipping and the returned values
+    are averages over them (the same on every process).
     Returns the :data:`HISTORY_COLUMNS` values but ``step`` and ``epoch``.
     """
     cfg = model.cfg
@@ -195,16 +225,33 @@ def ssl_step(
         masks = None
         if model.is_vit and cfg.ibot_weight > 0:
             grid = model.patch_grid(int(global_crops.shape[-1]))
-            masks = block_masks(int(global_crops.shape[0]), grid, cfg).to(device)
+            masks = block_masks(int(global_crops.shape[0]) * world_size, grid, cfg)
+            if world_size > 1:
+                masks = _mask_share(masks, rank, world_size)
+            masks = None if masks is None else masks.to(device)
         bf16 = cfg.precision == "bf16-mixed"
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        per_rank = seeded(cfg.seed, _STEP_STREAM, step, rank) if world_size > 1 else contextlib.nullcontext()
+        with per_rank, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model.losses(global_crops, local_crops, masks, teacher_temp=temp)
     loss = out["loss"]
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the ExPLoRA loss became non-finite ({float(loss)}) at step {step}.")
+    values = {
+        "loss": loss.detach(),
+        "loss_dino": out["dino"],
+        "loss_ibot": out["ibot"],
+        "loss_koleo": out["koleo"],
+        "agreement": out["agreement"],
+    }
+    if world_size > 1:  # before the finiteness check, so that every process raises or none does
+        values = _mean_over_processes(values, world_size)
+    if not torch.isfinite(values["loss"]):
+        raise FloatingPointError(
+            f"the ExPLoRA loss became non-finite ({float(values['loss'])}) at step {step}."
+        )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for _, p in model.trainable_parameters()]
+    if world_size > 1:
+        _average_gradients(params, world_size)
     if cfg.gradient_clip_val > 0:
         torch.nn.utils.clip_grad_norm_(params, cfg.gradient_clip_val)
     model.cancel_last_layer_gradients(step)
@@ -212,15 +259,144 @@ def ssl_step(
     optimizer.zero_grad(set_to_none=True)
     model.update_teacher(momentum)
     return {
-        "loss": float(loss.detach()),
-        "loss_dino": float(out["dino"]),
-        "loss_ibot": float(out["ibot"]),
-        "loss_koleo": float(out["koleo"]),
-        "agreement": float(out["agreement"]),
+        **{key: float(value) for key, value in values.items()},
         "lr": lr,
         "teacher_temp": temp,
         "teacher_momentum": momentum,
     }
+
+
+# -------------------------------------------------------------------------------------- several processes
+
+
+def _mask_share(masks: Tensor, rank: int, world_size: int) -> Tensor | None:
+    """This process's rows of the global batch's ``[2 * B, h, w]`` masks (None: no crop of the batch masked).
+
+    The global crops are ordered (first crop of every image, then the second), and process ``rank`` holds
+    images ``rank * b .. (rank + 1) * b - 1``, ``b = B / world_size``. None for every process when no crop of
+    the global batch is masked (as one process skips iBOT then).
+    """
+    if not bool(masks.any()):
+        return None
+    first, second = masks.chunk(2)
+    share = first.shape[0] // world_size
+    rows = slice(rank * share, (rank + 1) * share)
+    return torch.cat([first[rows], second[rows]])
+
+
+def _mean_over_processes(values: dict[str, Tensor], world_size: int) -> dict[str, Tensor]:
+    """Scalar tensors averaged over the processes (one all-reduce), as float32."""
+    import torch.distributed as dist
+
+    stacked = torch.stack([v.detach().float().reshape(()) for v in values.values()])
+    dist.all_reduce(stacked)
+    stacked = stacked / world_size
+    return dict(zip(values, stacked.unbind(), strict=True))
+
+
+def _average_gradients(params: Sequence[Tensor], world_size: int) -> None:
+    """Replace every gradient by its mean over the processes (one flat all-reduce per dtype and device).
+
+    Every process runs the same graph, so the same parameters have gradients everywhere.
+    """
+    import torch.distributed as dist
+
+    groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            groups.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
+    for grads in groups.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+class _GlobalBatchShare(Sampler[int]):
+    """Process ``rank``'s contiguous share of every complete global batch of ``sampler``'s indices.
+
+    The global batches are ``batch_size`` consecutive indices; the share is ``batch_size // world_size`` of
+    them, positions ``rank * share ..``. An incomplete last global batch is dropped for every process.
+    """
+
+    def __init__(self, sampler: Sampler[int], *, batch_size: int, rank: int, world_size: int) -> None:
+        self._sampler, self._batch, self._rank = sampler, batch_size, rank
+        self._share = batch_size // world_size
+
+    def __len__(self) -> int:
+        return len(self._sampler) // self._batch * self._share  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(self._sampler)
+        first = self._rank * self._share
+        for start in range(0, len(indices) - self._batch + 1, self._batch):
+            yield from indices[start + first : start + first + self._share]
+
+
+class _Processes:
+    """Rank, size and the few collectives :func:`adapt_backbone` needs (all no-ops in one process)."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def is_zero(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def from_zero(self, value: Any) -> Any:
+        """Rank 0's ``value`` (pickled and broadcast), on every process."""
+        if self.world_size == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def check_same(self, name: str, value: Any) -> None:
+        """Raise ValueError on every process unless all passed the same (JSON-able) ``value``."""
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, digest)
+        if len(set(gathered)) > 1:
+            raise ValueError(
+                f"the {self.world_size} processes were given different {name}; every process must call "
+                "adapt_backbone with the same arguments."
+            )
+
+
+def _environment_world_size() -> int:
+    """``WORLD_SIZE`` of the environment (set by torchrun and by Lightning's launcher), else 1."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def _join_processes(accelerator: str, devices: int) -> tuple[_Processes, torch.device]:
+    """Start (Lightning's ``ddp`` launcher: this script again for ranks 1..) or join the processes."""
+    import torch.distributed as dist
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator=accelerator, devices=devices, strategy="ddp", num_nodes=1)
+    fabric.launch()  # starts the other ranks unless they exist already; sets up the process group
+    if not dist.is_initialized() or dist.get_world_size() != devices:
+        found = dist.get_world_size() if dist.is_initialized() else 1
+        raise RuntimeError(f"expected a process group of {devices} processes after launching, found {found}.")
+    return _Processes(dist.get_rank(), devices), fabric.device
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -348,6 +524,29 @@ def _device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
+def _check_processes(accelerator: str, devices: int, strategy: str, cfg: AdaptConfig, n_images: int) -> None:
+    check_processes(
+        accelerator, devices, strategy, batch_size=cfg.batch_size, batch_key="AdaptConfig.batch_size"
+    )
+    if n_images < cfg.batch_size and n_images % devices:
+        raise ValueError(
+            f"the {n_images} images make one global batch of {n_images} (fewer than AdaptConfig.batch_size="
+            f"{cfg.batch_size}), which must be divisible by devices={devices}."
+        )
+    world = max(_environment_world_size(), _process_count())
+    if devices == 1 and world > 1:
+        raise ValueError(
+            f"this process is one of {world} (WORLD_SIZE / torch.distributed, e.g. torchrun or Lightning's "
+            f"launcher) but devices=1: every process would train alone and write the same outputs; pass "
+            f"devices={world}."
+        )
+    if devices > 1 and world > 1 and world != devices:
+        raise ValueError(
+            f"devices={devices} but this process is one of {world} (WORLD_SIZE / torch.distributed); pass "
+            f"devices={world}."
+        )
+
+
 # ---------------------------------------------------------------------------------------------- public
 
 
@@ -363,6 +562,8 @@ def adapt_backbone(
     show_progress: bool = True,
     accelerator: str = "auto",
     num_workers: int = 0,
+    devices: int = 1,
+    strategy: str = "auto",
 ) -> AdaptResult:
     """ExPLoRA-adapt ``backbone`` on ``images``; merge, check and save it under ``out_dir``.
 
@@ -381,9 +582,21 @@ def adapt_backbone(
             ``trainable_params``, ``total_params``, ``trainable_pct``, and at the end
             ``merge_max_abs_diff``. A resumed run logs only the steps it runs (``history`` holds them all).
             The loggers are not finalised (the caller owns their runs).
-        show_progress: a tqdm progress bar over the steps.
+        show_progress: a tqdm progress bar over the steps (global rank 0 only).
         accelerator: ``auto`` (a GPU when there is one), ``cpu`` or ``gpu``.
-        num_workers: DataLoader worker processes for decoding and cropping (0: in-process).
+        num_workers: DataLoader worker processes for decoding and cropping (0: in-process), per process.
+        devices: number of processes (one per device; an int >= 1). ``cfg.batch_size`` is the global batch
+            and must be divisible by it (and so must the number of images when there are fewer than
+            ``cfg.batch_size``).
+        strategy: ``auto`` or ``ddp``, which mean the same here: this process alone when ``devices == 1``,
+            else ``ddp``: Lightning starts the calling script (``sys.argv``) again for ranks 1.. with
+            ``LOCAL_RANK`` etc. set, and each of those processes must call :func:`adapt_backbone` with the
+            same arguments (checked; torchrun-style launchers that start every rank themselves work too,
+            with ``devices`` equal to their ``WORLD_SIZE``; ``devices=1`` in such a process is an error).
+            Spawn/fork strategies are refused: they train in child processes whose state never comes back to
+            this call. Only global rank 0 writes files and checkpoints and calls the loggers; every rank
+            returns an :class:`AdaptResult` with the same backbone and history. See the module docstring for
+            what is computed per process.
 
     Returns:
         :class:`AdaptResult`.
@@ -398,14 +611,18 @@ def adapt_backbone(
     if not isinstance(cfg, AdaptConfig):
         raise TypeError(f"cfg must be an AdaptConfig, got {type(cfg).__name__}.")
     paths = _check_images(images)
-    if accelerator not in ACCELERATORS:
-        raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}.")
     for name, value in (("num_workers", num_workers), ("checkpoint_every_steps", checkpoint_every_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
+    _check_processes(accelerator, devices, strategy, cfg, len(paths))
     out_dir = Path(out_dir)
     backbone_dir = out_dir / BACKBONE_DIR
     device = _device(accelerator)
+    procs = _Processes()
+    if devices > 1:
+        procs, device = _join_processes(accelerator, devices)
+    if not procs.is_zero:
+        loggers, show_progress = (), False
 
     n = len(paths)
     batch_size = min(cfg.batch_size, n)
@@ -420,6 +637,7 @@ def adapt_backbone(
         "images_digest": _images_digest(paths),
         "total_steps": total_steps,
     }
+    procs.check_same("inputs (config, backbone or image list)", identity)
 
     with seeded(cfg.seed, _INIT_STREAM):
         model = ExploraSSL(backbone, cfg)
@@ -430,9 +648,10 @@ def adapt_backbone(
     history: list[dict[str, float]] = []
     start = 0
     if checkpoint_dir is not None:
-        found = latest_checkpoint(Path(checkpoint_dir))
+        found = procs.from_zero(latest_checkpoint(Path(checkpoint_dir)) if procs.is_zero else None)
         if found is not None:
             start, history = _load_checkpoint(found, model, optimizer, identity)
+        procs.barrier()  # every process has read the checkpoint before rank 0 may replace it
     for logger in loggers:
         logger.log_metrics(
             {"trainable_params": float(trainable), "total_params": float(total), "trainable_pct": pct}, step=0
@@ -447,10 +666,16 @@ def adapt_backbone(
     with tqdm(total=total_steps, initial=start, desc="explora", disable=not show_progress) as bar:
         while step < total_steps:
             epoch, done_in_epoch = divmod(step, steps_per_epoch)
-            sampler = ResumableEpochSampler(n, seed=cfg.seed, epoch=epoch, start=done_in_epoch * batch_size)
+            sampler: Sampler[int] = ResumableEpochSampler(
+                n, seed=cfg.seed, epoch=epoch, start=done_in_epoch * batch_size
+            )
+            if procs.world_size > 1:
+                sampler = _GlobalBatchShare(
+                    sampler, batch_size=batch_size, rank=procs.rank, world_size=procs.world_size
+                )
             loader = DataLoader(
                 dataset,
-                batch_size=batch_size,
+                batch_size=batch_size // procs.world_size,
                 sampler=sampler,
                 drop_last=True,
                 num_workers=num_workers,
@@ -466,6 +691,8 @@ def adapt_backbone(
                     step=step,
                     total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch,
+                    rank=procs.rank,
+                    world_size=procs.world_size,
                 )
                 step += 1
                 row = {"step": step, "epoch": epoch, **row}
@@ -480,9 +707,11 @@ def adapt_backbone(
                 epoch_end = step % steps_per_epoch == 0 or step == total_steps
                 periodic = checkpoint_every_steps and step % checkpoint_every_steps == 0
                 if checkpoint_dir is not None and (epoch_end or periodic):
-                    _save_checkpoint(
-                        Path(checkpoint_dir), step, model, optimizer, identity, history, steps_per_epoch
-                    )
+                    if procs.is_zero:
+                        _save_checkpoint(
+                            Path(checkpoint_dir), step, model, optimizer, identity, history, steps_per_epoch
+                        )
+                    procs.barrier()  # no process runs ahead of a checkpoint being written
                 if epoch_end:
                     summary = {
                         "epoch_ssl_loss": sum(r["loss"] for r in epoch_rows) / len(epoch_rows),
@@ -493,6 +722,7 @@ def adapt_backbone(
                 if step >= total_steps:
                     break
 
+    # every process merges and checks its (identical) student, so a failing check raises everywhere
     model.eval()
     student, layout = model.student, model.layout
     del model, optimizer
@@ -504,45 +734,57 @@ def adapt_backbone(
     for logger in loggers:
         logger.log_metrics({"merge_max_abs_diff": diff}, step=step)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    merged.save(backbone_dir)
     frame = pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).astype({"step": int, "epoch": int})
     history_path = out_dir / HISTORY_FILE
-    frame.to_csv(history_path, index=False)
+    meta_path = out_dir / ADAPT_META
     loss_start = float(history[0]["loss"]) if history else math.nan
     loss_end = float(history[-1]["loss"]) if history else math.nan
     agreement_end = float(history[-1]["agreement"]) if history else math.nan
-    meta = {
-        "format_version": CHECKPOINT_FORMAT_VERSION,
-        "config": cfg.to_dict(),
-        "layout": {
-            "lora_targets": list(layout.lora_targets),
-            "unfrozen_blocks": list(layout.unfrozen_blocks),
-            "unfrozen_modules": list(layout.unfrozen_modules),
-            "norm_layers": len(layout.norm_layers),
-        },
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_pct": pct,
-        "images": n,
-        "steps": step,
-        "steps_per_epoch": steps_per_epoch,
-        "resumed_from_step": start,
-        "loss_start": loss_start,
-        "loss_end": loss_end,
-        "agreement_end": agreement_end,
-        "merge_max_abs_diff": diff,
-        "base_backbone": {
-            "id": backbone.backbone_id,
-            "family": backbone.family,
-            "fingerprint": base_fingerprint,
-        },
-        "backbone_fingerprint": merged.fingerprint(),
-    }
-    meta_path = out_dir / ADAPT_META
-    _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
-    for logger in loggers:
-        logger.save()
+    failure = None
+    if procs.is_zero:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            merged.save(backbone_dir)
+            frame.to_csv(history_path, index=False)
+            meta = {
+                "format_version": CHECKPOINT_FORMAT_VERSION,
+                "config": cfg.to_dict(),
+                "layout": {
+                    "lora_targets": list(layout.lora_targets),
+                    "unfrozen_blocks": list(layout.unfrozen_blocks),
+                    "unfrozen_modules": list(layout.unfrozen_modules),
+                    "norm_layers": len(layout.norm_layers),
+                },
+                "trainable_params": trainable,
+                "total_params": total,
+                "trainable_pct": pct,
+                "images": n,
+                "steps": step,
+                "steps_per_epoch": steps_per_epoch,
+                "resumed_from_step": start,
+                "loss_start": loss_start,
+                "loss_end": loss_end,
+                "agreement_end": agreement_end,
+                "merge_max_abs_diff": diff,
+                "base_backbone": {
+                    "id": backbone.backbone_id,
+                    "family": backbone.family,
+                    "fingerprint": base_fingerprint,
+                },
+                "backbone_fingerprint": merged.fingerprint(),
+            }
+            _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+            for logger in loggers:
+                logger.save()
+        except BaseException as exc:
+            if procs.world_size == 1:
+                raise
+            failure = f"{type(exc).__name__}: {exc}"
+            procs.from_zero(failure)  # release the other processes before raising
+            raise
+    failure = procs.from_zero(failure)  # doubles as the barrier: rank 0's outputs are complete
+    if failure is not None:
+        raise RuntimeError(f"global rank 0 failed to write the outputs in {out_dir}: {failure}")
     return AdaptResult(
         backbone=merged,
         history=frame,
@@ -559,4 +801,5 @@ def adapt_backbone(
         backbone_dir=backbone_dir,
         history_path=history_path,
         meta_path=meta_path,
+        global_rank=procs.rank,
     )

@@ -14,6 +14,14 @@
   crop pairs excluded, teacher centring), ``IBOTPatchLoss`` on the patch tokens the student saw masked
   (``bool_masked_pos``; ViTs only) and ``KoLeoLoss`` on the student's global-crop class tokens.
 
+Several processes (``torch.distributed`` initialised, each process holding its shard of the global batch):
+the teacher centres move with the *global* batch mean. lightly's DINO centre already all-reduces (the mean
+of the per-process means, which is the global mean because every shard has the same number of crops); the
+iBOT centre is a mean over the masked patch tokens, whose number differs between shards, so
+:meth:`ExploraSSL.losses` replaces lightly's update by an all-reduced sum and count. Every process then runs
+the iBOT branch whenever it is given masks (even all-False ones), so that all take part in the same
+collectives. KoLeo, a within-batch nearest-neighbour term, is computed on each process's shard.
+
 For ViTs the embedding fed to the head is the class token after the final norm (``pooler_output``), the
 patch tokens are ``last_hidden_state[:, 1 + registers:]``; for EfficientNets it is the pooled feature vector.
 
@@ -55,6 +63,23 @@ __all__ = [
 
 LOCAL_CROP_MIN_SCALE = 0.05
 _VIT_FAMILIES = ("dinov2", "dinov2_with_registers", "dinov3")
+
+
+def _process_count() -> int:
+    """Processes of the initialised default ``torch.distributed`` group (1 when there is none)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@contextlib.contextmanager
+def _center_update_disabled(center: nn.Module) -> Iterator[None]:
+    """Make lightly's ``Center.update`` a no-op (an instance attribute shadowing the method) for a while."""
+    center.update = lambda x: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del center.update
 
 
 # ------------------------------------------------------------------------------------------ randomness
@@ -336,6 +361,9 @@ class ExploraSSL(nn.Module):
             teacher_temp: teacher temperature of this step.
             update_centers: move the teacher centres (training); False leaves every buffer unchanged.
 
+        With ``torch.distributed`` initialised, every process calls this on its shard (see the module
+        docstring); the returned values are the shard's, to be averaged over processes by the caller.
+
         Returns:
             ``loss`` (with gradients) and the detached parts ``dino``, ``ibot``, ``koleo`` and
             ``agreement`` (fraction of global crops where the student's and the centred teacher's
@@ -346,7 +374,11 @@ class ExploraSSL(nn.Module):
         if n_global % 2:
             raise ValueError(f"global_crops must hold 2 crops per image, got {n_global} crops.")
         batch = n_global // 2
-        use_ibot = self.is_vit and cfg.ibot_weight > 0 and masks is not None and bool(masks.any())
+        processes = _process_count()
+        # several processes: all run the iBOT branch when given masks, so all join its centre all-reduce
+        use_ibot = (
+            self.is_vit and cfg.ibot_weight > 0 and masks is not None and (processes > 1 or bool(masks.any()))
+        )
         saved = (
             None if update_centers else (self.dino_loss.center.clone(), self.ibot_loss.center.center.clone())
         )
@@ -373,7 +405,13 @@ class ExploraSSL(nn.Module):
             s_masked = self.student_head(s_patches[flat]).float()
             with torch.no_grad():
                 t_masked = self.teacher_head(t_patches[flat]).float()
-            ibot = self.ibot_loss(t_masked, s_masked, mask=masks, teacher_temp=teacher_temp)
+            if processes == 1:
+                ibot = self.ibot_loss(t_masked, s_masked, mask=masks, teacher_temp=teacher_temp)
+            else:
+                with _center_update_disabled(self.ibot_loss.center):
+                    ibot = self.ibot_loss(t_masked, s_masked, mask=masks, teacher_temp=teacher_temp)
+                if update_centers:
+                    self._update_ibot_center_globally(t_masked)
             loss = loss + cfg.ibot_weight * ibot
         koleo = torch.zeros((), device=dino.device)
         if cfg.koleo_weight > 0 and batch >= 2:
@@ -389,6 +427,24 @@ class ExploraSSL(nn.Module):
             "koleo": koleo.detach(),
             "agreement": agreement,
         }
+
+    @torch.no_grad()
+    def _update_ibot_center_globally(self, t_masked: Tensor) -> None:
+        """iBOT centre update with the mean over the masked tokens of *all* processes (sum and count reduced).
+
+        lightly's own update all-reduces the per-process means, which is the global mean only when every
+        process has the same number of masked tokens; a process may have none at all.
+        """
+        import torch.distributed as dist
+        from lightly.models.modules.center import center_momentum
+
+        center = self.ibot_loss.center
+        count = torch.full((1,), float(t_masked.shape[0]), device=t_masked.device, dtype=t_masked.dtype)
+        reduced = torch.cat([t_masked.sum(dim=0), count])
+        dist.all_reduce(reduced)
+        if float(reduced[-1]) > 0:
+            batch_center = (reduced[:-1] / reduced[-1]).reshape(center.center.shape)
+            center.center = center_momentum(center.center, batch_center, center.momentum)
 
     # ---- checkpoint state
 

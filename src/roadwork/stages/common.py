@@ -14,6 +14,9 @@ from roadwork.config import RoadworkConfig, flatten, to_dict
 from roadwork.tracking import StageRun, stage_run
 
 OUTPUTS = Path("outputs")
+# Resume checkpoints of long stages: outside every DVC `outs` (DVC deletes those before a stage runs), so a
+# killed `dvc repro` resumes where it stopped. Each stage checks that a checkpoint matches its inputs.
+CHECKPOINTS = Path(".cache/checkpoints")
 INGEST = OUTPUTS / "ingest"
 SPLITS_CSV = OUTPUTS / "split" / "splits.csv"
 # variant -> where its backbone comes from: the configured backbone, or the ExPLoRA-adapted copy of it
@@ -25,6 +28,11 @@ def stage_dir(stage: str, variant: str | None = None) -> Path:
     path = OUTPUTS / stage / variant if variant else OUTPUTS / stage
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def checkpoint_dir(stage: str, variant: str | None = None) -> Path:
+    """``.cache/checkpoints/<stage>[@<variant>]``: where a stage's resume checkpoints live."""
+    return CHECKPOINTS / (f"{stage}@{variant}" if variant else stage)
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
@@ -158,17 +166,19 @@ def model_logits(
     *,
     render: Any = None,
     desc: str = "logits",
+    fingerprint: str | None = None,
 ) -> Any:
     """Logits ``[N, 2]`` of the model on the images of ``frame`` (``working_path``, ``sha256``).
 
     Features go through the shared cache, so images ``embed`` already ran are only read back. With the
     default clean render and ``embed.tta_flip`` on, the logits are the mean over the plain and mirrored
-    renderings.
+    renderings. ``fingerprint``: the backbone's, when the caller has it (hashing every weight costs about a
+    second per 100M parameters); computed otherwise.
     """
     from roadwork.train.embed import FeatureCache, Render, embed_images
     from roadwork.train.head import predict_logits
 
-    cache = FeatureCache(Path(cfg.embed.cache_dir), backbone.fingerprint())
+    cache = FeatureCache(Path(cfg.embed.cache_dir), fingerprint or backbone.fingerprint())
     paths = [INGEST / p for p in frame["working_path"]]
     shas = frame["sha256"].tolist()
     renders = [render or Render()]

@@ -72,7 +72,13 @@ def slice_table(frame: pd.DataFrame, decision: np.ndarray, level: float) -> pd.D
 
 
 def robustness(
-    cfg: RoadworkConfig, variant: str, frame: pd.DataFrame, backbone: Any, head: Any, policy: Any
+    cfg: RoadworkConfig,
+    variant: str,
+    frame: pd.DataFrame,
+    backbone: Any,
+    head: Any,
+    policy: Any,
+    fingerprint: str | None = None,
 ) -> pd.DataFrame:
     """MCC and accuracy of the policy on val_test rendered as the validator renders, per level L0-L3."""
     from roadwork import metrics as M
@@ -89,7 +95,13 @@ def robustness(
         for copy in range(copies):
             render = Render("augmented", copy=copy, augment=augment, seed=cfg.evaluate.seed)
             logits = model_logits(
-                cfg, backbone, head, frame, render=render, desc=f"evaluate@{variant} L{level}"
+                cfg,
+                backbone,
+                head,
+                frame,
+                render=render,
+                desc=f"evaluate@{variant} L{level}",
+                fingerprint=fingerprint,
             )
             decisions.append(policy.apply(logits[:, 1] - logits[:, 0])["decision"].astype(int))
         d, yy = np.concatenate(decisions), np.tile(y, copies)
@@ -108,7 +120,10 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     frame = read_split(SPLITS_CSV, "evaluate", ["val_test"]).sort_values("path").reset_index(drop=True)
     policy = Policy.from_json(Path("outputs/calibrate") / variant / "policy.json")
     backbone, head = load_model(cfg, variant)
-    logits = model_logits(cfg, backbone, head, frame, desc=f"evaluate@{variant} val_test")
+    fingerprint = backbone.fingerprint()
+    logits = model_logits(
+        cfg, backbone, head, frame, desc=f"evaluate@{variant} val_test", fingerprint=fingerprint
+    )
     y = frame["label"].to_numpy(dtype=np.int64)
     margin = (logits[:, 1] - logits[:, 0]).astype(np.float64)
     applied = policy.apply(margin)
@@ -150,7 +165,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         metrics["test_abstention_rate"] = float(applied["abstain"].mean())
         metrics["test_deployed_agrees_with_decision"] = float(np.all((p_deployed > 0.5) == (decision == 1)))
 
-        levels = robustness(cfg, variant, frame, backbone, head, policy)
+        levels = robustness(cfg, variant, frame, backbone, head, policy, fingerprint)
         write_csv(levels, out / "robustness.csv")
         for level in levels.itertuples():
             metrics[f"test_L{level.level}_mcc"] = level.mcc

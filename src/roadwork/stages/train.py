@@ -2,7 +2,11 @@
 
 ``train.mode: head`` trains on the cached features of ``outputs/embed/<variant>``; ``finetune`` trains LoRA
 adapters and the head end-to-end on the train images (augmented per epoch like the cached copies, the
-validator's levels included) and merges the adapters into a backbone of its own. Either way the labels
+validator's levels included) and merges the adapters into a backbone of its own. ``trainer.*`` says where:
+with ``trainer.devices=2 trainer.strategy=ddp`` head training runs in two processes (Lightning starts
+this command again for rank 1; only rank 0 logs and writes). Resume checkpoints go to
+``.cache/checkpoints/train@<variant>`` (outside DVC's outputs), so a killed ``dvc repro`` continues after the
+last finished epoch. Either way the labels
 come through the split contract (train and val_select only); val_calib is only run through the selected
 model, label-free, so that ``calibrate`` gets its logits. With ``embed.tta_flip`` the written logits are
 the mean of the plain and mirrored renderings' logits.
@@ -28,6 +32,7 @@ from roadwork.data.split import read_split
 from roadwork.stages.common import (
     INGEST,
     SPLITS_CSV,
+    checkpoint_dir,
     load_variant_backbone,
     model_dir,
     model_logits,
@@ -72,7 +77,9 @@ def _labels_for(rows: pd.DataFrame, labelled: pd.DataFrame, split: str) -> np.nd
     return by_sha.loc[rows["sha256"]].to_numpy(dtype=np.int64)
 
 
-def _fit_on_features(variant: str, labelled: pd.DataFrame, head_cfg: Any, out: Path, loggers: list) -> Any:
+def _fit_on_features(
+    cfg: RoadworkConfig, variant: str, labelled: pd.DataFrame, head_cfg: Any, out: Path, loggers: list
+) -> Any:
     from roadwork.train.head import FeatureSet, fit_head
 
     sets = {}
@@ -80,7 +87,17 @@ def _fit_on_features(variant: str, labelled: pd.DataFrame, head_cfg: Any, out: P
         arrays, rows = load_features(variant, split)
         labels = _labels_for(rows, labelled[labelled["split"] == split], split)
         sets[split] = FeatureSet(arrays["features"], labels, rows["sha256"].to_numpy(dtype=str))
-    return fit_head(sets["train"], sets["val_select"], head_cfg, out_dir=out, loggers=loggers)
+    return fit_head(
+        sets["train"],
+        sets["val_select"],
+        head_cfg,
+        out_dir=out,
+        loggers=loggers,
+        checkpoint_dir=checkpoint_dir("train", variant),
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        strategy=cfg.trainer.strategy,
+    )
 
 
 def _fit_finetune(
@@ -91,6 +108,11 @@ def _fit_finetune(
     from roadwork.train.embed import Render, render_image
     from roadwork.train.finetune import FinetuneConfig, finetune
 
+    if cfg.trainer.devices != 1:
+        raise ValueError(
+            f"train.mode=finetune runs in one process, but trainer.devices is {cfg.trainer.devices}; set "
+            "trainer.devices=1 (train.mode=head and the adapt stage run on several devices)."
+        )
     if cfg.embed.views != "global":
         raise ValueError(
             f"train.mode=finetune trains on the global view, but embed.views is {cfg.embed.views!r}; "
@@ -114,6 +136,8 @@ def _fit_finetune(
         out_dir=out,
         augment=train_augment(cfg),
         loggers=loggers,
+        accelerator=cfg.trainer.accelerator,
+        checkpoint_dir=checkpoint_dir("train", variant),
     )
 
 
@@ -125,14 +149,16 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     model = model_dir(variant)
     labelled = read_split(SPLITS_CSV, "train", ["train", "val_select"])
     head_cfg = head_train_config(cfg.train)
-    with tracked("train", cfg, ("train", "embed", "backbone"), overrides, variant=variant) as run:
-        loggers = [run.lightning_logger()]
+    with tracked("train", cfg, ("train", "embed", "backbone", "trainer"), overrides, variant=variant) as run:
+        loggers = run.loggers()
         if cfg.train.mode == "finetune":
             result = _fit_finetune(cfg, variant, labelled, head_cfg, model, loggers)
             backbone, head = result.backbone, result.head
             write_backbone_ref(model, backbone, finetuned=True)
         else:
-            result = _fit_on_features(variant, labelled, head_cfg, model, loggers)
+            result = _fit_on_features(cfg, variant, labelled, head_cfg, model, loggers)
+            if result.global_rank != 0:  # rank 0 writes everything below
+                return
             backbone, head = load_variant_backbone(cfg, variant), result.model
             write_backbone_ref(model, backbone, finetuned=False)
         os.replace(model / "history.csv", out / "history.csv")
@@ -145,11 +171,14 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         if cfg.train.mode == "finetune":
             metrics["trainable_parameters"] = result.trainable_parameters
             metrics["merge_max_abs_diff"] = result.merge_max_abs_diff
+        fingerprint = backbone.fingerprint()
         for split in LOGIT_SPLITS:
             rows = labelled[labelled["split"] == split].sort_values("path")
             if split == "val_calib":  # label-free: only the images, through the index of embed's rows
                 rows = _val_calib_rows(variant)
-            logits = model_logits(cfg, backbone, head, rows, desc=f"train@{variant} {split}")
+            logits = model_logits(
+                cfg, backbone, head, rows, desc=f"train@{variant} {split}", fingerprint=fingerprint
+            )
             margin = logits[:, 1] - logits[:, 0]
             frame = rows[["sha256", "path"]].assign(z0=logits[:, 0], z1=logits[:, 1], margin=margin)
             write_csv(frame, out / "logits" / f"{split}.csv")
@@ -160,13 +189,14 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
                 metrics["val_select_auroc"] = M.auroc(y, margin)
         write_json(out / "metrics.json", metrics)
         training_curves_plot(result.history, out / "training_curves.png", best_epoch=result.best_epoch)
-        run.log_metrics(metrics)
+        run.log_metrics({**metrics, "resumed_epochs": result.resumed_epochs})
         run.log_artifact(model, "model")
         for name in ("metrics.json", "history.csv", "training_curves.png"):
             run.log_artifact(out / name)
     print(
         f"train@{variant} ({cfg.train.mode}): best epoch {result.best_epoch} of {result.epochs_run}, "
         f"val_select MCC {metrics['val_select_mcc']:.3f}, AUROC {metrics['val_select_auroc']:.3f}"
+        + (f"; resumed after epoch {result.resumed_epochs - 1}" if result.resumed_epochs else "")
     )
 
 

@@ -67,6 +67,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from roadwork.data.images import open_image, pillow_pixel_limit
 from roadwork.data.preprocess import PreprocessConfig, to_tensor_batch
+from roadwork.distributed import ACCELERATORS
 from roadwork.models.backbone import Backbone
 from roadwork.models.lora import apply_lora, lora_target_modules, merge_lora
 from roadwork.train.head import (
@@ -99,7 +100,6 @@ BACKBONE_DIR = "backbone"
 FINETUNE_CONFIG = "finetune.json"
 FINETUNE_CHECKPOINT_FILE = "finetune-checkpoint.safetensors"
 FINETUNE_FORMAT_VERSION = 1
-ACCELERATORS = ("auto", "cpu", "gpu")
 # Merged vs. adapter forward: same math in a different order, so float32 rounding only.
 MERGE_TOLERANCE = 1e-3
 

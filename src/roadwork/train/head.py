@@ -74,6 +74,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from roadwork.distributed import check_processes
 from roadwork.metrics import mcc
 from roadwork.policy.threshold import best_mcc_threshold
 from roadwork.train.head_config import HeadTrainConfig
@@ -87,8 +88,6 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_mcc", "val_best_mcc",
 ID2LABEL = {0: "None", 1: "Roadwork"}
 CHECKPOINT_FILE = "head-checkpoint.safetensors"
 CHECKPOINT_FORMAT_VERSION = 1
-STRATEGIES = ("auto", "ddp")
-ACCELERATORS = ("cpu", "gpu", "auto")
 
 _log = logging.getLogger(__name__)
 
@@ -995,20 +994,9 @@ def fit_head(
     _check_splits(train, val_select)
     if not isinstance(cfg, HeadTrainConfig):
         raise TypeError(f"cfg must be a HeadTrainConfig, got {type(cfg).__name__}.")
-    if accelerator not in ACCELERATORS:
-        raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}.")
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ValueError(f"devices must be an int >= 1, got {devices!r}.")
-    if strategy not in STRATEGIES:
-        raise ValueError(
-            f"strategy must be one of {STRATEGIES}, got {strategy!r}; spawn/fork strategies train in child "
-            "processes whose results never reach this call."
-        )
-    if cfg.batch_size % devices:
-        raise ValueError(
-            f"HeadTrainConfig.batch_size={cfg.batch_size} is the global batch and must be divisible by "
-            f"devices={devices}."
-        )
+    check_processes(
+        accelerator, devices, strategy, batch_size=cfg.batch_size, batch_key="HeadTrainConfig.batch_size"
+    )
     out_dir = Path(out_dir)
     num_views, feature_dim = train.num_views, train.feature_dim
     class_weight = (

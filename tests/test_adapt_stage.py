@@ -1,0 +1,123 @@
+"""The adapt stage on a small prepared project: what it reads, what it writes, the adapted variant after it.
+
+A module fixture draws 60 synthetic images and runs ingest, dedupe and split once with the tiny backbone;
+each test works in a private copy. Marked slow (about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from roadwork.cli import main as cli
+from test_stages import inside, prepare_project, run
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+SHRUNK_ADAPT = {
+    "max_steps": 3,
+    "batch_size": 8,
+    "local_crop_size": 48,
+    "out_dim": 64,
+    "head_hidden_dim": 32,
+    "head_bottleneck_dim": 16,
+    "checkpoint_every_steps": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_project(
+        tmp_path_factory.mktemp("project"),
+        n=60,
+        seed=7,
+        updates={"embed": {"train_copies": 0}, "train": {"max_epochs": 3}, "adapt": SHRUNK_ADAPT},
+    )
+
+
+@pytest.fixture()
+def work(project: Path, tmp_path: Path) -> Iterator[Path]:
+    copy = tmp_path / "work"
+    shutil.copytree(project, copy)
+    with inside(copy):
+        yield copy
+
+
+def test_adapt_trains_on_train_images_only_and_feeds_the_adapted_variant(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from roadwork.adapt import explora
+
+    seen: list[Path] = []
+    real = explora.adapt_backbone
+
+    def spy(backbone, images, cfg, **kwargs):
+        seen.extend(Path(p) for p in images)
+        return real(backbone, images, cfg, **kwargs)
+
+    monkeypatch.setattr(explora, "adapt_backbone", spy)
+    run("adapt")
+    splits = pd.read_csv("outputs/split/splits.csv")
+    train = splits[splits["split"] == "train"]
+    assert sorted(seen) == sorted(Path("outputs/ingest") / p for p in train["working_path"])
+
+    metrics = json.loads(Path("outputs/adapt/metrics.json").read_text())
+    assert metrics["train_images"] == len(train) and metrics["unlabeled_images"] == 0
+    assert metrics["steps"] == 3 and metrics["merge_max_abs_diff"] <= 1e-4
+    assert 0 < metrics["trainable_pct"] < 100
+    history = pd.read_csv("outputs/adapt/history.csv")
+    assert history["step"].tolist() == [1, 2, 3]
+    assert metrics["ssl_loss_start"] == pytest.approx(history["loss"].iloc[0])
+    assert metrics["ssl_loss_end"] == pytest.approx(history["loss"].iloc[-1])
+    assert Path("outputs/adapt/ssl_curves.png").stat().st_size > 1000
+
+    for stage in ("embed", "train"):
+        run(stage, "--variant", "adapted")
+    record = json.loads(Path("outputs/adapt/adapt.json").read_text())
+    embedded = json.loads(Path("outputs/embed/adapted/backbone.json").read_text())
+    assert embedded["fingerprint"] == record["backbone_fingerprint"] != record["base_backbone"]["fingerprint"]
+    trained = json.loads(Path("outputs/train/adapted/model/backbone.json").read_text())
+    assert trained["fingerprint"] == record["backbone_fingerprint"]
+    assert -1 <= json.loads(Path("outputs/train/adapted/metrics.json").read_text())["val_select_mcc"] <= 1
+
+
+def test_unlabeled_pool_is_used_and_validation_copies_are_excluded(work: Path) -> None:
+    pool = work / "pool"
+    pool.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        Image.fromarray((rng.random((80, 96, 3)) * 255).astype(np.uint8)).save(pool / f"new{k}.png")
+    splits = pd.read_csv("outputs/split/splits.csv")
+    held_out = splits[splits["split"] == "val_test"]["path"].iloc[0]
+    shutil.copy(work / "data" / held_out, pool / "copy_of_a_test_image.jpg")
+    (pool / "notes.txt").write_text("not an image")
+    (pool / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 10)
+    (pool / "link.png").symlink_to(pool / "new0.png")
+
+    run("adapt", f"adapt.unlabeled_dir={pool}")
+    table = pd.read_csv("outputs/adapt/unlabeled.csv", keep_default_na=False).set_index("path")
+    assert len(table) == 6  # every file found has a row
+    used = {Path(p).name for p in table.index[table["used"]]}
+    assert used == {"new0.png", "new1.png"}
+    reasons = {Path(p).name: r for p, r in table["reason"].items()}
+    assert "outside the train split" in reasons["copy_of_a_test_image.jpg"]
+    assert "not an image extension" in reasons["notes.txt"]
+    assert reasons["broken.jpg"].split(":")[0] in ("not_an_image", "truncated", "decode_error")
+    assert "symlink" in reasons["link.png"]
+    metrics = json.loads(Path("outputs/adapt/metrics.json").read_text())
+    assert metrics["unlabeled_images"] == 2 and metrics["unlabeled_excluded"] == 4
+
+
+def test_missing_unlabeled_dir_is_a_clear_error(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["adapt", "adapt.unlabeled_dir=no/such/folder"]) == 2
+    err = capsys.readouterr().err
+    assert "adapt.unlabeled_dir" in err and "no/such/folder" in err
+    assert not Path("outputs/adapt/backbone").exists()
