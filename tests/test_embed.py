@@ -212,3 +212,36 @@ def test_bad_inputs_name_the_problem(tmp_path, backbone, images) -> None:
         )
     with pytest.raises(ValueError, match=r"Render\.augment"):
         Render("augmented")
+
+
+def test_numerics_key_keeps_cpu_float32_and_separates_everything_else() -> None:
+    from roadwork.train.embed import numerics_key
+
+    fingerprint = "ab" * 32
+    keys = {
+        (device, precision): numerics_key(fingerprint, device, precision)
+        for device in ("cpu", "cuda")
+        for precision in ("32", "bf16")
+    }
+    assert keys["cpu", "32"] == fingerprint  # existing CPU caches stay valid
+    assert len(set(keys.values())) == 4
+    with pytest.raises(ValueError, match="precision must be one of"):
+        numerics_key(fingerprint, "cpu", "16")
+
+
+def test_bf16_forward_is_close_to_float32_but_not_equal(backbone, images) -> None:
+    from roadwork.train.embed import forward_views
+
+    paths, _ = images
+    views = []
+    for path in paths[:3]:
+        with Image.open(path) as image:
+            views.append([image.convert("RGB").resize((112, 112))])
+    full = np.concatenate(forward_views(backbone, views))
+    half = np.concatenate(forward_views(backbone, views, precision="bf16"))
+    assert half.dtype == np.float32 and half.shape == full.shape
+    assert not np.array_equal(half, full)  # autocast really ran in bfloat16
+    # bfloat16 keeps 8 significant bits: relative error ~2^-8 per op, a few % after a few layers
+    np.testing.assert_allclose(half, full, atol=0.1 * float(np.abs(full).max()))
+    with pytest.raises(ValueError, match="precision"):
+        forward_views(backbone, views, precision="fp16")

@@ -211,3 +211,26 @@ def test_finetune_mode_trains_its_own_backbone_that_evaluate_then_uses(work: Pat
     assert metrics("evaluate")["test_n"] > 0
     # multi-view needs the feature cache: finetune refuses it with a message naming both keys
     assert cli(["train", "train.mode=finetune", "embed.views=global+tiles"]) == 2
+
+
+def test_precision_compile_and_device_keys(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run("embed")
+    before = embedded("val_calib")["features"]
+    plain_key = json.loads(Path("outputs/embed/base/backbone.json").read_text())["cache_key"]
+
+    run("embed", "embed.precision=bf16")
+    meta = json.loads(Path("outputs/embed/base/backbone.json").read_text())
+    assert meta["precision"] == "bf16" and meta["cache_key"] != plain_key  # own cache entries
+    half = embedded("val_calib")["features"]
+    assert not np.array_equal(half, before)
+    np.testing.assert_allclose(half, before, atol=0.1 * float(np.abs(before).max()))
+
+    run("embed", "embed.compile=true", "embed.cache_dir=compiled")
+    assert any(Path("compiled").rglob("*.npy"))
+    np.testing.assert_allclose(embedded("val_calib")["features"], before, atol=1e-4)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        assert cli(["embed", "embed.device=gpu"]) == 2
+        assert "embed.device is 'gpu' but no CUDA device" in capsys.readouterr().err

@@ -104,6 +104,9 @@ class EmbedParams:
     train_copies: int = 2
     tta_flip: bool = False
     batch_size: int = 32
+    device: str = "auto"
+    precision: str = "32"
+    compile: bool = False
     seed: int = 0
     cache_dir: str = ".cache/features"
     augment: AugmentParams = field(default_factory=AugmentParams)
@@ -255,6 +258,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "embed.train_copies": (lambda v: v >= 0, "an integer >= 0 (augmented copies per train image)"),
     "embed.batch_size": (lambda v: v >= 1, "a positive integer"),
     "embed.seed": (lambda v: v >= 0, "an integer >= 0"),
+    "embed.device": (lambda v: v in ("auto", "cpu", "gpu"), "one of auto (a GPU if any), cpu, gpu"),
+    "embed.precision": (lambda v: v in ("32", "bf16"), "'32' or 'bf16' (bfloat16 autocast)"),
     "embed.augment.level_probs": (
         lambda v: len(v) == 4 and min(v) >= 0 and abs(sum(v) - 1) < 1e-9,
         "4 probabilities of the validator levels L0..L3 summing to 1",

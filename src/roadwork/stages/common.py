@@ -92,13 +92,42 @@ def variant_backbone_id(cfg: RoadworkConfig, variant: str) -> str:
 
 
 def load_variant_backbone(cfg: RoadworkConfig, variant: str) -> Any:
+    """The variant's backbone, on ``embed.device`` (compiled with ``embed.compile``)."""
     from roadwork.models.backbone import load_backbone
 
-    return load_backbone(
+    backbone = load_backbone(
         variant_backbone_id(cfg, variant),
         seed=cfg.backbone.seed,
         attn_implementation=cfg.backbone.attn_implementation,
     )
+    return place_backbone(cfg, backbone)
+
+
+def place_backbone(cfg: RoadworkConfig, backbone: Any) -> Any:
+    """Move ``backbone`` to ``embed.device`` and, with ``embed.compile``, compile its network's forward.
+
+    Compiling the bound ``forward`` (not wrapping the module) keeps the parameter names, so the fingerprint
+    and saved files are those of the plain module.
+    """
+    import torch
+
+    device = cfg.embed.device
+    if device == "gpu" and not torch.cuda.is_available():
+        raise ValueError("embed.device is 'gpu' but no CUDA device is available; use auto or cpu.")
+    if device in ("auto", "gpu") and torch.cuda.is_available():
+        backbone.to("cuda")
+    if cfg.embed.compile:
+        backbone.model.forward = torch.compile(backbone.model.forward)
+    return backbone
+
+
+def feature_cache(cfg: RoadworkConfig, backbone: Any, fingerprint: str | None = None) -> Any:
+    """The shared feature cache for ``backbone`` as this configuration runs it (device and precision)."""
+    from roadwork.train.embed import FeatureCache, numerics_key
+
+    device_type = next(backbone.parameters()).device.type
+    key = numerics_key(fingerprint or backbone.fingerprint(), device_type, cfg.embed.precision)
+    return FeatureCache(Path(cfg.embed.cache_dir), key)
 
 
 def view_spec(cfg: RoadworkConfig) -> Any:
@@ -147,7 +176,7 @@ def load_model(cfg: RoadworkConfig, variant: str) -> tuple[Any, Any]:
         raise FileNotFoundError(f"{ref_path}: missing; run `roadwork train --variant {variant}` first.")
     ref = json.loads(ref_path.read_text())
     if ref["finetuned"]:
-        backbone = load_backbone(str(directory / "backbone"))
+        backbone = place_backbone(cfg, load_backbone(str(directory / "backbone")))
     else:
         backbone = load_variant_backbone(cfg, variant)
     if backbone.fingerprint() != ref["fingerprint"]:
@@ -175,10 +204,10 @@ def model_logits(
     renderings. ``fingerprint``: the backbone's, when the caller has it (hashing every weight costs about a
     second per 100M parameters); computed otherwise.
     """
-    from roadwork.train.embed import FeatureCache, Render, embed_images
+    from roadwork.train.embed import Render, embed_images
     from roadwork.train.head import predict_logits
 
-    cache = FeatureCache(Path(cfg.embed.cache_dir), fingerprint or backbone.fingerprint())
+    cache = feature_cache(cfg, backbone, fingerprint)
     paths = [INGEST / p for p in frame["working_path"]]
     shas = frame["sha256"].tolist()
     renders = [render or Render()]
@@ -195,6 +224,7 @@ def model_logits(
             cache=cache,
             batch_size=cfg.embed.batch_size,
             desc=desc,
+            precision=cfg.embed.precision,
         )
         logits.append(predict_logits(head, features))
     return sum(logits) / len(logits)

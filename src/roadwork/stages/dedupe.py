@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -11,6 +9,7 @@ from roadwork.config import RoadworkConfig
 from roadwork.data.dedupe import compute_phashes, cosine_pairs, find_duplicate_groups
 from roadwork.stages.common import (
     INGEST,
+    feature_cache,
     load_variant_backbone,
     stage_dir,
     tracked,
@@ -32,10 +31,10 @@ def embedding_edges(cfg: RoadworkConfig, manifest: pd.DataFrame, threshold: floa
 
     The features go to the shared feature cache, where ``embed@base`` finds them again.
     """
-    from roadwork.train.embed import FeatureCache, Render, ViewSpec, embed_images
+    from roadwork.train.embed import Render, ViewSpec, embed_images
 
     backbone = load_variant_backbone(cfg, "base")
-    cache = FeatureCache(Path(cfg.embed.cache_dir), backbone.fingerprint())
+    cache = feature_cache(cfg, backbone)
     features, _ = embed_images(
         backbone,
         [INGEST / p for p in manifest["working_path"]],
@@ -45,6 +44,7 @@ def embedding_edges(cfg: RoadworkConfig, manifest: pd.DataFrame, threshold: floa
         cache=cache,
         batch_size=cfg.embed.batch_size,
         desc="dedupe embeddings",
+        precision=cfg.embed.precision,
     )
     return cosine_pairs(features[:, 0], threshold)
 

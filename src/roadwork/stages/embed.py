@@ -20,6 +20,7 @@ from roadwork.data.split import SPLITS, read_split
 from roadwork.stages.common import (
     INGEST,
     SPLITS_CSV,
+    feature_cache,
     load_variant_backbone,
     stage_dir,
     tracked,
@@ -44,7 +45,7 @@ def index_path(variant: str) -> Path:
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
     from safetensors.numpy import save_file
 
-    from roadwork.train.embed import FeatureCache, Render, embed_images
+    from roadwork.train.embed import Render, embed_images
 
     out = stage_dir("embed", variant)
     frame = read_split(SPLITS_CSV, "embed", SPLITS)
@@ -52,7 +53,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     with tracked("embed", cfg, ("backbone", "embed"), overrides, variant=variant) as run:
         backbone = load_variant_backbone(cfg, variant)
         fingerprint = backbone.fingerprint()
-        cache = FeatureCache(Path(cfg.embed.cache_dir), fingerprint)
+        cache = feature_cache(cfg, backbone, fingerprint)
         renders: dict[str, list[Render]] = {split: [Render()] for split in SPLITS}
         augment = train_augment(cfg)
         renders["train"] += [
@@ -77,6 +78,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
                     cache=cache,
                     batch_size=cfg.embed.batch_size,
                     desc=f"embed@{variant} {split}",
+                    precision=cfg.embed.precision,
                 )
                 blocks.append(features)
                 requested, computed = requested + stats.n_items, computed + stats.n_computed
@@ -94,6 +96,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
                         cache=cache,
                         batch_size=cfg.embed.batch_size,
                         desc=f"embed@{variant} {split} (flip)",
+                        precision=cfg.embed.precision,
                     )
                     flips.append(flipped)
                     requested, computed = requested + stats.n_items, computed + stats.n_computed
@@ -128,6 +131,9 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
                 "fingerprint": fingerprint,
                 "feature_dim": backbone.feature_dim,
                 "preprocess": backbone.preprocess.to_dict(),
+                "device": next(backbone.parameters()).device.type,
+                "precision": cfg.embed.precision,
+                "cache_key": cache.fingerprint,
             },
         )
         run.log_metrics(metrics)

@@ -42,12 +42,14 @@ from roadwork.data.preprocess import TrainAugment, render_as_validator, tile_box
 from roadwork.models.backbone import Backbone
 
 __all__ = [
+    "PRECISIONS",
     "FeatureCache",
     "Render",
     "ViewSpec",
     "embed_images",
     "forward_views",
     "image_views",
+    "numerics_key",
     "render_image",
 ]
 
@@ -154,13 +156,42 @@ def image_views(image: Image.Image, spec: ViewSpec) -> list[Image.Image]:
     return [view for part in spec.parts for view in _view_images(image, part, spec)]
 
 
+PRECISIONS = ("32", "bf16")
+
+
+def numerics_key(fingerprint: str, device_type: str, precision: str) -> str:
+    """The feature-cache key of a backbone run on ``device_type`` at ``precision``.
+
+    CPU float32 features keep the backbone fingerprint itself; any other device or precision gives other
+    numbers (TF32/cuDNN kernels, bfloat16 rounding), so it gets a key of its own and caches never mix them.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if device_type == "cpu" and precision == "32":
+        return fingerprint
+    return hashlib.sha256(f"{fingerprint}|{device_type}|{precision}".encode()).hexdigest()
+
+
 def forward_views(
-    backbone: Backbone, view_lists: Sequence[Sequence[Image.Image]]
+    backbone: Backbone, view_lists: Sequence[Sequence[Image.Image]], *, precision: str = "32"
 ) -> list[NDArray[np.float32]]:
-    """Features ``[len(views), D]`` for each list of views; every view of every list in one forward pass."""
+    """Features ``[len(views), D]`` for each list of views; every view of every list in one forward pass.
+
+    Runs on the backbone's device (the batch goes through pinned memory to a GPU); ``precision="bf16"``
+    runs the forward under bfloat16 autocast. Features come back as float32 on the CPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     flat = [view for views in view_lists for view in views]
-    with torch.inference_mode():
-        features = backbone(to_tensor_batch(flat, backbone.preprocess)).numpy()
+    device = next(backbone.parameters()).device
+    batch = to_tensor_batch(flat, backbone.preprocess)
+    if device.type == "cuda":
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+    ):
+        features = backbone(batch).float().cpu().numpy()
     bounds = np.cumsum([0, *(len(views) for views in view_lists)])
     return [features[a:b] for a, b in itertools.pairwise(bounds)]
 
@@ -243,13 +274,15 @@ def embed_images(
     workers: int = 2,
     show_progress: bool = True,
     desc: str = "embed",
+    precision: str = "32",
 ) -> tuple[NDArray[np.float32], EmbedStats]:
     """Features ``float32 [N, V, D]`` of the images at ``paths`` (identified by ``sha256``).
 
     Items whose every part is cached are read back; the others are decoded, rendered and split into views
     (``workers`` threads), and each batch of ``batch_size`` images goes through the backbone in one forward
-    pass of ``batch_size * views`` inputs under ``torch.inference_mode``. Results are cached as they come,
-    so an interrupted call loses at most one batch.
+    pass of ``batch_size * views`` inputs under ``torch.inference_mode`` on the backbone's device, at
+    ``precision`` (:func:`forward_views`; pair it with a cache keyed by :func:`numerics_key`). Results are
+    cached as they come, so an interrupted call loses at most one batch.
 
     Raises:
         ValueError: ``paths`` and ``sha256`` differ in length, a digest is malformed, ``batch_size`` < 1.
@@ -285,7 +318,9 @@ def embed_images(
             batch = todo[begin : begin + batch_size]
             prepared = list(pool.map(prepare, batch))
             keys = [(sha, part) for sha in batch for part in missing[sha]]
-            features = forward_views(backbone, [views for parts in prepared for views in parts])
+            features = forward_views(
+                backbone, [views for parts in prepared for views in parts], precision=precision
+            )
             for (sha, part), part_features in zip(keys, features, strict=True):
                 cache.put(sha, render, part, part_features)
                 views_computed += len(part_features)
