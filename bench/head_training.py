@@ -61,7 +61,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 
@@ -75,6 +74,7 @@ from roadwork.train.head import (
     HeadModel,
     HeadModule,
     fit_head,
+    head_trainer,
     optimizer_steps_per_epoch,
 )
 from roadwork.train.head_config import HeadTrainConfig
@@ -202,20 +202,7 @@ def naive_fit(
             val_labels=val_rows.labels,
         )
         data = FeatureDataModule(train_rows, val_rows, batch_size=cfg.batch_size, seed=cfg.seed)
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
-            max_epochs=cfg.max_epochs,
-            precision=cfg.precision,
-            accumulate_grad_batches=cfg.accumulate_grad_batches,
-            gradient_clip_val=cfg.gradient_clip_val or None,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            use_distributed_sampler=False,
-        )
+        trainer = head_trainer(cfg, max_epochs=cfg.max_epochs, show_progress=False)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             # the frozen backbone's modules are in eval mode on purpose

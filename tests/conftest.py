@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,4 +14,20 @@ REPO = Path(__file__).resolve().parents[1]
 def _isolated_tracking(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     store = tmp_path_factory.mktemp("mlflow")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    _unpin_mlflow_uris()
+
+
+def _unpin_mlflow_uris() -> None:
+    """Forget URIs an earlier test pinned with ``mlflow.set_tracking_uri``/``set_registry_uri`` (a stage run
+    in-process pins its store; a server test pins its server): pinned URIs win over the environment, so a
+    later test would talk to a store or server that is no longer its own. Skipped while mlflow is not
+    imported (importing it costs seconds)."""
+    if "mlflow" not in sys.modules:
+        return
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    tracking_utils._tracking_uri = None
+    registry_utils._registry_uri = None

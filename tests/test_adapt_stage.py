@@ -88,6 +88,13 @@ def test_adapt_trains_on_train_images_only_and_feeds_the_adapted_variant(
     assert trained["fingerprint"] == record["backbone_fingerprint"]
     assert -1 <= json.loads(Path("outputs/train/adapted/metrics.json").read_text())["val_select_mcc"] <= 1
 
+    # the optional supervised follow-up: LoRA + head on top of the adapted backbone
+    run("train", "--variant", "adapted", "train.mode=finetune", "train.max_epochs=2")
+    finetuned = json.loads(Path("outputs/train/adapted/model/backbone.json").read_text())
+    assert finetuned["finetuned"] and finetuned["fingerprint"] != record["backbone_fingerprint"]
+    meta = json.loads(Path("outputs/train/adapted/model/finetune.json").read_text())
+    assert meta["base_backbone"]["fingerprint"] == record["backbone_fingerprint"]
+
 
 def test_unlabeled_pool_is_used_and_validation_copies_are_excluded(work: Path) -> None:
     pool = work / "pool"

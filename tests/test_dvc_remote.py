@@ -12,44 +12,22 @@ Marked slow: one whole pipeline run plus push, clone and pull (2.5-6 minutes on 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from test_pipeline import copy_repository
+from test_pipeline import STAGES, copy_repository, run
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-STAGES = (
-    "ingest",
-    "dedupe",
-    "split",
-    "embed@base",
-    "train@base",
-    "calibrate@base",
-    "evaluate@base",
-    "bundle",
-)
 GIT_USER = ["-c", "user.name=roadwork-test", "-c", "user.email=test@roadwork.invalid"]
 
 
 def _run(cmd: list[str], cwd: Path, tracking_uri: str) -> str:
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.fail(
-            f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
-        )
+    done = run(cmd, cwd, tracking_uri=tracking_uri)
     return done.stdout + done.stderr
 
 

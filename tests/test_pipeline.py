@@ -20,14 +20,27 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def run(cmd: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, *, tracking_uri: str | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``cwd`` with the venv's tools first on PATH; a failure fails the test with its output.
+
+    MLflow goes to ``tracking_uri``, else to this module's store once the ``reproduced`` fixture made one,
+    else wherever the environment says.
+    """
+    uri = tracking_uri or TRACKING_URI.get("uri")
     env = {
         **os.environ,
-        **({"MLFLOW_TRACKING_URI": TRACKING_URI["uri"]} if TRACKING_URI else {}),
+        **({"MLFLOW_TRACKING_URI": uri} if uri else {}),
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "DVC_NO_ANALYTICS": "1",
     }
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=True, **kwargs)
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    if done.returncode != 0:
+        pytest.fail(
+            f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
+        )
+    return done
 
 
 def copy_repository(dest: Path) -> Path:

@@ -136,15 +136,20 @@ def test_overwrites_existing_file_and_accepts_str_path(tmp_path: Path) -> None:
     assert out == target and target.read_bytes().startswith(b"\x89PNG")
 
 
-def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+def test_failed_write_keeps_old_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.figure import Figure
+
     target = tmp_path / "x.png"
     target.write_bytes(b"old")
 
-    def boom(handle: object) -> None:
+    def boom(self: object, *args: object, **kwargs: object) -> None:
         raise RuntimeError("render failed")
 
+    monkeypatch.setattr(Figure, "savefig", boom)
     with pytest.raises(RuntimeError, match="render failed"):
-        plots._write_atomic(target, boom)
+        plots.roc_plot(Y, MARGIN, target)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
 

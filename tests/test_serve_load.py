@@ -164,8 +164,8 @@ def test_malformed_requests_get_a_clear_error_and_do_not_disturb_the_others(serv
     port, expected = served.port, served.expected
     good = split_body([b64(IMAGES[0])])
     # Requests the server cannot turn into the model's input: HTTP 400, MLflow's JSON error with
-    # error_code BAD_REQUEST. For a wrong column MLflow's message is generic ("unexpected error while
-    # evaluating the model"); our reason (RoadworkClassifier's ValueError) is in its stack_trace field.
+    # error_code BAD_REQUEST and the reason in its message (for a wrong column, RoadworkClassifier's own
+    # MlflowException).
     rejected = {
         "invalid JSON": (
             b'{"dataframe_split": {"columns": ["image"], "data": [["',
@@ -174,7 +174,7 @@ def test_malformed_requests_get_a_clear_error_and_do_not_disturb_the_others(serv
         ),
         "wrong column name": (
             split_body([b64(IMAGES[0])], column="picture"),
-            "stack_trace",
+            "message",
             "input needs a column 'image' (base64 image bytes) or 'path'",
         ),
         "no input format key": (

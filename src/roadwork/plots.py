@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from roadwork import metrics as rm
+from roadwork.atomic import atomic_write
 from roadwork.metrics._validation import (
     check_labels,
     check_n_bins,
@@ -163,26 +163,9 @@ def _style(ax: Any) -> None:
     ax.tick_params(labelsize=8)
 
 
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write ``path`` via a temp file in the same folder and ``os.replace``: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; plots are shared artefacts (MLflow, DVC cache)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _save(fig: Figure, path: Path) -> Path:
     # No "Software" (matplotlib version) chunk and no timestamp: the bytes depend only on the drawing.
-    return _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None}))
+    return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=DPI, metadata={"Software": None}))
 
 
 # ----------------------------------------------------------------------------------------- ROC and PR
@@ -722,4 +705,4 @@ def contact_sheet(
         sheet.paste(small, (x0 + pad + (size - small.width) // 2, y0 + pad + (size - small.height) // 2))
         for k, line in enumerate(_wrap(draw, cap, font, size, max_lines)):
             draw.text((x0 + pad, y0 + size + 2 * pad + k * line_h), line, fill="black", font=font)
-    return _write_atomic(out, lambda f: sheet.save(f, format="PNG", compress_level=6))
+    return atomic_write(out, lambda p: sheet.save(p, format="PNG", compress_level=6))

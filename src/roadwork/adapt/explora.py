@@ -23,7 +23,9 @@ checkpoint and resumes from it; one from a different config, backbone or image l
 
 ``out_dir`` receives ``backbone/`` (:meth:`Backbone.save`, so ``load_backbone(str(out_dir / "backbone"))``
 rebuilds it with the same family and preprocessing), ``history.csv`` (one row per step) and ``adapt.json``
-(settings, layout, parameter counts, losses, fingerprints, the merge check's difference).
+(settings, layout, parameter counts, losses, fingerprints, the merge check's difference): all three are
+functions of the inputs, so a resumed run writes the same files as an uninterrupted one (where it resumed is
+in :class:`AdaptResult` only).
 
 Several processes (``devices > 1``, strategy ``ddp``, as :func:`roadwork.train.head.fit_head`): Lightning
 Fabric starts the calling script again for ranks 1.. (or joins the processes torchrun started) and sets up
@@ -76,6 +78,7 @@ from roadwork.adapt.ssl import (
     seeded,
     teacher_temperature,
 )
+from roadwork.atomic import atomic_write, atomic_write_text
 from roadwork.data.images import open_image, pillow_pixel_limit
 from roadwork.data.preprocess import to_tensor_batch
 from roadwork.distributed import ACCELERATORS, STRATEGIES, check_processes
@@ -433,12 +436,6 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(complete, key=lambda p: p.stem) if complete else None
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _save_checkpoint(
     checkpoint_dir: Path,
     step: int,
@@ -451,10 +448,7 @@ def _save_checkpoint(
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{_CHECKPOINT_PREFIX}{step:09d}"
     tensors = {**model.state_tensors(), **_optimizer_tensors(optimizer)}
-    weights = checkpoint_dir / f"{stem}.safetensors"
-    tmp = weights.with_name(f".{weights.name}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, weights)
+    atomic_write(checkpoint_dir / f"{stem}.safetensors", lambda tmp: save_file(tensors, str(tmp)))
     meta = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "step": step,
@@ -463,7 +457,7 @@ def _save_checkpoint(
         "history": history,
     }
     meta_path = checkpoint_dir / f"{stem}.json"
-    _atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")  # written last: marks completeness
+    atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")  # written last: marks completeness
     for old in checkpoint_dir.glob(f"{_CHECKPOINT_PREFIX}*"):
         if old.stem != stem:
             old.unlink(missing_ok=True)
@@ -761,7 +755,6 @@ def adapt_backbone(
                 "images": n,
                 "steps": step,
                 "steps_per_epoch": steps_per_epoch,
-                "resumed_from_step": start,
                 "loss_start": loss_start,
                 "loss_end": loss_end,
                 "agreement_end": agreement_end,
@@ -773,7 +766,7 @@ def adapt_backbone(
                 },
                 "backbone_fingerprint": merged.fingerprint(),
             }
-            _atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+            atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
             for logger in loggers:
                 logger.save()
         except BaseException as exc:

@@ -34,18 +34,17 @@ import io
 import multiprocessing
 import os
 import re
-import tempfile
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from roadwork.atomic import atomic_write, atomic_write_bytes
 from roadwork.data.images import (
     REJECTION_REASONS,
     ImageRejected,
@@ -375,20 +374,6 @@ def _file_item(rel: str, path: Path, metadata: Mapping[str, Mapping[str, str]]) 
     return _Task(path=rel, label=CLASS_FOLDERS[top], source="imagefolder", metadata=values, file=path)
 
 
-def _atomic_write(target: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``target`` via a temp file in the same folder, fsync, then ``os.replace``: all or nothing."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _process(task: _Task, settings: _Settings) -> _Kept | _Quarantined:
     """Hash, decode (once) and verify one input; write its working copy. Runs in worker processes."""
     try:
@@ -412,8 +397,8 @@ def _process(task: _Task, settings: _Settings) -> _Kept | _Quarantined:
     working = downscale(decoded.image, settings.working_max_side)
     name = f"{sha256}.jpg"
     # Pillow writes EXIF/ICC only when passed to save(), so the copy carries neither.
-    _atomic_write(
-        settings.images_dir / name, lambda h: working.save(h, format="JPEG", quality=settings.jpeg_quality)
+    atomic_write(
+        settings.images_dir / name, lambda p: working.save(p, format="JPEG", quality=settings.jpeg_quality)
     )
     return _Kept(
         path=task.path,
@@ -466,7 +451,7 @@ def _write_csv(columns: Sequence[str], rows: Iterable[Sequence[object]], target:
     writer.writerow(columns)
     writer.writerows(rows)
     payload = text.getvalue().encode("utf-8")
-    _atomic_write(target, lambda handle: handle.write(payload))
+    atomic_write_bytes(target, payload)
 
 
 def _remove_stale_images(images_dir: Path, keep: set[str]) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from mlflow.pyfunc import PythonModel
 
 MODEL_ARTIFACT = "model"
@@ -40,8 +42,10 @@ def _sources(frame: pd.DataFrame) -> tuple[list[Any], list[str]]:
         return sources, errors
     if "path" in frame.columns:
         return [Path(str(p)) for p in frame["path"]], [""] * len(frame)
-    raise ValueError(
-        f"input needs a column 'image' (base64 image bytes) or 'path'; got columns {list(frame.columns)}"
+    # MlflowException with BAD_REQUEST: the scoring server answers 400 with this message, not a bare 500
+    raise MlflowException(
+        f"input needs a column 'image' (base64 image bytes) or 'path'; got columns {list(frame.columns)}",
+        error_code=BAD_REQUEST,
     )
 
 

@@ -139,13 +139,19 @@ def alias_version(client: Any, name: str, alias: str) -> Any | None:
 def predict_with(
     model_uri: str, paths: list[Path], progress: Callable[[int], None] | None = None
 ) -> pd.DataFrame:
-    """Load the pyfunc at ``model_uri`` and predict ``paths`` in chunks (``progress(n_done)`` after each)."""
+    """Load the pyfunc at ``model_uri`` and predict ``paths`` in chunks (``progress(n_done)`` after each).
+
+    A chunk is one backbone batch of the model (its ``PredictorSpec.batch_size``, set from
+    ``deploy.batch_size`` when it was bundled): the pyfunc decodes a call's images before its forwards, so
+    chunking bounds memory, and the progress bar moves once per forward.
+    """
     import mlflow
 
     model = mlflow.pyfunc.load_model(model_uri)
+    chunk = model.unwrap_python_model().predictor.spec.batch_size
     chunks = []
-    for begin in range(0, len(paths), 64):
-        part = [str(p) for p in paths[begin : begin + 64]]
+    for begin in range(0, len(paths), chunk):
+        part = [str(p) for p in paths[begin : begin + chunk]]
         chunks.append(model.predict(pd.DataFrame({"path": part})))
         if progress:
             progress(len(part))

@@ -9,9 +9,9 @@ the data set's own images outside the train split (same sha256) is excluded and 
 
 Outputs in ``outputs/adapt/``: ``backbone/`` (the merged backbone, loadable by ``load_backbone``; embed,
 train and evaluate of the ``adapted`` variant read it), ``history.csv`` (one row per step, a DVC plot),
-``ssl_curves.png``, ``unlabeled.csv`` (every file found in ``adapt.unlabeled_dir`` and whether it was used,
-with the reason when not) and ``metrics.json``. ``adapt.json`` next to them is the run record (layout,
-resumption) and goes to MLflow.
+``ssl_curves.png``, ``adapt.json`` (settings, adapter layout, parameter counts, fingerprints),
+``unlabeled.csv`` (every file found in ``adapt.unlabeled_dir`` and whether it was used, with the reason when
+not) and ``metrics.json``. Where a run resumed goes to MLflow only, so the outputs depend on the inputs alone.
 
 Resumption: checkpoints go to ``.cache/checkpoints/adapt/<key>``, the key a digest of everything the
 training depends on, so a ``kill -9`` followed by ``dvc repro`` continues from the last checkpoint (every

@@ -24,8 +24,6 @@ import hashlib
 import io
 import itertools
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +36,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from tqdm.auto import tqdm
 
+from roadwork.atomic import atomic_write, atomic_write_text
 from roadwork.data.preprocess import TrainAugment, render_as_validator, tile_boxes, to_tensor_batch
 from roadwork.models.backbone import Backbone
 
@@ -219,7 +218,7 @@ class FeatureCache:
                     "delete the folder (a 64-bit prefix collision) or use another cache_dir."
                 )
         else:
-            marker.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+            atomic_write_text(marker, json.dumps({"fingerprint": fingerprint}) + "\n")
 
     def path(self, sha256: str, render: Render, part: str) -> Path:
         return self.root / render.key / part / sha256[:2] / f"{sha256}.npy"
@@ -235,16 +234,14 @@ class FeatureCache:
             raise ValueError(f"{path}: unreadable cache entry ({exc}); delete it to recompute.") from None
 
     def put(self, sha256: str, render: Render, part: str, features: NDArray[np.float32]) -> None:
-        path = self.path(sha256, render, part)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(features, dtype=np.float32), allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        array = np.ascontiguousarray(features, dtype=np.float32)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as handle:  # a handle: np.save would append ".npy" to a bare path
+                np.save(handle, array, allow_pickle=False)
+
+        # not durable: a cache entry lost in a power cut is only recomputed, and fsyncs per file are slow
+        atomic_write(self.path(sha256, render, part), write, durable=False)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from roadwork.atomic import atomic_write_text
 from roadwork.data.images import open_image, pillow_pixel_limit
 from roadwork.data.preprocess import PreprocessConfig, to_tensor_batch
 from roadwork.distributed import ACCELERATORS
@@ -77,6 +78,7 @@ from roadwork.train.head import (
     HeadModel,
     HeadModule,
     HeadTrainConfig,
+    head_trainer,
     library_versions,
     load_resume_state,
     optimizer_steps_per_epoch,
@@ -651,18 +653,11 @@ def finetune(
         checkpoint = (
             None if checkpoint_path is None else EpochCheckpoint(checkpoint_path, fingerprint, resume=resume)
         )
-        trainer = pl.Trainer(
-            accelerator=accelerator,
-            devices=1,
+        trainer = head_trainer(
+            head_cfg,
             max_epochs=max(1, remaining),
-            precision=head_cfg.precision,
-            accumulate_grad_batches=head_cfg.accumulate_grad_batches,
-            gradient_clip_val=head_cfg.gradient_clip_val or None,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=show_progress,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
+            accelerator=accelerator,
+            show_progress=show_progress,
             callbacks=[*([checkpoint] if checkpoint is not None else []), *callbacks],
         )
         for row in module.history:  # restored epochs, so the caller's run holds the whole curve
@@ -727,10 +722,7 @@ def finetune(
         "merge_max_abs_diff": diff,
         "best_epoch": module.best_epoch,
     }
-    finetune_path = out_dir / FINETUNE_CONFIG
-    tmp = finetune_path.with_name(f".{finetune_path.name}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, finetune_path)
+    finetune_path = atomic_write_text(out_dir / FINETUNE_CONFIG, json.dumps(meta, indent=2) + "\n")
     for logger in loggers:
         logger.save()
     return FinetuneResult(

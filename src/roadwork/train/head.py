@@ -55,7 +55,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -74,6 +73,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from roadwork.atomic import atomic_write
 from roadwork.distributed import check_processes
 from roadwork.metrics import mcc
 from roadwork.policy.threshold import best_mcc_threshold
@@ -706,7 +706,7 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     meta = json.dumps(_encode(state, tensors, "state"), sort_keys=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt", "state": meta}))
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt", "state": meta}))
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -924,27 +924,39 @@ def _check_splits(train: FeatureSet, val_select: FeatureSet) -> None:
         )
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temporary file beside ``path``, flush it to disk, then rename it onto ``path``.
+def head_trainer(
+    cfg: HeadTrainConfig,
+    *,
+    max_epochs: int,
+    accelerator: str = "cpu",
+    devices: int = 1,
+    strategy: str = "auto",
+    show_progress: bool = True,
+    callbacks: Sequence[pl.Callback] = (),
+) -> pl.Trainer:
+    """The Lightning Trainer of every head training (:func:`fit_head`, finetuning, the benchmarks).
 
-    A reader sees the old file or the complete new one, never a partial one, even if the process is killed
-    (and, with the fsyncs, across a power cut on file systems that honour them).
+    ``cfg``'s precision, gradient accumulation and clipping (0 = off); ``ddp`` whenever ``devices > 1``.
+    Lightning's own logging, checkpointing, sanity validation and distributed sampler wrapping are off: the
+    callers log to their loggers, checkpoint with :class:`EpochCheckpoint`, validate every epoch and shard
+    with their own samplers.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        strategy="ddp" if devices > 1 else strategy,
+        max_epochs=max_epochs,
+        precision=cfg.precision,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        gradient_clip_val=cfg.gradient_clip_val or None,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=show_progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        callbacks=list(callbacks),
+    )
 
 
 def fit_head(
@@ -1038,20 +1050,13 @@ def fit_head(
             if checkpoint_path is None
             else EpochCheckpoint(checkpoint_path, fingerprint, generator=data.generator, resume=resume)
         )
-        trainer = pl.Trainer(
+        trainer = head_trainer(
+            cfg,
+            max_epochs=max(1, remaining),
             accelerator=accelerator,
             devices=devices,
-            strategy="ddp" if devices > 1 else strategy,
-            max_epochs=max(1, remaining),
-            precision=cfg.precision,
-            accumulate_grad_batches=cfg.accumulate_grad_batches,
-            gradient_clip_val=cfg.gradient_clip_val or None,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=show_progress,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            use_distributed_sampler=False,
+            strategy=strategy,
+            show_progress=show_progress,
             callbacks=[*([checkpoint] if checkpoint is not None else []), *callbacks],
         )
         is_zero = trainer.is_global_zero
@@ -1122,7 +1127,7 @@ def save_head(
     num_views, feature_dim = model.num_views, model.feature_dim
     head_path, config_path, history_path = out_dir / HEAD_WEIGHTS, out_dir / HEAD_CONFIG, out_dir / HISTORY
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _write_atomic(head_path, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    atomic_write(head_path, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     meta = {
         "format_version": HEAD_FORMAT_VERSION,
         "config": asdict(cfg),
@@ -1136,8 +1141,8 @@ def save_head(
         "optimizer_steps": int(optimizer_steps),
         "id2label": {str(k): v for k, v in ID2LABEL.items()},
     }
-    _write_atomic(config_path, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
-    _write_atomic(history_path, lambda p: history.to_csv(p, index=False))
+    atomic_write(config_path, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(history_path, lambda p: history.to_csv(p, index=False))
     return head_path, config_path, history_path
 
 
