@@ -82,6 +82,7 @@ from roadwork.train.head import (
     library_versions,
     load_resume_state,
     optimizer_steps_per_epoch,
+    replay_history,
     save_head,
 )
 from roadwork.train.losses import inverse_frequency_weights
@@ -660,9 +661,7 @@ def finetune(
             show_progress=show_progress,
             callbacks=[*([checkpoint] if checkpoint is not None else []), *callbacks],
         )
-        for row in module.history:  # restored epochs, so the caller's run holds the whole curve
-            for logger in loggers:
-                logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        replay_history(module.history, loggers)
         optimizer_steps = 0 if resume is None else int(resume["optimizer_steps"])
         if remaining > 0 and not module.early_stopped:
             with warnings.catch_warnings():

@@ -924,6 +924,14 @@ def _check_splits(train: FeatureSet, val_select: FeatureSet) -> None:
         )
 
 
+def replay_history(history: Sequence[dict[str, float]], loggers: Sequence[Logger]) -> None:
+    """Log the history rows of epochs restored from a checkpoint (``step`` = epoch), so a resumed run's
+    loggers hold the whole curve."""
+    for row in history:
+        for logger in loggers:
+            logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+
 def head_trainer(
     cfg: HeadTrainConfig,
     *,
@@ -1062,9 +1070,7 @@ def fit_head(
         is_zero = trainer.is_global_zero
         if is_zero:
             out_dir.mkdir(parents=True, exist_ok=True)
-            for row in module.history:  # restored epochs, so the caller's run holds the whole curve
-                for logger in loggers:
-                    logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+            replay_history(module.history, loggers)
         optimizer_steps = 0 if resume is None else int(resume["optimizer_steps"])
         if remaining > 0 and not module.early_stopped:
             with warnings.catch_warnings():
