@@ -138,3 +138,33 @@ def test_two_clean_runs_give_identical_splits_and_metrics(tmp_path: Path) -> Non
     assert a["splits"] == b["splits"]
     assert len(a["metrics"]) == 7 and a["metrics"] == b["metrics"]
     assert a["head"] == b["head"] and a["policy"] == b["policy"]
+
+
+def test_source_time_is_the_last_input_commit_not_the_clock(tmp_path, monkeypatch) -> None:
+    import os
+    import subprocess
+    from datetime import datetime, timezone
+
+    from roadwork.tracking import source_time
+
+    def git(*args: str, when: str) -> None:
+        env = {"GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when}
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            env={**os.environ, **env},
+        )
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    git("init", "-q", when="2020-01-01T00:00:00Z")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    git("add", "params.yaml", when="2020-01-01T00:00:00Z")
+    git("commit", "-qm", "inputs", when="2021-02-03T04:05:06Z")
+    (tmp_path / "dvc.lock").write_text("x\n")  # committed after a run: must not move the time
+    git("add", "dvc.lock", when="2022-01-01T00:00:00Z")
+    git("commit", "-qm", "lock", when="2022-01-01T00:00:00Z")
+    assert source_time(tmp_path) == datetime(2021, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
+    assert source_time(tmp_path) == datetime(1970, 1, 2, tzinfo=timezone.utc)

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,35 @@ def git_state(root: Path) -> tuple[str, bool]:
         return commit, bool(status.strip())
     except (OSError, subprocess.SubprocessError):
         return "unknown", False
+
+
+# what a built model depends on; dvc.lock is left out because it is committed after the run that wrote it
+_SOURCE_PATHS = ("src", "params.yaml", "dvc.yaml", "data.dvc")
+
+
+def source_time(root: Path) -> datetime:
+    """When the version being built was made, so that the same commit builds the same bytes.
+
+    ``SOURCE_DATE_EPOCH`` (the reproducible-builds convention, seconds since the epoch) when set; else the
+    committer time of the last commit that changed the pipeline's inputs (:data:`_SOURCE_PATHS`); else, with
+    no git history, the current time. Always UTC, whole seconds.
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not epoch:
+        try:
+            epoch = subprocess.run(
+                ["git", "log", "-1", "--format=%ct", "--", *_SOURCE_PATHS],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            epoch = ""
+    if not epoch.isdigit():
+        return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.fromtimestamp(int(epoch), timezone.utc)
 
 
 def data_version(root: Path, dvc_file: str = "data.dvc") -> str:

@@ -16,7 +16,6 @@ import getpass
 import json
 import os
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +149,7 @@ def _export_hf(cfg: RoadworkConfig, predictor: Any, directory: Path, val_metrics
     if predictor.spec.views != "global" or predictor.spec.tta_flip:
         return "multi-view and flip-averaged models have no standard image-classification form"
     from roadwork.deploy.hf_export import export_hf, validate_model_card
+    from roadwork.tracking import repo_root, source_time
 
     card = {
         "model_name": cfg.deploy.model_name,
@@ -158,7 +158,8 @@ def _export_hf(cfg: RoadworkConfig, predictor: Any, directory: Path, val_metrics
         "submitted_by": os.environ.get("ROADWORK_SUBMITTED_BY")
         or cfg.deploy.submitted_by
         or getpass.getuser(),
-        "submission_time": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        # the build's source time, not the clock: the same commit and data build the same export bytes
+        "submission_time": source_time(repo_root()).isoformat(),
         "metrics": val_metrics,
     }
     card = validate_model_card(card)  # a bad card is an error, never a silently skipped export
