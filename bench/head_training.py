@@ -7,7 +7,7 @@ stratified, seeded split puts ``--val-frac`` of each class into val_select and t
 Ours (the design's "embed once"): preprocess every image (:func:`to_tensor_batch`, or
 :func:`views_to_tensor` with ``--views 10``), run the frozen backbone once under ``torch.no_grad()`` in
 chunks, build the :class:`FeatureSet` s, then :func:`roadwork.train.head.fit_head`. (The embed stage,
-:func:`roadwork.train.embed.embed_images`, adds the validator's level-0 rendering and the on-disk feature
+:func:`roadwork.models.inference.embed_inputs`, adds the validator's level-0 rendering and the on-disk feature
 cache; neither changes what is compared here.)
 
 Naive (the earlier pipeline's way): preprocess every image once and keep the *pixel* tensors in memory

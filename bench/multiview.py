@@ -8,7 +8,7 @@ reported separately, since both ways need the same preprocessed views.
 
 Ours: reshape to ``[B * V, 3, S, S]`` and run ONE backbone forward under ``torch.no_grad()`` (``--chunk K``
 splits it into forwards of K views; 0 = no chunking, the default). This is what
-:func:`roadwork.train.embed.forward_views` does for a batch of the embed stage, less its preprocessing.
+:func:`roadwork.models.inference.forward_views` does for a batch of the embed stage, less its preprocessing.
 Naive (the earlier pipeline's way): for each image, for each view, a separate forward of one
 ``[1, 3, S, S]`` tensor.
 

@@ -60,9 +60,9 @@ def test_fractions_must_sum_to_one(tmp_path: Path) -> None:
 
 def test_overrides_in_hydra_syntax(tmp_path: Path) -> None:
     path = write(tmp_path, {"split": {"seed": 1}})
-    cfg = load_config(path, ["split.seed=3", "ingest.working_max_side=512", "tracking.experiment='my exp'"])
+    cfg = load_config(path, ["split.seed=3", "ingest.working_min_side=640", "tracking.experiment='my exp'"])
     assert cfg.split.seed == 3
-    assert cfg.ingest.working_max_side == 512
+    assert cfg.ingest.working_min_side == 640
     assert cfg.tracking.experiment == "my exp"
     assert load_config(path).split.seed == 1
 
@@ -151,3 +151,12 @@ def test_loading_the_config_does_not_import_torch() -> None:
 
 def test_embedding_check_can_be_switched_off() -> None:
     assert load_config(REPO_PARAMS, ["dedupe.embedding_cosine=null"]).dedupe.embedding_cosine is None
+
+
+def test_vocabularies_the_schema_checks_are_the_libraries_own() -> None:
+    """config keeps its own copies so loading params imports no scipy or torch; they must not drift."""
+    from roadwork import config
+    from roadwork.models.inference import VIEW_MODES
+    from roadwork.policy import THRESHOLD_RULES
+
+    assert config.THRESHOLD_RULES == THRESHOLD_RULES and set(config.VIEW_MODES) == set(VIEW_MODES)

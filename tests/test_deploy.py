@@ -21,7 +21,7 @@ from PIL import Image
 
 from roadwork.data.preprocess import to_tensor_batch
 from roadwork.deploy.predictor import Predictor, PredictorSpec
-from roadwork.deploy.registry import decide_promotion, score_predictions
+from roadwork.deploy.registry import decide_promotion
 from roadwork.models.backbone import load_backbone
 from roadwork.policy import fit_policy
 from roadwork.train.head import HISTORY_COLUMNS, HeadModel, predict_logits, save_head
@@ -60,11 +60,22 @@ def save_model(predictor: Predictor, folder: Path) -> Path:
     return folder / "model"
 
 
-def test_predictor_matches_backbone_head_policy_composed_by_hand() -> None:
+def level0_by_hand(image: Image.Image) -> Image.Image:
+    """The validator's level-0 geometry written out with PIL alone: centre square (torchvision's rounded
+    offsets), bilinear to 224."""
+    side = min(image.size)
+    left, top = round((image.width - side) / 2), round((image.height - side) / 2)
+    return image.crop((left, top, left + side, top + side)).resize((224, 224), Image.Resampling.BILINEAR)
+
+
+@pytest.mark.parametrize("size", [(96, 80), (224, 224)])
+def test_predictor_matches_backbone_head_policy_composed_by_hand(size: tuple[int, int]) -> None:
+    """decode -> the validator's level-0 geometry (the identity on its 224x224 images) -> backbone -> head
+    -> policy, composed by hand, against the one inference path."""
     predictor = make_predictor()
-    sources = [jpeg(i) for i in range(5)]
+    sources = [jpeg(i, size) for i in range(5)]
     out = predictor.predict(sources)
-    images = [Image.open(io.BytesIO(s)).convert("RGB") for s in sources]
+    images = [level0_by_hand(Image.open(io.BytesIO(s)).convert("RGB")) for s in sources]
     with torch.inference_mode():
         features = predictor.backbone(to_tensor_batch(images, predictor.backbone.preprocess)).numpy()
     logits = predict_logits(predictor.head, features[:, None, :])
@@ -118,17 +129,51 @@ def test_promotion_rule() -> None:
     assert decide_promotion(0.6, 0.5, 0.05).promote
     assert not decide_promotion(0.54, 0.5, 0.05).promote
     assert not decide_promotion(0.5, 0.5, 0.0).promote  # ties keep the incumbent
+    assert decide_promotion(0.6, 0.5, 0.0, difference_low=0.01).promote
+    refused = decide_promotion(0.6, 0.5, 0.0, difference_low=-0.01)
+    assert not refused.promote and "no significant difference" in refused.reason
     with pytest.raises(ValueError, match="min_delta"):
         decide_promotion(0.5, 0.4, -1)
 
 
-def test_unreadable_images_count_as_wrong_when_scoring() -> None:
-    from sklearn.metrics import matthews_corrcoef
+def render_frame(decisions: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    """Predictions of one model on 4 renders (levels 0-3) of each image, as promote builds them."""
+    n = len(labels)
+    return pd.DataFrame(
+        {
+            "sha256": np.tile([f"{i:064x}" for i in range(n)], 4),
+            "group": np.tile(np.arange(n), 4),
+            "label": np.tile(labels, 4),
+            "level": np.repeat(np.arange(4), n),
+            "decision": decisions,
+        }
+    )
 
-    y = np.array([1, 0, 1, 0])
-    predictions = pd.DataFrame({"decision": [1, 0, -1, -1], "probability": [0.9, 0.1, np.nan, np.nan]})
-    assert score_predictions("accuracy", y, predictions) == 0.5
-    assert score_predictions("mcc", y, predictions) == pytest.approx(matthews_corrcoef(y, [1, 0, 0, 1]))
+
+@pytest.mark.parametrize("metric", ["expected_reward", "validator_mcc"])
+def test_promote_refuses_a_win_inside_the_noise_and_accepts_a_clear_one(metric: str) -> None:
+    from roadwork.config import load_config
+    from roadwork.stages.promote import compare
+
+    cfg = load_config(Path(__file__).parents[1] / "params.yaml", ["evaluate.bootstrap_resamples=200"])
+    rng = np.random.default_rng(0)
+    labels = np.tile([0, 1], 60)
+    truth = np.tile(labels, 4)
+    champion = np.where(rng.random(len(truth)) < 0.75, truth, 1 - truth)  # 75 % right
+    # one more right answer than the champion: better on paper, inside the noise
+    slightly = champion.copy()
+    slightly[np.flatnonzero(slightly != truth)[0]] = truth[np.flatnonzero(slightly != truth)[0]]
+    clearly = np.where(rng.random(len(truth)) < 0.97, truth, 1 - truth)  # 97 % right
+    base = render_frame(champion, labels)
+    close = compare(render_frame(slightly, labels), base, metric, cfg)
+    assert (
+        close["challenger"] >= close["champion"] and close["difference_low"] <= 0 <= close["difference_high"]
+    )
+    decision = decide_promotion(close["challenger"], close["champion"], 0.0, close["difference_low"])
+    assert not decision.promote and "no significant difference" in decision.reason
+    clear = compare(render_frame(clearly, labels), base, metric, cfg)
+    assert clear["difference_low"] > 0
+    assert decide_promotion(clear["challenger"], clear["champion"], 0.0, clear["difference_low"]).promote
 
 
 @pytest.fixture()
@@ -290,7 +335,9 @@ def test_promote_first_becomes_champion_then_compares_and_records(
     assert str(client.get_model_version_by_alias("roadwork-classifier", "champion").version) == first
     tags = client.get_model_version("roadwork-classifier", second).tags
     assert tags["promote.decision"].endswith("(dry run)") and tags["promote.champion_version"] == first
-    assert float(tags["promote.champion_score"]) >= -1 and tags["promote.metric"] == "mcc"
+    assert 0 <= float(tags["promote.champion_score"]) <= 1 and tags["promote.metric"] == "expected_reward"
+    low, high = json.loads(tags["promote.difference_interval"])
+    assert low <= float(tags["promote.challenger_score"]) - float(tags["promote.champion_score"]) <= high
     assert cli(["promote", "--min-delta", "2"]) == 0  # impossible margin: champion stays
     assert str(client.get_model_version_by_alias("roadwork-classifier", "champion").version) == first
     assert client.get_model_version("roadwork-classifier", second).tags["promote.decision"] == "keep"

@@ -1,8 +1,10 @@
-"""Feature cache and batched multi-view embedding (roadwork.train.embed) on the tiny backbone."""
+"""Renders, the feature cache and batched multi-view embedding (roadwork.train.embed and
+roadwork.models.inference, the one inference path) on the tiny backbone."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from roadwork.data.preprocess import TrainAugment, tile_boxes, to_tensor_batch
+from roadwork.data.preprocess import TrainAugment, render_as_validator, tile_boxes, to_tensor_batch
 from roadwork.models.backbone import load_backbone
-from roadwork.train.embed import FeatureCache, Render, ViewSpec, embed_images, render_image
+from roadwork.models.inference import FeatureCache, ViewSpec, fixed_geometry, input_key
+from roadwork.train.embed import Render, RenderStore, embed_images, render_bytes
 
 AUGMENT = TrainAugment()
 
@@ -40,10 +43,23 @@ def cache_for(tmp_path: Path, backbone) -> FeatureCache:
     return FeatureCache(tmp_path / "cache", backbone.fingerprint())
 
 
+def decoded(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+def embed(backbone, paths, shas, tmp_path: Path, **kwargs):
+    kwargs.setdefault("render", Render())
+    kwargs.setdefault("spec", ViewSpec())
+    kwargs.setdefault("cache", cache_for(tmp_path, backbone))
+    kwargs.setdefault("show_progress", False)
+    return embed_images(backbone, paths, shas, store=RenderStore(tmp_path / "renders"), **kwargs)
+
+
 def reference_features(backbone, path: Path, sha: str, render: Render, spec: ViewSpec) -> np.ndarray:
     """One image at a time, views one by one: the obvious loop the batched path must agree with."""
     with Image.open(path) as image:
-        rendered = render_image(image.convert("RGB"), render, sha)
+        rendered = fixed_geometry(decoded(render_bytes(image.convert("RGB"), render, sha)))
     views = [rendered]
     if spec.views == "global+tiles":
         views += [
@@ -57,16 +73,7 @@ def reference_features(backbone, path: Path, sha: str, render: Render, spec: Vie
 def test_batched_multiview_equals_one_view_at_a_time(tmp_path, backbone, images, views) -> None:
     paths, shas = images
     spec = ViewSpec(views, grid=3, overlap=0.25)
-    features, stats = embed_images(
-        backbone,
-        paths,
-        shas,
-        render=Render(),
-        spec=spec,
-        cache=cache_for(tmp_path, backbone),
-        batch_size=3,
-        show_progress=False,
-    )
+    features, stats = embed(backbone, paths, shas, tmp_path, spec=spec, batch_size=3)
     assert features.shape == (7, spec.num_views, backbone.feature_dim) and features.dtype == np.float32
     assert stats.n_computed == 7 and stats.n_views_computed == 7 * spec.num_views
     for i in (0, 6):
@@ -77,25 +84,55 @@ def test_batched_multiview_equals_one_view_at_a_time(tmp_path, backbone, images,
 def test_cache_is_reused_and_shared_between_view_settings(tmp_path, backbone, images) -> None:
     paths, shas = images
     cache = cache_for(tmp_path, backbone)
-    first, _ = embed_images(
-        backbone, paths, shas, render=Render(), spec=ViewSpec("global"), cache=cache, show_progress=False
-    )
-    again, stats = embed_images(
-        backbone, paths, shas, render=Render(), spec=ViewSpec("global"), cache=cache, show_progress=False
-    )
+    first, _ = embed(backbone, paths, shas, tmp_path, spec=ViewSpec("global"), cache=cache)
+    again, stats = embed(backbone, paths, shas, tmp_path, spec=ViewSpec("global"), cache=cache)
     assert stats.n_computed == 0 and np.array_equal(first, again)
-    tiles, stats = embed_images(
-        backbone,
-        paths,
-        shas,
-        render=Render(),
-        spec=ViewSpec("global+tiles"),
-        cache=cache,
-        show_progress=False,
-    )
+    tiles, stats = embed(backbone, paths, shas, tmp_path, spec=ViewSpec("global+tiles"), cache=cache)
     # the global part came from the cache; only the tiles were computed
     assert stats.n_views_computed == 7 * 9
     assert np.array_equal(tiles[:, :1], first)
+
+
+def test_cache_is_keyed_by_the_input_bytes(tmp_path, backbone, images) -> None:
+    """An entry can only hold what the inference path computes for exactly those bytes."""
+    from roadwork.models.inference import embed_inputs
+
+    paths, shas = images
+    cache = cache_for(tmp_path, backbone)
+    store = RenderStore(tmp_path / "renders")
+    inputs = [store.get(p, s, Render()) for p, s in zip(paths, shas, strict=True)]
+    features, _ = embed_inputs(backbone, inputs, spec=ViewSpec(), cache=cache, show_progress=False)
+    assert all(cache.has(input_key(x), "global") for x in inputs)
+    # the same pixels decoded and handed over as images: computed afresh, cached nowhere, equal
+    pictures = [decoded(x) for x in inputs]
+    uncached, stats = embed_inputs(backbone, pictures, spec=ViewSpec(), cache=cache, show_progress=False)
+    assert stats.n_computed == 7 and np.allclose(uncached, features, atol=1e-5)
+    # other bytes (one byte of JPEG comment changed) get their own entry; the flip has its own folder
+    other = inputs[0][:2] + b"\xff\xfe\x00\x03x" + inputs[0][2:]
+    assert input_key(other) != input_key(inputs[0])
+    _, stats = embed_inputs(backbone, [other], spec=ViewSpec(), cache=cache, show_progress=False)
+    assert stats.n_computed == 1
+    flipped, stats = embed_inputs(
+        backbone, inputs[:1], spec=ViewSpec(), flip=True, cache=cache, show_progress=False
+    )
+    assert stats.n_computed == 1 and not np.allclose(flipped, features[:1])
+    mirror = [decoded(inputs[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    by_hand, _ = embed_inputs(backbone, mirror, spec=ViewSpec(), show_progress=False)
+    np.testing.assert_allclose(flipped, by_hand, atol=1e-5)
+
+
+def test_fixed_geometry_is_the_validators_level0_and_the_identity_on_what_it_sends(images) -> None:
+    paths, _ = images
+    with Image.open(paths[2]) as image:
+        image = image.convert("RGB")
+    level0 = decoded(render_as_validator(image, 0, np.random.default_rng(0)))
+    assert level0.size == (224, 224)
+    assert fixed_geometry(level0) is level0  # a validator image reaches the backbone untouched
+    from roadwork.data.preprocess import ValidatorParams, apply_validator_params
+
+    assert np.array_equal(
+        np.asarray(fixed_geometry(image)), np.asarray(apply_validator_params(image, ValidatorParams(0)))
+    )
 
 
 def test_interrupted_run_resumes_where_it_stopped(tmp_path, backbone, images, monkeypatch) -> None:
@@ -112,38 +149,14 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, backbone, images, mo
 
     monkeypatch.setattr(type(backbone), "forward", failing_forward)
     with pytest.raises(KeyboardInterrupt):
-        embed_images(
-            backbone,
-            paths,
-            shas,
-            render=Render(),
-            spec=ViewSpec(),
-            cache=cache,
-            batch_size=2,
-            show_progress=False,
-        )
+        embed(backbone, paths, shas, tmp_path, cache=cache, batch_size=2)
     monkeypatch.setattr(type(backbone), "forward", original)
     leftovers = list(cache.root.rglob("*.tmp"))
     assert leftovers == []
-    resumed, stats = embed_images(
-        backbone,
-        paths,
-        shas,
-        render=Render(),
-        spec=ViewSpec(),
-        cache=cache,
-        batch_size=2,
-        show_progress=False,
-    )
+    resumed, stats = embed(backbone, paths, shas, tmp_path, cache=cache, batch_size=2)
     assert stats.n_computed == 7 - 4  # two whole batches of 2 had been cached before the interruption
-    fresh, _ = embed_images(
-        backbone,
-        paths,
-        shas,
-        render=Render(),
-        spec=ViewSpec(),
-        cache=FeatureCache(tmp_path / "fresh", backbone.fingerprint()),
-        show_progress=False,
+    fresh, _ = embed(
+        backbone, paths, shas, tmp_path, cache=FeatureCache(tmp_path / "fresh", backbone.fingerprint())
     )
     np.testing.assert_allclose(resumed, fresh, atol=1e-5)
 
@@ -155,23 +168,26 @@ def test_augmented_copies_are_deterministic_per_image_and_differ_between_copies(
     a = Render("augmented", copy=0, augment=AUGMENT, seed=0)
     b = Render("augmented", copy=1, augment=AUGMENT, seed=0)
     c = Render("augmented", copy=0, augment=AUGMENT, seed=1)
-    first = np.asarray(render_image(image, a, shas[0]))
-    assert np.array_equal(first, np.asarray(render_image(image, a, shas[0])))
-    assert not np.array_equal(first, np.asarray(render_image(image, b, shas[0])))
-    assert not np.array_equal(first, np.asarray(render_image(image, c, shas[0])))
-    assert len({a.key, b.key, c.key, Render().key, Render(flip=True).key}) == 5
+    first = render_bytes(image, a, shas[0])
+    assert first == render_bytes(image, a, shas[0])
+    assert first != render_bytes(image, b, shas[0])
+    assert first != render_bytes(image, c, shas[0])
+    assert len({a.key, b.key, c.key, Render().key}) == 4
     other = Render("augmented", copy=0, augment=TrainAugment(color_jitter=0.2), seed=0)
-    assert other.key != a.key  # other augmentation settings never reuse cached copies
+    assert other.key != a.key  # other augmentation settings never reuse stored renders
 
 
-def test_clean_render_is_the_validator_level0_jpeg_and_flip_mirrors_it(images) -> None:
+def test_clean_render_is_the_validator_level0_jpeg_and_the_store_keeps_it(tmp_path, images) -> None:
     paths, shas = images
     with Image.open(paths[1]) as image:
         image = image.convert("RGB")
-    clean = render_image(image, Render(), shas[1])
-    assert clean.size == (224, 224)
-    flipped = render_image(image, Render(flip=True), shas[1])
-    assert np.array_equal(np.asarray(flipped), np.asarray(clean)[:, ::-1])
+    clean = render_bytes(image, Render(), shas[1])
+    assert clean == render_as_validator(image, 0, np.random.default_rng(0))
+    assert decoded(clean).size == (224, 224)
+    store = RenderStore(tmp_path / "renders")
+    assert store.get(paths[1], shas[1], Render()) == clean
+    assert len(list((tmp_path / "renders").rglob("*.jpg"))) == 1
+    assert store.get(paths[1], shas[1], Render()) == clean  # read back
 
 
 def test_cache_refuses_a_folder_of_another_backbone(tmp_path: Path) -> None:
@@ -197,25 +213,17 @@ def test_bad_inputs_name_the_problem(tmp_path, backbone, images) -> None:
     paths, shas = images
     cache = cache_for(tmp_path, backbone)
     with pytest.raises(ValueError, match="equal lengths"):
-        embed_images(backbone, paths, shas[:-1], render=Render(), spec=ViewSpec(), cache=cache)
+        embed(backbone, paths, shas[:-1], tmp_path, cache=cache)
     with pytest.raises(ValueError, match="sha256"):
-        embed_images(backbone, paths[:1], ["xyz"], render=Render(), spec=ViewSpec(), cache=cache)
+        embed(backbone, paths[:1], ["xyz"], tmp_path, cache=cache)
     with pytest.raises(FileNotFoundError, match=r"missing\.jpg"):
-        embed_images(
-            backbone,
-            [tmp_path / "missing.jpg"],
-            ["0" * 64],
-            render=Render(),
-            spec=ViewSpec(),
-            cache=cache,
-            show_progress=False,
-        )
+        embed(backbone, [tmp_path / "missing.jpg"], ["0" * 64], tmp_path, cache=cache)
     with pytest.raises(ValueError, match=r"Render\.augment"):
         Render("augmented")
 
 
 def test_numerics_key_keeps_cpu_float32_and_separates_everything_else() -> None:
-    from roadwork.train.embed import numerics_key
+    from roadwork.models.inference import numerics_key
 
     fingerprint = "ab" * 32
     keys = {
@@ -230,7 +238,7 @@ def test_numerics_key_keeps_cpu_float32_and_separates_everything_else() -> None:
 
 
 def test_bf16_forward_is_close_to_float32_but_not_equal(backbone, images) -> None:
-    from roadwork.train.embed import forward_views
+    from roadwork.models.inference import forward_views
 
     paths, _ = images
     views = []

@@ -108,7 +108,8 @@ def test_two_clean_runs_give_identical_splits_and_metrics(tmp_path: Path) -> Non
     params.embed.train_copies = 1
     params.train.max_epochs = 3
     params.evaluate.bootstrap_resamples = 100
-    params.evaluate.robustness_copies = 1
+    params.evaluate.renders_per_level = 1
+    params.evaluate.reward_streams = 50
     generate_dataset(tmp_path / "data", n=80, seed=9, show_progress=False)
     before = Path.cwd()
     results = []

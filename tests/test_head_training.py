@@ -638,11 +638,6 @@ def test_feature_set_accepts_shared_ids_and_converts_dtypes() -> None:
         (FeatureSet(TRAIN.features[:4], np.ones(4, np.int64), TRAIN.ids[:4]), VAL, r"train\.labels.*class 0"),
         (TRAIN, make_split(2, 20, views=2, prefix="val"), r"val_select\.features"),
         (TRAIN, make_split(2, 20), r"both train and val_select"),
-        (
-            TRAIN,
-            FeatureSet(VAL.features[:4], np.array([0, 0, 1, 1]), np.array(["v", "v", "w", "w"])),
-            "repeated",
-        ),
     ],
 )
 def test_fit_head_rejects_bad_splits(tmp_path: Path, train: FeatureSet, val: FeatureSet, match: str) -> None:

@@ -24,14 +24,14 @@ from PIL import Image, ImageFile
 from roadwork.data.images import (
     ImageRejected,
     decode_image,
-    downscale,
+    downscale_short_side,
     open_image,
     pillow_pixel_limit,
     sha256_file,
 )
 from roadwork.data.ingest import MANIFEST_COLUMNS, QUARANTINE_REASONS, IngestResult, ingest
 
-WORKING_MAX_SIDE = 32
+WORKING_MIN_SIDE = 16
 
 
 # ---------------------------------------------------------------------------------------------- builders
@@ -274,7 +274,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def ingested(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, IngestResult]:
     out = tmp_path_factory.mktemp("out") / "ingest"
-    result = ingest(corpus, out, working_max_side=WORKING_MAX_SIDE, show_progress=False)
+    result = ingest(corpus, out, working_min_side=WORKING_MIN_SIDE, show_progress=False)
     return out, result
 
 
@@ -396,15 +396,15 @@ def test_downscale_keeps_aspect_never_upscales_and_matches_full_lanczos() -> Non
     y, x = np.mgrid[0:300, 0:400]
     wave = 127 + 100 * np.sin(x / 13.0) * np.cos(y / 17.0)
     image = Image.fromarray(np.repeat(wave[..., None], 3, axis=2).astype(np.uint8))
-    small = downscale(image, 100)
+    small = downscale_short_side(image, 75)
     assert small.size == (100, 75)
-    assert downscale(small, 100) is small and downscale(small, 500) is small
-    assert downscale(Image.new("RGB", (30, 1000)), 100).size == (3, 100)
+    assert downscale_short_side(small, 75) is small and downscale_short_side(small, 500) is small
+    assert downscale_short_side(Image.new("RGB", (30, 1000)), 3).size == (3, 100)
     # reducing_gap trades a little exactness for speed: it must stay close to a full Lanczos resize.
     reference = np.asarray(image.resize((100, 75), Image.Resampling.LANCZOS), dtype=float)
     assert np.abs(np.asarray(small, dtype=float) - reference).mean() < 1.0
-    with pytest.raises(ValueError, match="max_side"):
-        downscale(image, 0)
+    with pytest.raises(ValueError, match="min_side"):
+        downscale_short_side(image, 0)
 
 
 # ---------------------------------------------------------------------------------------------- ingest
@@ -485,7 +485,9 @@ def test_working_copies(ingested: tuple[Path, IngestResult]) -> None:
             assert copy.format == "JPEG" and copy.mode == "RGB"
             assert len(copy.getexif()) == 0 and "icc_profile" not in copy.info
             width, height = int(row["width"]), int(row["height"])
-            scale = min(1.0, WORKING_MAX_SIDE / max(width, height))
+            # the shorter side shrinks to WORKING_MIN_SIDE, never grows: the rule every render relies on
+            assert min(copy.size) == min(WORKING_MIN_SIDE, width, height), rel
+            scale = min(1.0, WORKING_MIN_SIDE / min(width, height))
             assert copy.size == (round(width * scale), round(height * scale)), rel
     with Image.open(out / manifest.loc["roadwork/EXIF_ROT.JPG", "working_path"]) as rotated:
         pixels = np.asarray(rotated, dtype=float)
@@ -497,7 +499,7 @@ def test_working_copies(ingested: tuple[Path, IngestResult]) -> None:
 def test_nothing_written_outside_out_dir(corpus: Path, tmp_path: Path) -> None:
     before = _tree_bytes(corpus.parent)
     out = tmp_path / "out"
-    ingest(corpus, out, working_max_side=WORKING_MAX_SIDE, show_progress=False)
+    ingest(corpus, out, working_min_side=WORKING_MIN_SIDE, show_progress=False)
     assert _tree_bytes(corpus.parent) == before
     assert sorted(p.name for p in out.iterdir()) == ["images", "manifest.csv", "quarantine.csv"]
 
@@ -508,8 +510,8 @@ def test_deterministic_and_workers_do_not_change_output(
     first, _ = ingested
     again = tmp_path / "again"
     pooled = tmp_path / "pooled"
-    ingest(corpus, again, working_max_side=WORKING_MAX_SIDE, show_progress=False)
-    ingest(corpus, pooled, working_max_side=WORKING_MAX_SIDE, workers=2, show_progress=False)
+    ingest(corpus, again, working_min_side=WORKING_MIN_SIDE, show_progress=False)
+    ingest(corpus, pooled, working_min_side=WORKING_MIN_SIDE, workers=2, show_progress=False)
     reference = _tree_bytes(first)
     assert len(reference) > 20
     assert _tree_bytes(again) == reference
@@ -523,7 +525,7 @@ def test_stale_working_copies_are_removed_other_files_kept(corpus: Path, tmp_pat
     stale.write_bytes(b"old")
     mine = out / "images" / "notes.txt"
     mine.write_text("user file")
-    ingest(corpus, out, working_max_side=WORKING_MAX_SIDE, show_progress=False)
+    ingest(corpus, out, working_min_side=WORKING_MIN_SIDE, show_progress=False)
     assert not stale.exists() and mine.read_text() == "user file"
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -74,6 +75,7 @@ def shrink_params(params_file: Path) -> None:
     params.backbone.id = "tiny"
     params.embed.train_copies = 1
     params.train.max_epochs = 3
+    params.evaluate.update({"renders_per_level": 2, "reward_streams": 200, "bootstrap_resamples": 200})
     params.adapt.update(
         {"max_steps": 2, "batch_size": 8, "local_crop_size": 48, "out_dim": 64, "head_hidden_dim": 32}
     )
@@ -147,14 +149,22 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced: tuple[Path, str])
     train = json.loads((repo / "outputs/train/base/metrics.json").read_text())
     assert train["epochs_run"] <= 3 and -1 <= train["val_select_mcc"] <= 1
     logits = (repo / "outputs/train/base/logits/val_calib.csv").read_text().splitlines()
-    assert logits[0] == "sha256,path,z0,z1,margin" and len(logits) - 1 == split["val_calib_n"]
+    # the clean render and one render at each of L1-L3 per val_calib image
+    assert logits[0] == "sha256,path,render,level,margin" and len(logits) - 1 == 4 * split["val_calib_n"]
     policy = json.loads((repo / "outputs/calibrate/base/policy.json").read_text())
     assert policy["calibrator"]["name"] == "temperature" and len(policy["split_hash"]) == 64
     evaluate = json.loads((repo / "outputs/evaluate/base/metrics.json").read_text())
     assert evaluate["test_n"] == split["val_test_n"]
+    headline = ("validator_mcc", "validator_accuracy", "predicted_positive_rate", "expected_reward")
+    assert list(evaluate)[:4] == list(headline)
+    for name in ("validator_mcc", "expected_reward", "lift_over_probe"):
+        assert evaluate[f"{name}_low"] <= evaluate[name] <= evaluate[f"{name}_high"]
+    assert evaluate["lift_over_probe"] == pytest.approx(
+        evaluate["validator_mcc"] - evaluate["probe_validator_mcc"], abs=1e-12
+    )
     assert evaluate["test_mcc_low"] <= evaluate["test_mcc"] <= evaluate["test_mcc_high"]
     assert evaluate["test_deployed_agrees_with_decision"] == 1.0
-    assert {f"test_L{level}_mcc" for level in range(4)} <= set(evaluate)
+    assert {f"L{level}_mcc" for level in range(4)} <= set(evaluate)
     for plot in ("roc", "pr", "reliability", "threshold_sweep", "confusion", "risk_coverage", "worst_errors"):
         assert (repo / f"outputs/evaluate/base/plots/{plot}.png").stat().st_size > 1000
 
@@ -198,9 +208,11 @@ def test_stage_runs_are_tracked_and_grouped(reproduced: tuple[Path, str]) -> Non
     # per-epoch curves through Lightning's MLFlowLogger, one point per epoch run
     curve = client.get_metric_history(train.info.run_id, "val_mcc")
     assert [m.step for m in curve] == list(range(int(train.data.metrics["epochs_run"])))
-    # dedupe's embedding check cached the clean renders: embed only computed the augmented train copies
-    embed = stages["embed"]
-    assert embed.data.metrics["images_computed"] == embed.data.metrics["train_images"]
+    # dedupe's embedding check cached the clean renders: embed computed only the augmented train copies
+    # (less those that drew level 0, the same bytes as the clean render) and the L1-L3 val renders
+    embed = stages["embed"].data.metrics
+    renders = embed["train_images"] + 3 * (embed["val_select_images"] + embed["val_calib_images"])
+    assert 0.6 * renders < embed["images_computed"] <= renders
     # ExPLoRA: parameter counts, the SSL curve per step and the merge check in MLflow
     adapt = stages["adapt"]
     assert 0 < adapt.data.metrics["trainable_pct"] < 100
@@ -226,8 +238,48 @@ def test_adapted_variant_runs_on_the_adapted_backbone(reproduced: tuple[Path, st
         assert json.loads((repo / f"outputs/evaluate/{variant}/metrics.json").read_text())["test_n"] > 0
     choice = json.loads((repo / "outputs/bundle/choice.json").read_text())
     assert set(choice["candidates"]) == {"base", "adapted"}
-    best = max(choice["candidates"], key=lambda v: (choice["candidates"][v]["val_calib_mcc"], v == "base"))
+    best = max(
+        choice["candidates"], key=lambda v: (choice["candidates"][v]["val_calib_validator_mcc"], v == "base")
+    )
     assert choice["chosen"] == best
+
+
+def test_what_is_evaluated_is_what_ships(
+    reproduced: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate's predictions equal the registered pyfunc's answers on the same rendered bytes, and
+    ``roadwork promote`` scores that model exactly as evaluate did."""
+    import mlflow
+    import pandas as pd
+
+    from roadwork.config import load_config
+    from roadwork.deploy.registry import predict_with
+    from roadwork.stages.scoring import evaluation_renders, rendered_bytes
+
+    repo, _ = reproduced
+    monkeypatch.chdir(repo)
+    cfg = load_config(repo / "params.yaml")
+    variant = json.loads((repo / "outputs/bundle/choice.json").read_text())["chosen"]
+    evaluated = pd.read_csv(repo / f"outputs/evaluate/{variant}/predictions.csv", dtype={"sha256": str})
+    splits = pd.read_csv(repo / "outputs/split/splits.csv", dtype={"sha256": str, "path": str})
+    frame = splits[splits["split"] == "val_test"].sort_values("path").reset_index(drop=True)
+    mlflow.set_tracking_uri(TRACKING_URI["uri"])
+    model = mlflow.pyfunc.load_model("models:/roadwork-classifier@challenger")
+    renders = evaluation_renders(cfg)
+    assert sorted({r.level for r in renders}) == [0, 1, 2, 3] and len(renders) == 1 + 3 * 2
+    for render in renders:
+        served = predict_with(model, rendered_bytes(frame, render))
+        ours = evaluated[evaluated["render"] == render.key].reset_index(drop=True)
+        assert list(ours["sha256"]) == list(frame["sha256"])
+        np.testing.assert_allclose(served["probability"], ours["probability"], atol=1e-5, rtol=0)
+        assert (served["decision"].to_numpy() == ours["decision"].to_numpy()).all()
+    run(["roadwork", "promote"], repo)
+    client = mlflow.MlflowClient(tracking_uri=TRACKING_URI["uri"])
+    version = client.get_model_version_by_alias("roadwork-classifier", "champion")
+    metrics = json.loads((repo / f"outputs/evaluate/{variant}/metrics.json").read_text())
+    assert float(version.tags["promote.challenger_score"]) == pytest.approx(
+        metrics["expected_reward"], abs=1e-6
+    )
 
 
 def test_cli_override_reaches_mlflow_params(reproduced: tuple[Path, str]) -> None:

@@ -392,9 +392,11 @@ def test_policy_temperature_matches_design_formula() -> None:
 
 def test_fit_policy_constraints() -> None:
     u, y = _logistic_sample(4_000, 13)
-    p_free = fit_policy(u, y, split_hash="s")
-    p_fnr = fit_policy(u, y, max_fnr=0.05, split_hash="s")
-    p_guar = fit_policy(u, y, guarantee=(0.05, 0.1), split_hash="s")
+    # The data's own prior and the exact argmax (the defaults before target_prior/threshold_rule existed).
+    old = {"target_prior": None, "threshold_rule": "argmax"}
+    p_free = fit_policy(u, y, split_hash="s", **old)
+    p_fnr = fit_policy(u, y, max_fnr=0.05, split_hash="s", **old)
+    p_guar = fit_policy(u, y, guarantee=(0.05, 0.1), split_hash="s", **old)
     cal_p = Calibrator.from_dict(p_fnr.calibrator).predict_proba(u)
     assert np.mean(cal_p[y == 1] <= p_fnr.threshold) <= 0.05
     assert p_fnr.threshold <= p_free.threshold

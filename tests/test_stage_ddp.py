@@ -79,7 +79,7 @@ def test_adapt_and_train_in_two_processes_equal_one_process(work: Path) -> None:
     # the last incomplete batch of an epoch is padded with repeated rows on the short rank
     # (DistributedSampler's rule), so the weights drift apart by a few 1e-4 per epoch
     np.testing.assert_allclose(ddp_curves["val_loss"], single_curves["val_loss"], rtol=2e-3)
-    np.testing.assert_allclose(ddp_logits[["z0", "z1"]], single_logits[["z0", "z1"]], rtol=5e-3, atol=5e-3)
+    np.testing.assert_allclose(ddp_logits["margin"], single_logits["margin"], rtol=5e-3, atol=5e-3)
     runs = stage_runs("train")
     assert len(runs) == 2
     ddp_run = max(runs, key=lambda r: r.info.start_time)

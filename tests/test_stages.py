@@ -66,7 +66,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         updates={
             "embed": {"train_copies": 1},
             "train": {"max_epochs": 3},
-            "evaluate": {"bootstrap_resamples": 50, "robustness_copies": 1},
+            "evaluate": {"bootstrap_resamples": 50, "renders_per_level": 1, "reward_streams": 50},
         },
     )
 
@@ -153,8 +153,10 @@ def test_train_writes_logits_and_tta_averages_over_the_flip(work: Path) -> None:
     run("embed")
     run("train")
     without = pd.read_csv("outputs/train/base/logits/val_calib.csv")
-    assert list(without.columns) == ["sha256", "path", "z0", "z1", "margin"]
-    np.testing.assert_allclose(without["margin"], without["z1"] - without["z0"], rtol=1e-6)
+    assert list(without.columns) == ["sha256", "path", "render", "level", "margin"]
+    # one row per validator render of each image: the clean one and one at each of L1-L3
+    assert sorted(without["level"].unique()) == [0, 1, 2, 3]
+    assert (without.groupby("sha256").size() == 4).all()
     assert not np.allclose(with_tta["margin"], without["margin"])
     m = metrics("train")
     assert m["val_select_mcc"] == pytest.approx(m["selection_metric"], abs=1e-9)
@@ -167,8 +169,11 @@ def test_calibrate_and_evaluate_follow_their_parameters(work: Path) -> None:
     run("calibrate")
     policy = json.loads(Path("outputs/calibrate/base/policy.json").read_text())
     assert policy["calibrator"]["name"] == "temperature" and policy["conformal"] is not None
+    assert policy["threshold_rule"] == "shrink" and policy["target_prior"] == 0.5
+    run("calibrate", "calibrate.threshold_rule=argmax", "calibrate.target_prior=null")
+    policy = json.loads(Path("outputs/calibrate/base/policy.json").read_text())
     sweep = pd.read_csv("outputs/calibrate/base/threshold_sweep.csv")
-    assert policy["threshold"] in set(sweep["threshold"])
+    assert policy["threshold"] in set(sweep["threshold"])  # the exact argmax is one of the sweep's cuts
     run("calibrate", "calibrate.method=isotonic", "calibrate.conformal_alpha=null", "calibrate.max_fnr=0.2")
     policy = json.loads(Path("outputs/calibrate/base/policy.json").read_text())
     assert policy["calibrator"]["name"] == "isotonic" and policy["conformal"] is None
@@ -179,15 +184,22 @@ def test_calibrate_and_evaluate_follow_their_parameters(work: Path) -> None:
     run("evaluate")
     m = metrics("evaluate")
     predictions = pd.read_csv("outputs/evaluate/base/predictions.csv")
-    assert m["test_n"] == len(predictions)
+    clean = predictions[predictions["level"] == 0]
+    assert m["test_n"] == len(clean) and len(predictions) == 4 * len(clean)  # L0 + 1 render at L1-L3
+    assert list(m)[:4] == [
+        "validator_mcc",
+        "validator_accuracy",
+        "predicted_positive_rate",
+        "expected_reward",
+    ]
     assert ((predictions["probability"] > 0.5) == (predictions["decision"] == 1)).all()
     slices = pd.read_csv("outputs/evaluate/base/slices.csv")
     assert {"time_of_day", "weather", "camera"} <= set(slices["column"])
-    assert (slices.groupby("column")["n"].sum() == len(predictions)).all()
+    assert (slices.groupby("column")["n"].sum() == len(clean)).all()
     levels = pd.read_csv("outputs/evaluate/base/robustness.csv")
     assert list(levels["level"]) == [0, 1, 2, 3]
     errors = pd.read_csv("outputs/evaluate/base/errors.csv")
-    assert len(errors) == int((predictions["decision"] != predictions["label"]).sum())
+    assert len(errors) == int((clean["decision"] != clean["label"]).sum())
     run("evaluate", "evaluate.ci_level=0.5")
     narrow = metrics("evaluate")
     assert narrow["test_mcc_high"] - narrow["test_mcc_low"] <= m["test_mcc_high"] - m["test_mcc_low"]

@@ -33,7 +33,7 @@ VARIANTS = ("base", "adapted")
 EPILOG = """\
 Stages read params.yaml and accept overrides in Hydra's syntax, e.g.
   roadwork split split.seed=3
-  roadwork ingest ingest.working_max_side=512 --params my_params.yaml
+  roadwork ingest ingest.working_min_side=640 --params my_params.yaml
 Normally DVC runs them: `dvc repro` (all stages), `dvc exp run -S split.seed=3` (a variant).
 """
 
@@ -142,13 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     promote = subparsers.add_parser(
         "promote",
         help="move 'champion' to 'challenger' when it is better on the current hold-out",
-        description="Evaluate the registered 'challenger' and 'champion' on today's val_test images and "
-        "move 'champion' only when challenger > champion + min-delta (the first model becomes champion). "
-        "The decision and both scores are recorded as tags on the challenger version.",
+        description="Run the registered 'challenger' and 'champion' on today's val_test images rendered as "
+        "the validator sends them (the renders evaluate scores) and move 'champion' only when challenger > "
+        "champion + min-delta and the paired group-bootstrap interval of the difference lies above zero "
+        "(the first model becomes champion). The decision, both scores and the interval are recorded as "
+        "tags on the challenger version.",
     )
     promote.add_argument(
         "--metric",
-        choices=("mcc", "accuracy", "validator_score", "auroc"),
+        choices=("expected_reward", "validator_mcc", "validator_accuracy"),
         default=None,
         help="comparison metric (default: params.yaml deploy.promote_metric)",
     )

@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 class SynthParams:
     """The embedded synthetic data set that ``make demo`` draws when ``data/`` is absent."""
 
-    n: int = 600
+    n: int = 1700
     seed: int = 0
     near_duplicate_fraction: float = 0.08
 
@@ -48,7 +48,7 @@ class DataParams:
 
 @dataclass
 class IngestParams:
-    working_max_side: int = 384
+    working_min_side: int = 512
     jpeg_quality: int = 95
     max_pixels: int = 100_000_000
     min_side: int = 16
@@ -102,6 +102,7 @@ class EmbedParams:
     grid: int = 3
     tile_overlap: float = 0.25
     train_copies: int = 2
+    val_renders_per_level: int = 1
     tta_flip: bool = False
     batch_size: int = 32
     device: str = "auto"
@@ -182,6 +183,8 @@ class CalibrateParams:
     guarantee_delta: Optional[float] = None  # noqa: UP045
     conformal_alpha: Optional[float] = 0.1  # noqa: UP045
     ece_bins: int = 15
+    target_prior: Optional[float] = 0.5  # noqa: UP045
+    threshold_rule: str = "shrink"
 
 
 @dataclass
@@ -189,7 +192,8 @@ class EvaluateParams:
     bootstrap_resamples: int = 1000
     ci_level: float = 0.95
     seed: int = 0
-    robustness_copies: int = 2
+    renders_per_level: int = 8
+    reward_streams: int = 2000
     worst_errors: int = 24
 
 
@@ -203,8 +207,9 @@ class DeployParams:
     max_bytes: int = 20_000_000
     max_pixels: int = 50_000_000
     batch_size: int = 32
-    promote_metric: str = "mcc"
+    promote_metric: str = "expected_reward"
     promote_min_delta: float = 0.0
+    promote_confidence: float = 0.95
 
 
 @dataclass
@@ -230,13 +235,20 @@ class RoadworkConfig:
 
 
 VIEW_MODES = ("global", "global+tiles")
+# copies of roadwork.policy.THRESHOLD_RULES / models.inference.VIEW_MODES (a test keeps them equal), so
+# loading params imports neither scipy nor torch
+THRESHOLD_RULES = ("argmax", "shrink")
+PROMOTE_METRICS = ("expected_reward", "validator_mcc", "validator_accuracy")
 
 # (section.key) -> (predicate, what a valid value looks like).
 # Types are checked by OmegaConf; these are ranges.
 _RANGES: dict[str, tuple[Any, str]] = {
     "data.synth.n": (lambda v: v >= 20, "an integer >= 20"),
     "data.synth.near_duplicate_fraction": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
-    "ingest.working_max_side": (lambda v: 32 <= v <= 4096, "an integer in [32, 4096]"),
+    "ingest.working_min_side": (
+        lambda v: 224 <= v <= 8192,
+        "an integer in [224, 8192] (512 keeps every validator crop of 20 % area from upsampling)",
+    ),
     "ingest.jpeg_quality": (lambda v: 1 <= v <= 100, "an integer in [1, 100]"),
     "ingest.max_pixels": (
         lambda v: 0 < v <= (_pillow_limit() or v),
@@ -256,6 +268,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "embed.grid": (lambda v: v >= 2, "an integer >= 2 (tiles per side)"),
     "embed.tile_overlap": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
     "embed.train_copies": (lambda v: v >= 0, "an integer >= 0 (augmented copies per train image)"),
+    "embed.val_renders_per_level": (
+        lambda v: v >= 0,
+        "an integer >= 0 (validator renders per val_select / val_calib image at each of L1-L3)",
+    ),
     "embed.batch_size": (lambda v: v >= 1, "a positive integer"),
     "embed.seed": (lambda v: v >= 0, "an integer >= 0"),
     "embed.device": (lambda v: v in ("auto", "cpu", "gpu"), "one of auto (a GPU if any), cpu, gpu"),
@@ -288,10 +304,22 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "calibrate.guarantee_delta": (lambda v: v is None or 0 < v < 1, "a fraction in (0, 1), or null"),
     "calibrate.conformal_alpha": (lambda v: v is None or 0 < v < 1, "a fraction in (0, 1), or null"),
     "calibrate.ece_bins": (lambda v: v >= 1, "a positive integer"),
+    "calibrate.target_prior": (
+        lambda v: v is None or 0 < v < 1,
+        "a class prior in (0, 1) (0.5: the validator's 50/50 draws), or null for the data's own",
+    ),
+    "calibrate.threshold_rule": (
+        lambda v: v in THRESHOLD_RULES,
+        f"one of {THRESHOLD_RULES}",
+    ),
     "evaluate.bootstrap_resamples": (lambda v: v >= 10, "an integer >= 10"),
     "evaluate.ci_level": (lambda v: 0 < v < 1, "a fraction in (0, 1)"),
     "evaluate.seed": (lambda v: v >= 0, "an integer >= 0"),
-    "evaluate.robustness_copies": (lambda v: v >= 1, "a positive integer (renders per image and level)"),
+    "evaluate.renders_per_level": (
+        lambda v: v >= 1,
+        "a positive integer (validator renders per val_test image at each of L1-L3)",
+    ),
+    "evaluate.reward_streams": (lambda v: v >= 10, "an integer >= 10 (simulated challenge streams)"),
     "evaluate.worst_errors": (lambda v: v >= 0, "an integer >= 0"),
     "deploy.registered_model": (lambda v: bool(v.strip()), "a non-empty registered model name"),
     "deploy.version": (
@@ -305,9 +333,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
     ),
     "deploy.batch_size": (lambda v: v >= 1, "a positive integer"),
     "deploy.promote_metric": (
-        lambda v: v in ("mcc", "accuracy", "validator_score", "auroc"),
-        "one of mcc, accuracy, validator_score, auroc",
+        lambda v: v in PROMOTE_METRICS,
+        f"one of {PROMOTE_METRICS}",
     ),
+    "deploy.promote_confidence": (lambda v: 0 < v < 1, "a confidence level in (0, 1), e.g. 0.95"),
     "deploy.promote_min_delta": (lambda v: v >= 0, "a number >= 0"),
 }
 

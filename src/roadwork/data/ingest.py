@@ -50,7 +50,7 @@ from roadwork.data.images import (
     ImageRejected,
     check_max_pixels,
     decode_image,
-    downscale,
+    downscale_short_side,
     sha256_file,
 )
 
@@ -110,7 +110,7 @@ class IngestResult:
 @dataclass(frozen=True)
 class _Settings:
     images_dir: Path
-    working_max_side: int
+    working_min_side: int
     jpeg_quality: int
     max_pixels: int
     min_side: int
@@ -388,13 +388,13 @@ def _process(task: _Task, settings: _Settings) -> _Kept | _Quarantined:
             source,
             max_pixels=settings.max_pixels,
             min_side=settings.min_side,
-            draft_size=2 * settings.working_max_side,
+            draft_size=2 * settings.working_min_side,
         )
     except ImageRejected as rejected:
         return _Quarantined(task.path, rejected.reason_code, rejected.message)
     except OSError as error:
         return _Quarantined(task.path, "unreadable_file", f"cannot read: {error.strerror or error}")
-    working = downscale(decoded.image, settings.working_max_side)
+    working = downscale_short_side(decoded.image, settings.working_min_side)
     name = f"{sha256}.jpg"
     # Pillow writes EXIF/ICC only when passed to save(), so the copy carries neither.
     atomic_write(
@@ -468,7 +468,7 @@ def ingest(
     data_dir: Path,
     out_dir: Path,
     *,
-    working_max_side: int = 512,
+    working_min_side: int = 512,
     jpeg_quality: int = 95,
     max_pixels: int = 100_000_000,
     min_side: int = 16,
@@ -478,9 +478,10 @@ def ingest(
     """Decode and verify every input under ``data_dir``; write working copies, manifest and quarantine list.
 
     See the module docstring for the accepted layouts. Every input is decoded exactly once (JPEGs in draft
-    mode at about ``2 * working_max_side``) and ends in exactly one of the two outputs:
+    mode at about ``2 * working_min_side``) and ends in exactly one of the two outputs:
 
-    * ``out_dir/images/<sha256>.jpg``: the working copy, longer side at most ``working_max_side`` pixels,
+    * ``out_dir/images/<sha256>.jpg``: the working copy every validator render starts from, shrunk so its
+      shorter side is ``working_min_side`` pixels (never enlarged: a smaller original keeps its size),
       JPEG ``jpeg_quality``, RGB, no EXIF/ICC; named by the SHA-256 of the *original bytes*, so
       byte-identical inputs share one file. Stale copies from earlier runs in that folder are removed.
     * ``out_dir/manifest.csv``: one row per kept input sorted by ``path``, columns :data:`MANIFEST_COLUMNS`
@@ -496,7 +497,8 @@ def ingest(
     Args:
         data_dir: folder holding the inputs.
         out_dir: output folder (created); must not lie inside ``data_dir``.
-        working_max_side: longer side of the working copies, pixels (>= 1).
+        working_min_side: shorter side of the working copies, pixels (>= 1). 512 is the smallest that never
+            upsamples a validator crop (20 % of the area: sqrt(0.2) * 512 = 229 >= 224 pixels).
         jpeg_quality: JPEG quality of the working copies, 1..100.
         max_pixels: largest accepted declared width x height; larger inputs are quarantined
             ``too_many_pixels`` without being decoded.
@@ -517,7 +519,7 @@ def ingest(
             "data_dir and out_dir must be pathlib.Path, got "
             f"{type(data_dir).__name__} and {type(out_dir).__name__}"
         )
-    _check_int(working_max_side, "working_max_side", 1)
+    _check_int(working_min_side, "working_min_side", 1)
     _check_int(jpeg_quality, "jpeg_quality", 1, 100)
     check_max_pixels(max_pixels)
     _check_int(min_side, "min_side", 1)
@@ -572,7 +574,7 @@ def ingest(
 
     images_dir = out_dir / IMAGES_DIR
     images_dir.mkdir(parents=True, exist_ok=True)
-    settings = _Settings(images_dir, working_max_side, jpeg_quality, max_pixels, min_side)
+    settings = _Settings(images_dir, working_min_side, jpeg_quality, max_pixels, min_side)
     kept: list[_Kept] = []
     quarantined: list[_Quarantined] = []
     with tqdm(total=n_inputs, desc="ingest", unit="img", disable=not show_progress) as progress:

@@ -555,8 +555,7 @@ class TrainAugment:
             f"erase_p={self.erase_p}, flip_p={self.flip_p}, jpeg={self.jpeg})"
         )
 
-    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
-        """Augment one image; deterministic given ``rng``'s state. Returns a 224x224 RGB image."""
+    def _augment(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
         _check_rng(rng)
         level = int(rng.choice(4, p=self.level_probs))
         out = validator_augment(image, level, rng, flip_p=self.flip_p)
@@ -567,10 +566,26 @@ class TrainAugment:
             out = TF.adjust_saturation(out, float(rng.uniform(1 - s, 1 + s)))
         if self.erase_p > 0 and rng.random() < self.erase_p:
             out = self._erase(out, rng)
-        if self.jpeg:
-            with Image.open(io.BytesIO(_jpeg_bytes(out))) as decoded:
-                out = decoded.convert("RGB")
         return out
+
+    def encode(self, image: Image.Image, rng: np.random.Generator) -> bytes:
+        """Augment one image and encode it: the validator's JPEG when ``jpeg``, else lossless PNG.
+
+        These are the bytes a miner would receive; deterministic given ``rng``'s state.
+        """
+        out = self._augment(image, rng)
+        if self.jpeg:
+            return _jpeg_bytes(out)
+        buffer = io.BytesIO()
+        out.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """Augment one image; deterministic given ``rng``'s state. Returns a 224x224 RGB image."""
+        if not self.jpeg:
+            return self._augment(image, rng)
+        with Image.open(io.BytesIO(self.encode(image, rng))) as decoded:
+            return decoded.convert("RGB")
 
     @staticmethod
     def _erase(image: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -25,7 +25,7 @@ STAGE_SPLITS: dict[str, frozenset[str]] = {
     "embed": frozenset(SPLITS),  # features only: embedding is label-free
     "train": frozenset({"train", "val_select"}),
     "calibrate": frozenset({"val_calib"}),
-    "evaluate": frozenset({"val_test"}),
+    "evaluate": frozenset({"train", "val_select", "val_test"}),  # train + val_select: the probe baseline only
     "bundle": frozenset({"val_select", "val_calib"}),
     "promote": frozenset({"val_test"}),
 }

@@ -1,11 +1,13 @@
 """The deployed model: backbone + head + policy + views, applied to encoded images.
 
-One inference path serves the MLflow pyfunc (and so ``mlflow models serve``), ``roadwork predict`` and
-``roadwork promote``. A model folder holds ``backbone/`` (:meth:`Backbone.save`), ``head.safetensors`` +
-``head.json``, ``policy.json`` and ``predictor.json`` (views, test-time flip, input limits). Images are
+The MLflow pyfunc (and so ``mlflow models serve``), ``roadwork predict`` and ``roadwork promote`` run it;
+its margins come from :func:`roadwork.models.inference.infer_margins`, the one inference path that training,
+evaluation and the exports use too. A model folder holds ``backbone/`` (:meth:`Backbone.save`),
+``head.safetensors`` + ``head.json``, ``policy.json`` and ``predictor.json`` (views, test-time flip, input
+limits). Images are
 decoded by :func:`roadwork.data.images.decode_image` (limits on bytes and pixels checked before any pixel
-is decoded) and preprocessed by the backbone's own preprocessing; what the validator sends (a 224x224
-JPEG) is exactly what the clean render used in training looks like.
+is decoded), then the inference path applies the validator's level-0 geometry (the identity on the 224x224
+JPEG the validator sends) and the backbone's own preprocessing.
 
 Per image the output is ``probability`` (the policy folded in: > 0.5 exactly when the decision is
 roadwork), ``calibrated_probability``, ``decision`` (0/1), ``abstain`` and ``error`` (empty, or why the
@@ -63,7 +65,7 @@ class Predictor:
     """Backbone, head, policy and spec; :meth:`predict` maps encoded images to the output columns."""
 
     def __init__(self, backbone: Any, head: Any, policy: Any, spec: PredictorSpec) -> None:
-        from roadwork.train.embed import ViewSpec
+        from roadwork.models.inference import ViewSpec
 
         self.backbone, self.head, self.policy, self.spec = backbone, head, policy, spec
         self.view_spec = ViewSpec(spec.views, spec.grid, spec.overlap)
@@ -116,25 +118,17 @@ class Predictor:
         return decode_image(source, max_pixels=self.spec.max_pixels, min_side=1).image
 
     def margins(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Margins ``z1 - z0`` of decoded images (flip-averaged logits when ``tta_flip``)."""
-        from roadwork.train.embed import forward_views, image_views
-        from roadwork.train.head import predict_logits
+        """Margins ``z1 - z0`` of decoded images through :func:`roadwork.models.inference.infer_margins`."""
+        from roadwork.models.inference import infer_margins
 
-        out = []
-        for begin in range(0, len(images), self.spec.batch_size):
-            batch = list(images[begin : begin + self.spec.batch_size])
-            variants = [batch]
-            if self.spec.tta_flip:
-                variants.append([im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in batch])
-            logits = []
-            for group in variants:
-                features = np.stack(
-                    forward_views(self.backbone, [image_views(im, self.view_spec) for im in group])
-                )
-                logits.append(predict_logits(self.head, features))
-            mean = sum(logits) / len(logits)
-            out.append(mean[:, 1] - mean[:, 0])
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        return infer_margins(
+            self.backbone,
+            self.head,
+            list(images),
+            spec=self.view_spec,
+            tta_flip=self.spec.tta_flip,
+            batch_size=self.spec.batch_size,
+        )
 
     def predict(self, sources: Sequence[bytes | Path]) -> pd.DataFrame:
         """One row per source, in order, with :data:`OUTPUT_COLUMNS`; bad inputs get an ``error``."""

@@ -20,17 +20,14 @@ import pandas as pd
 
 MODEL_NAME = "roadwork-classifier"
 CHALLENGER, CHAMPION = "challenger", "champion"
-PROMOTION_METRICS = ("mcc", "accuracy", "validator_score", "auroc")
 
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
     "MODEL_NAME",
-    "PROMOTION_METRICS",
     "PromotionDecision",
     "decide_promotion",
     "log_pyfunc",
-    "score_predictions",
 ]
 
 
@@ -86,43 +83,43 @@ def log_pyfunc(model_dir: Path, *, registered_model_name: str | None, tags: Mapp
     return info
 
 
-def score_predictions(metric: str, y_true: np.ndarray, predictions: pd.DataFrame) -> float:
-    """``metric`` of a pyfunc output on labelled images (rows with an ``error`` count as wrong)."""
-    from roadwork import metrics as M
-
-    if metric not in PROMOTION_METRICS:
-        raise ValueError(f"metric must be one of {PROMOTION_METRICS}, got {metric!r}.")
-    decision = predictions["decision"].to_numpy()
-    failed = decision < 0
-    # An unreadable image is a wrong answer, never a free pass.
-    decision = np.where(failed, 1 - np.asarray(y_true), decision).astype(int)
-    if metric == "auroc":
-        p = predictions["probability"].fillna(0.5).to_numpy()
-        return M.auroc(y_true, p)
-    mcc, acc = M.mcc(y_true, decision), M.accuracy(y_true, decision)
-    return {"mcc": mcc, "accuracy": acc, "validator_score": M.validator_score(mcc, acc)}[metric]
-
-
 @dataclass(frozen=True)
 class PromotionDecision:
     promote: bool
     reason: str
 
 
-def decide_promotion(challenger: float, champion: float | None, min_delta: float) -> PromotionDecision:
-    """The rule: no champion -> promote; else promote iff ``challenger > champion + min_delta``."""
+def decide_promotion(
+    challenger: float,
+    champion: float | None,
+    min_delta: float,
+    difference_low: float | None = None,
+) -> PromotionDecision:
+    """The rule: no champion -> promote; else promote iff ``challenger > champion + min_delta`` **and** the
+    lower bound ``difference_low`` of the paired interval of ``challenger - champion`` is above zero.
+
+    ``difference_low`` None skips the second test (a caller without an interval). Ties keep the champion.
+    """
     if min_delta < 0 or not np.isfinite(min_delta):
         raise ValueError(f"min_delta must be finite and >= 0, got {min_delta!r}.")
     if champion is None:
         return PromotionDecision(True, "no champion yet: the first model becomes champion")
     if not np.isfinite(challenger):
         return PromotionDecision(False, f"challenger score is {challenger}; nothing to compare")
-    if challenger > champion + min_delta:
+    if challenger <= champion + min_delta:
         return PromotionDecision(
-            True, f"challenger {challenger:.4f} > champion {champion:.4f} + min_delta {min_delta:g}"
+            False, f"challenger {challenger:.4f} <= champion {champion:.4f} + min_delta {min_delta:g}"
+        )
+    if difference_low is not None and not difference_low > 0:
+        return PromotionDecision(
+            False,
+            f"no significant difference: challenger {challenger:.4f} vs champion {champion:.4f}, the "
+            f"interval of the difference starts at {difference_low:+.4f} (not above 0)",
         )
     return PromotionDecision(
-        False, f"challenger {challenger:.4f} <= champion {champion:.4f} + min_delta {min_delta:g}"
+        True,
+        f"challenger {challenger:.4f} > champion {champion:.4f} + min_delta {min_delta:g}"
+        + ("" if difference_low is None else f", difference's lower bound {difference_low:+.4f} > 0"),
     )
 
 
@@ -137,22 +134,29 @@ def alias_version(client: Any, name: str, alias: str) -> Any | None:
 
 
 def predict_with(
-    model_uri: str, paths: list[Path], progress: Callable[[int], None] | None = None
+    model: Any, sources: list[bytes | Path], progress: Callable[[int], None] | None = None
 ) -> pd.DataFrame:
-    """Load the pyfunc at ``model_uri`` and predict ``paths`` in chunks (``progress(n_done)`` after each).
+    """Predict ``sources`` (encoded image bytes, or paths) with a loaded pyfunc, in chunks
+    (``progress(n_done)`` after each); ``model`` may also be a model URI, loaded here.
 
     A chunk is one backbone batch of the model (its ``PredictorSpec.batch_size``, set from
     ``deploy.batch_size`` when it was bundled): the pyfunc decodes a call's images before its forwards, so
-    chunking bounds memory, and the progress bar moves once per forward.
+    chunking bounds memory, and the progress bar moves once per forward. Bytes go in the ``image`` column,
+    exactly as the served model receives them; paths in ``path``.
     """
     import mlflow
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    if isinstance(model, str):
+        model = mlflow.pyfunc.load_model(model)
     chunk = model.unwrap_python_model().predictor.spec.batch_size
     chunks = []
-    for begin in range(0, len(paths), chunk):
-        part = [str(p) for p in paths[begin : begin + chunk]]
-        chunks.append(model.predict(pd.DataFrame({"path": part})))
+    for begin in range(0, len(sources), chunk):
+        part = sources[begin : begin + chunk]
+        if all(isinstance(x, (bytes, bytearray)) for x in part):
+            frame = pd.DataFrame({"image": [bytes(x) for x in part]})
+        else:
+            frame = pd.DataFrame({"path": [str(p) for p in part]})
+        chunks.append(model.predict(frame))
         if progress:
             progress(len(part))
     columns = ["probability", "calibrated_probability", "decision", "abstain", "error"]

@@ -43,13 +43,32 @@ from roadwork.metrics.curves import (
     roc_curve,
     threshold_counts,
 )
-from roadwork.metrics.intervals import bootstrap_ci, wilson_interval
+from roadwork.metrics.intervals import (
+    bootstrap_ci,
+    group_bootstrap,
+    group_resample_indices,
+    group_resamples,
+    paired_bootstrap_diff,
+    wilson_interval,
+)
 from roadwork.metrics.report import classification_report, validator_score
 from roadwork.metrics.selective import RiskCoverageCurve, augrc, risk_coverage_curve
 from roadwork.metrics.sets import abstention_rate, check_sets, empty_set_rate, set_coverage
+from roadwork.metrics.validator import (
+    UNIFORM_LEVELS,
+    ExpectedConfusion,
+    expected_reward,
+    reward,
+    reward_streams,
+    validator_confusion,
+    validator_mcc,
+    validator_metrics,
+)
 
 __all__ = [
+    "UNIFORM_LEVELS",
     "ConfusionCounts",
+    "ExpectedConfusion",
     "PrCurve",
     "ReliabilityCurve",
     "RiskCoverageCurve",
@@ -69,27 +88,37 @@ __all__ = [
     "confusion_counts",
     "ece",
     "empty_set_rate",
+    "expected_reward",
     "f1",
     "f1_from_counts",
     "fnr",
     "fnr_from_counts",
     "fpr",
     "fpr_from_counts",
+    "group_bootstrap",
+    "group_resample_indices",
+    "group_resamples",
     "mcc",
     "mcc_from_counts",
     "mce",
     "nll",
+    "paired_bootstrap_diff",
     "pr_curve",
     "precision",
     "precision_from_counts",
     "recall",
     "recall_from_counts",
     "reliability_curve",
+    "reward",
+    "reward_streams",
     "risk_coverage_curve",
     "roc_curve",
     "set_coverage",
     "smooth_ece",
     "threshold_counts",
+    "validator_confusion",
+    "validator_mcc",
+    "validator_metrics",
     "validator_score",
     "wilson_interval",
 ]

@@ -1,4 +1,4 @@
-"""roadwork.policy: calibration, exact MCC threshold, FNR guarantee, conformal sets, deployable Policy."""
+"""roadwork.policy: calibration, prior reweighting, MCC threshold rules, FNR guarantee, conformal, Policy."""
 
 from roadwork.policy.calibration import (
     CALIBRATORS,
@@ -18,15 +18,21 @@ from roadwork.policy.conformal import (
 )
 from roadwork.policy.policy import Policy, fit_policy
 from roadwork.policy.threshold import (
+    THRESHOLD_RULES,
     SweepResult,
     best_mcc_threshold,
     guaranteed_fnr_threshold,
     mcc_sweep,
     min_positives_for_guarantee,
+    prior_weights,
+    select_threshold,
+    shrunk_mcc_threshold,
+    weighted_mcc_sweep,
 )
 
 __all__ = [
     "CALIBRATORS",
+    "THRESHOLD_RULES",
     "BetaCalibration",
     "Calibrator",
     "ConformalQuantiles",
@@ -45,4 +51,8 @@ __all__ = [
     "min_class_size",
     "min_positives_for_guarantee",
     "prediction_sets",
+    "prior_weights",
+    "select_threshold",
+    "shrunk_mcc_threshold",
+    "weighted_mcc_sweep",
 ]

@@ -33,18 +33,46 @@ from roadwork.metrics._validation import check_labels, check_same_length, check_
 _MAX_FLOAT = float(np.finfo(np.float64).max)
 
 
-def _check_fit_inputs(z: ArrayLike, y: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+def check_sample_weight(sample_weight: ArrayLike | None, n: int) -> NDArray[np.float64] | None:
+    """Return ``sample_weight`` as a 1-D float64 array of n finite weights >= 0 with a positive sum.
+
+    ``None`` stays ``None`` (every row weighs 1). Raises ValueError naming ``sample_weight`` otherwise.
+    """
+    if sample_weight is None:
+        return None
+    w = check_scores(sample_weight, "sample_weight")
+    if len(w) != n:
+        raise ValueError(
+            f"sample_weight has {len(w)} values but there are {n} rows; pass one weight per row or None."
+        )
+    if np.any(w < 0) or not w.sum() > 0:
+        raise ValueError("sample_weight must be >= 0 with a positive sum (e.g. from prior_weights), or None.")
+    return w
+
+
+def _wmean(x: NDArray[np.float64], w: NDArray[np.float64] | None) -> float:
+    """Mean of ``x``, weighted by ``w`` (sum(w x) / sum(w)) when given; the plain mean when ``w`` is None."""
+    return float(np.mean(x)) if w is None else float(np.dot(w, x) / w.sum())
+
+
+def _check_fit_inputs(
+    z: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None
+) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64] | None]:
+    """Validate margins, labels and optional weights; rows of weight 0 count for nothing (nor as a class)."""
     zz = check_scores(z, "z")
     yy = check_labels(y, "y")
     check_same_length([("z", zz), ("y", yy)])
-    n_pos = int(yy.sum())
-    if n_pos == 0 or n_pos == len(yy):
+    w = check_sample_weight(sample_weight, len(zz))
+    live = np.ones(len(zz), dtype=bool) if w is None else w > 0
+    n_pos = int(yy[live].sum())
+    if n_pos == 0 or n_pos == int(live.sum()):
         raise ValueError(
-            f"y must contain both classes to fit a calibrator; got {n_pos} of {len(yy)} positive."
+            f"y must contain both classes (with positive weight) to fit a calibrator; got {n_pos} of "
+            f"{int(live.sum())} positive."
         )
-    if np.ptp(zz) == 0:
+    if np.ptp(zz[live]) == 0:
         raise ValueError("z is constant; a calibrator cannot be fitted to margins that carry no ranking.")
-    return zz, yy
+    return zz, yy, w
 
 
 def _float_key(x: float) -> int:
@@ -88,8 +116,12 @@ class Calibrator(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def fit(self, z: ArrayLike, y: ArrayLike) -> Calibrator:
-        """Fit on finite margins ``z`` and 0/1 labels ``y`` (both classes required); return self."""
+    def fit(self, z: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> Calibrator:
+        """Fit on finite margins ``z`` and 0/1 labels ``y`` (both classes required); return self.
+
+        ``sample_weight`` (optional, >= 0, positive sum) weights each row's loss term: an integer weight k
+        gives the same fit as repeating that row k times. ``None`` means every row weighs 1.
+        """
 
     @abstractmethod
     def _proba(self, z: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -181,12 +213,12 @@ class TemperatureScaling(Calibrator):
     def __init__(self, temperature: float | None = None) -> None:
         self.temperature = temperature
 
-    def fit(self, z: ArrayLike, y: ArrayLike) -> TemperatureScaling:
-        zz, yy = _check_fit_inputs(z, y)
+    def fit(self, z: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> TemperatureScaling:
+        zz, yy, w = _check_fit_inputs(z, y, sample_weight)
         signed = np.where(yy == 1, zz, -zz)
 
         def nll(log_t: float) -> float:
-            return float(np.mean(np.logaddexp(0.0, -signed * math.exp(-log_t))))
+            return _wmean(np.logaddexp(0.0, -signed * math.exp(-log_t)), w)
 
         res = minimize_scalar(nll, bounds=self._LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-10})
         if min(abs(res.x - b) for b in self._LOG_T_BOUNDS) < 1e-6:
@@ -224,7 +256,8 @@ class PlattScaling(Calibrator):
     """p = sigmoid(a z + b), maximum likelihood with Platt's smoothed targets.
 
     Targets are (N+ + 1) / (N+ + 2) for positives and 1 / (N- + 2) for negatives (Platt 1999), which keeps
-    (a, b) finite on separable data. A fitted slope a <= 0 (margins anti-correlated with labels) raises.
+    (a, b) finite on separable data; with ``sample_weight``, N+ and N- are the classes' weight totals (so
+    integer weights match repeated rows). A fitted slope a <= 0 (margins anti-correlated with labels) raises.
     """
 
     name = "platt"
@@ -233,17 +266,17 @@ class PlattScaling(Calibrator):
         self.a = a
         self.b = b
 
-    def fit(self, z: ArrayLike, y: ArrayLike) -> PlattScaling:
-        zz, yy = _check_fit_inputs(z, y)
-        n_pos = int(yy.sum())
-        n_neg = len(yy) - n_pos
+    def fit(self, z: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> PlattScaling:
+        zz, yy, w = _check_fit_inputs(z, y, sample_weight)
+        n_pos = float(yy.sum()) if w is None else float(w[yy == 1].sum())
+        n_neg = float(len(yy) - yy.sum()) if w is None else float(w[yy == 0].sum())
         target = np.where(yy == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
 
         def loss(theta: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
             u = theta[0] * zz + theta[1]
-            value = np.mean(np.logaddexp(0.0, u) - target * u)
+            value = _wmean(np.logaddexp(0.0, u) - target * u, w)
             resid = expit(u) - target
-            return float(value), np.array([np.mean(resid * zz), np.mean(resid)])
+            return value, np.array([_wmean(resid * zz, w), _wmean(resid, w)])
 
         res = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
         if not res.success:
@@ -298,15 +331,15 @@ class BetaCalibration(Calibrator):
     def _features(z: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         return log_expit(z), -log_expit(-z)
 
-    def fit(self, z: ArrayLike, y: ArrayLike) -> BetaCalibration:
-        zz, yy = _check_fit_inputs(z, y)
+    def fit(self, z: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> BetaCalibration:
+        zz, yy, w = _check_fit_inputs(z, y, sample_weight)
         f1, f2 = self._features(zz)
 
         def loss(theta: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
             u = theta[0] * f1 + theta[1] * f2 + theta[2]
-            value = np.mean(np.logaddexp(0.0, u) - yy * u)
+            value = _wmean(np.logaddexp(0.0, u) - yy * u, w)
             resid = expit(u) - yy
-            return float(value), np.array([np.mean(resid * f1), np.mean(resid * f2), np.mean(resid)])
+            return value, np.array([_wmean(resid * f1, w), _wmean(resid * f2, w), _wmean(resid, w)])
 
         res = minimize(
             loss,
@@ -363,9 +396,14 @@ class IsotonicCalibration(Calibrator):
         self.x = x
         self.y = y
 
-    def fit(self, z: ArrayLike, y: ArrayLike) -> IsotonicCalibration:
-        zz, yy = _check_fit_inputs(z, y)
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(zz, yy)
+    def fit(self, z: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> IsotonicCalibration:
+        zz, yy, w = _check_fit_inputs(z, y, sample_weight)
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+        if w is None:
+            iso.fit(zz, yy)
+        else:
+            live = w > 0  # scikit-learn would average tied margins by weight; all-zero ties would divide by 0
+            iso.fit(zz[live], yy[live], sample_weight=w[live])
         self.x = [float(v) for v in iso.X_thresholds_]
         self.y = [float(v) for v in iso.y_thresholds_]
         return self
@@ -402,8 +440,14 @@ CALIBRATORS: dict[str, type[Calibrator]] = {
 }
 
 
-def fit_calibrator(name: str, z: ArrayLike, y: ArrayLike) -> Calibrator:
-    """Fit the calibrator ``name`` ("temperature", "platt", "beta" or "isotonic") on margins and labels."""
+def fit_calibrator(
+    name: str, z: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None
+) -> Calibrator:
+    """Fit the calibrator ``name`` ("temperature", "platt", "beta" or "isotonic") on margins and labels.
+
+    ``sample_weight``: optional per-row weights (see :meth:`Calibrator.fit`), e.g. from
+    :func:`roadwork.policy.threshold.prior_weights` to calibrate for another class prior.
+    """
     if name not in CALIBRATORS:
         raise ValueError(f"calibrator name {name!r} is not one of {sorted(CALIBRATORS)}.")
-    return CALIBRATORS[name]().fit(z, y)
+    return CALIBRATORS[name]().fit(z, y, sample_weight)

@@ -5,6 +5,10 @@ decides roadwork. For a margin z the policy decides roadwork iff z > z* (``decis
 the raw margin at which the calibrated probability crosses the chosen threshold t. The deployed probability
 is sigmoid((z - z*) / s) with a positive ``scale`` s (T for temperature scaling, which makes it equal
 sigmoid(z / T - logit(t)); 1 / a for Platt; see each calibrator's ``deploy_scale``).
+
+Because the validator draws its labels 50/50, :func:`fit_policy` by default reweights the calibration set to
+prior 0.5 (``target_prior``) and picks the threshold with the small-sample ``"shrink"`` rule
+(:func:`roadwork.policy.threshold.shrunk_mcc_threshold`) instead of the exact MCC argmax.
 """
 
 from __future__ import annotations
@@ -22,9 +26,18 @@ from scipy.special import expit
 from roadwork.metrics._validation import check_labels, check_same_length, check_scores
 from roadwork.policy.calibration import Calibrator, fit_calibrator
 from roadwork.policy.conformal import ConformalQuantiles, abstain_mask, fit_conformal, prediction_sets
-from roadwork.policy.threshold import guaranteed_fnr_threshold, mcc_sweep
+from roadwork.policy.threshold import (
+    check_groups,
+    check_target_prior,
+    check_threshold_rule,
+    guaranteed_fnr_threshold,
+    prior_weights,
+    select_threshold,
+)
 
 _HALF_UP = float(np.nextafter(0.5, 1.0))
+# Keys added after the first policy.json format; files written before them load with the dataclass defaults.
+_OPTIONAL_KEYS = frozenset({"target_prior", "threshold_rule"})
 
 
 def _opt_fraction(value: Any, name: str) -> float | None:
@@ -46,8 +59,11 @@ class Policy:
     (roadwork iff calibrated p > t), ``decision_margin`` z* (roadwork iff z > z*; may be +-inf for a policy
     that always/never decides roadwork, written as JSON Infinity), ``scale`` s > 0, ``split_hash`` (identity
     of the calibration split), ``max_fnr`` (the FNR constraint used in selection, or None), ``alpha`` and
-    ``delta`` (the FNR guarantee: true FNR <= alpha with probability >= 1 - delta, or both None), and
-    ``conformal`` (per-class conformal quantiles, or None).
+    ``delta`` (the FNR guarantee: true FNR <= alpha with probability >= 1 - delta, or both None),
+    ``conformal`` (per-class conformal quantiles, or None), ``target_prior`` (the class prior the calibrator
+    and threshold were reweighted to; None = the calibration set's own prior) and ``threshold_rule`` (one of
+    ``THRESHOLD_RULES``). The last two default to None and "argmax", which is how policies were fitted
+    before they existed, so older policy.json files without them still load.
     """
 
     calibrator: dict[str, Any]
@@ -59,6 +75,8 @@ class Policy:
     alpha: float | None = None
     delta: float | None = None
     conformal: ConformalQuantiles | None = None
+    target_prior: float | None = None
+    threshold_rule: str = "argmax"
 
     def __post_init__(self) -> None:
         Calibrator.from_dict(self.calibrator)
@@ -72,8 +90,9 @@ class Policy:
             raise ValueError(f"Policy.scale must be finite and > 0; got {self.scale}.")
         if not isinstance(self.split_hash, str) or not self.split_hash:
             raise ValueError(f"Policy.split_hash must be a non-empty string; got {self.split_hash!r}.")
-        for name in ("max_fnr", "alpha", "delta"):
+        for name in ("max_fnr", "alpha", "delta", "target_prior"):
             _opt_fraction(getattr(self, name), name)
+        check_threshold_rule(self.threshold_rule)
         if (self.alpha is None) != (self.delta is None):
             raise ValueError(
                 "Policy.alpha and Policy.delta must be given together (FNR guarantee) or both None."
@@ -91,7 +110,11 @@ class Policy:
 
     @classmethod
     def from_json(cls, path: str | Path) -> Policy:
-        """Read a policy written by :meth:`to_json`; unknown or missing keys raise ValueError naming them."""
+        """Read a policy written by :meth:`to_json`; unknown or missing keys raise ValueError naming them.
+
+        ``target_prior`` and ``threshold_rule`` may be absent (files from before they existed): they then
+        take their defaults None and "argmax".
+        """
         p = Path(path)
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
@@ -99,10 +122,11 @@ class Policy:
             raise ValueError(f"{p}: not valid JSON ({exc}).") from exc
         if not isinstance(data, dict):
             raise ValueError(f"{p}: expected a JSON object; got {type(data).__name__}.")
-        # to_json writes every field (None included), so a file lacking one was not written by it.
+        # to_json writes every field (None included), so a file lacking one (other than the keys added
+        # later) was not written by it.
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
-        missing = sorted(names - set(data))
+        missing = sorted(names - set(data) - _OPTIONAL_KEYS)
         if unknown:
             raise ValueError(f"{p}: unknown policy key(s) {unknown}; expected keys {sorted(names)}.")
         if missing:
@@ -148,22 +172,40 @@ def fit_policy(
     guarantee: tuple[float, float] | None = None,
     conformal_alpha: float | None = None,
     split_hash: str,
+    target_prior: float | None = 0.5,
+    threshold_rule: str = "shrink",
+    groups: ArrayLike | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
 ) -> Policy:
     """Fit a calibrator on (z_cal, y_cal), choose the threshold and fold it into a :class:`Policy`.
 
-    Steps: fit ``calibrator`` on the margins; run the exact MCC sweep on the calibrated probabilities; pick
-    the best-MCC cut subject to FNR <= ``max_fnr`` (on this set) and, with ``guarantee=(alpha, delta)``, to
-    threshold <= the Learn-then-Test threshold that certifies true FNR <= alpha with probability
-    >= 1 - delta (every lower threshold is certified too, FNR being monotone); move the threshold onto the
-    margin with ``margin_at``; optionally fit per-class conformal quantiles at ``conformal_alpha``.
+    Steps: reweight rows to ``target_prior`` pi (positives pi / p_hat, negatives (1 - pi) / (1 - p_hat);
+    None = unit weights, the data's own prior); fit ``calibrator`` on the margins with those weights; choose
+    the threshold on the calibrated probabilities by ``threshold_rule`` on the weighted MCC sweep:
+    ``"shrink"`` (default; the argmax shrunk towards the prior-neutral cut by its bootstrap noise, resampling
+    whole ``groups`` — e.g. an image's renders — when given, seeded by ``seed`` with ``n_boot`` replicates;
+    see :func:`roadwork.policy.threshold.shrunk_mcc_threshold`) or ``"argmax"`` (the exact best cut). The
+    choice obeys FNR <= ``max_fnr`` (on this set) and, with ``guarantee=(alpha, delta)``, threshold <= the
+    Learn-then-Test threshold that certifies true FNR <= alpha with probability >= 1 - delta (every lower
+    threshold is certified too, FNR being monotone). The threshold is moved onto the margin with
+    ``margin_at``; optionally per-class conformal quantiles are fitted at ``conformal_alpha``.
+    ``target_prior=None, threshold_rule="argmax"`` reproduces the earlier behaviour exactly.
+
     The guarantee and the conformal coverage stay valid although the calibrator is fitted on the same data:
     all calibrators are monotone, so both only depend on the ranks of the calibration margins within each
-    class (ties that isotonic regression creates only make them more conservative).
+    class (ties that isotonic regression creates only make them more conservative); prior weights are
+    constant within a class, so they change neither. Raises ValueError for ``target_prior`` outside (0, 1),
+    an unknown ``threshold_rule`` or ``groups`` of the wrong length.
     """
     z = check_scores(z_cal, "z_cal")
     y = check_labels(y_cal, "y_cal")
     check_same_length([("z_cal", z), ("y_cal", y)])
-    cal = fit_calibrator(calibrator, z, y)
+    check_threshold_rule(threshold_rule)
+    prior = None if target_prior is None else check_target_prior(target_prior)
+    check_groups(groups, len(z))
+    weights = None if prior is None else prior_weights(y, prior)
+    cal = fit_calibrator(calibrator, z, y, weights)
     p = cal.predict_proba(z)
     alpha = delta = None
     max_threshold = None
@@ -172,7 +214,17 @@ def fit_policy(
             raise TypeError(f"guarantee must be a pair (alpha, delta) or None; got {guarantee!r}.")
         max_threshold = guaranteed_fnr_threshold(y, p, guarantee[0], guarantee[1])
         alpha, delta = float(guarantee[0]), float(guarantee[1])
-    threshold, _ = mcc_sweep(y, p).best(max_fnr=max_fnr, max_threshold=max_threshold)
+    threshold, _ = select_threshold(
+        y,
+        p,
+        rule=threshold_rule,
+        target_prior=prior,
+        groups=groups,
+        n_boot=n_boot,
+        seed=seed,
+        max_fnr=max_fnr,
+        max_threshold=max_threshold,
+    )
     conformal = None if conformal_alpha is None else fit_conformal(p, y, conformal_alpha)
     return Policy(
         calibrator=cal.to_dict(),
@@ -184,4 +236,6 @@ def fit_policy(
         alpha=alpha,
         delta=delta,
         conformal=conformal,
+        target_prior=prior,
+        threshold_rule=threshold_rule,
     )

@@ -1,19 +1,30 @@
-"""Exact MCC-optimal threshold, FNR-constrained choice and a finite-sample FNR guarantee.
+"""Exact MCC-optimal threshold, prior reweighting, a small-sample threshold rule, and an FNR guarantee.
 
 Decision rule everywhere: roadwork iff ``score > threshold`` (strict). Thresholds are the cuts of
 :func:`roadwork.metrics.threshold_counts`: one just below the minimum score (all roadwork), the midpoint
 between each pair of consecutive distinct scores, and the maximum score (none roadwork). Equal scores always
 fall on the same side.
+
+Prior reweighting (:func:`prior_weights`): the validator draws labels 50/50 while calibration sets are often
+~80 % roadwork. Weighting each positive by pi / p_hat and each negative by (1 - pi) / (1 - p_hat) (p_hat =
+the set's positive fraction) makes the weighted set's prior exactly ``pi``; :func:`weighted_mcc_sweep`
+gives the MCC a test set with prior ``pi`` would show at each cut.
+
+Threshold rules (:data:`THRESHOLD_RULES`, :func:`select_threshold`): ``"argmax"`` is the exact best cut of
+the (weighted) sweep; ``"shrink"`` (:func:`shrunk_mcc_threshold`) pulls it towards the prior-neutral cut by
+the bootstrap uncertainty of the argmax, which transfers better from ~100-image calibration sets.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
+from scipy.special import expit, logit
 from scipy.stats import binom
 
 from roadwork.metrics import (
@@ -24,6 +35,14 @@ from roadwork.metrics import (
     recall_from_counts,
     threshold_counts,
 )
+from roadwork.metrics._validation import (
+    check_labels,
+    check_level,
+    check_probabilities,
+    check_same_length,
+    check_scores,
+)
+from roadwork.policy.calibration import PlattScaling, check_sample_weight
 
 # Two MCC values closer than this are treated as a tie (they differ only by float rounding).
 _MCC_TIE_TOL = 1e-12
@@ -45,14 +64,15 @@ class SweepResult:
     """Every cut of the exact sweep, thresholds ascending (row 0 = all roadwork, last row = none).
 
     Rates follow :mod:`roadwork.metrics` conventions (undefined ratios are 0.0, MCC is 0.0 for empty
-    confusion rows/columns). All arrays have the same length k + 1 for k distinct scores.
+    confusion rows/columns). All arrays have the same length k + 1 for k distinct scores. Counts are int64
+    from :func:`mcc_sweep` and float64 weight totals from :func:`weighted_mcc_sweep`.
     """
 
     threshold: NDArray[np.float64]
-    tp: NDArray[np.int64]
-    fp: NDArray[np.int64]
-    tn: NDArray[np.int64]
-    fn: NDArray[np.int64]
+    tp: NDArray[Any]
+    fp: NDArray[Any]
+    tn: NDArray[Any]
+    fn: NDArray[Any]
     mcc: NDArray[np.float64]
     precision: NDArray[np.float64]
     recall: NDArray[np.float64]
@@ -61,8 +81,13 @@ class SweepResult:
 
     @property
     def n_positive(self) -> int:
-        """Number of roadwork (label 1) samples in the swept set."""
+        """Number of roadwork (label 1) samples in the swept set (weighted sweep: see ``positive_weight``)."""
         return int(self.tp[0] + self.fn[0])
+
+    @property
+    def positive_weight(self) -> float:
+        """Total count (or, for a weighted sweep, total weight) of the roadwork samples."""
+        return float(self.tp[0] + self.fn[0])
 
     def to_frame(self) -> pd.DataFrame:
         """The sweep as a DataFrame: threshold, tp, fp, tn, fn, mcc, precision, recall, fnr, fpr."""
@@ -93,10 +118,24 @@ class SweepResult:
         Raises ValueError if ``max_fnr`` is given but the swept labels have no positive (FNR undefined), or if
         ``max_threshold`` lies below every cut.
         """
+        idx = np.flatnonzero(self.feasible(max_fnr=max_fnr, max_threshold=max_threshold))
+        best_mcc = self.mcc[idx].max()
+        tied = idx[self.mcc[idx] >= best_mcc - _MCC_TIE_TOL]
+        chosen = int(tied[(len(tied) - 1) // 2])
+        return float(self.threshold[chosen]), float(self.mcc[chosen])
+
+    def feasible(
+        self, *, max_fnr: float | None = None, max_threshold: float | None = None
+    ) -> NDArray[np.bool_]:
+        """Mask of the cuts with FNR <= ``max_fnr`` and threshold <= ``max_threshold`` (see :meth:`best`).
+
+        FNR grows with the threshold, so the mask is always a non-empty prefix (row 0, FNR 0, is feasible
+        under any ``max_fnr``).
+        """
         feasible = np.ones(len(self.threshold), dtype=bool)
         if max_fnr is not None:
             limit = _check_fraction(max_fnr, "max_fnr", allow_zero=True)
-            if self.n_positive == 0:
+            if self.positive_weight <= 0:
                 raise ValueError(
                     "max_fnr needs at least one roadwork (label 1) sample in y_true; found none."
                 )
@@ -109,11 +148,7 @@ class SweepResult:
                 raise ValueError(
                     f"max_threshold={max_threshold} is below every cut (lowest {self.threshold[0]})."
                 )
-        idx = np.flatnonzero(feasible)
-        best_mcc = self.mcc[idx].max()
-        tied = idx[self.mcc[idx] >= best_mcc - _MCC_TIE_TOL]
-        chosen = int(tied[(len(tied) - 1) // 2])
-        return float(self.threshold[chosen]), float(self.mcc[chosen])
+        return feasible
 
 
 def mcc_sweep(y_true: ArrayLike, score: ArrayLike) -> SweepResult:
@@ -122,18 +157,82 @@ def mcc_sweep(y_true: ArrayLike, score: ArrayLike) -> SweepResult:
     ``y_true``: 0/1 labels (1 = roadwork); ``score``: finite real scores (probabilities or margins).
     """
     c = threshold_counts(y_true, score)
+    return _sweep_from_counts(c.thresholds, c.tp, c.fp, c.tn, c.fn)
+
+
+def _sweep_from_counts(
+    threshold: NDArray[np.float64], tp: NDArray[Any], fp: NDArray[Any], tn: NDArray[Any], fn: NDArray[Any]
+) -> SweepResult:
     return SweepResult(
-        threshold=c.thresholds,
-        tp=c.tp,
-        fp=c.fp,
-        tn=c.tn,
-        fn=c.fn,
-        mcc=np.asarray(mcc_from_counts(c.tp, c.fp, c.tn, c.fn)),
-        precision=np.asarray(precision_from_counts(c.tp, c.fp)),
-        recall=np.asarray(recall_from_counts(c.tp, c.fn)),
-        fnr=np.asarray(fnr_from_counts(c.tp, c.fn)),
-        fpr=np.asarray(fpr_from_counts(c.fp, c.tn)),
+        threshold=threshold,
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
+        mcc=np.asarray(mcc_from_counts(tp, fp, tn, fn)),
+        precision=np.asarray(precision_from_counts(tp, fp)),
+        recall=np.asarray(recall_from_counts(tp, fn)),
+        fnr=np.asarray(fnr_from_counts(tp, fn)),
+        fpr=np.asarray(fpr_from_counts(fp, tn)),
     )
+
+
+def weighted_mcc_sweep(
+    y_true: ArrayLike, score: ArrayLike, sample_weight: ArrayLike | None = None
+) -> SweepResult:
+    """:func:`mcc_sweep` with weighted counts: tp(t) = sum of the weights of positives with score > t, etc.
+
+    Same cuts as :func:`mcc_sweep` (which it equals, as float counts, for unit weights; ``None`` = unit
+    weights). Computed with one stable sort and cumulative weight sums read at each cut (O(N log N)).
+    Weights must be finite, >= 0, with a positive sum; a zero-weight row still contributes a cut.
+    MCC is scale-free in the weights: multiplying all of them by c > 0 changes no MCC.
+    """
+    y = check_labels(y_true, "y_true")
+    s = check_scores(score, "score")
+    check_same_length([("y_true", y), ("score", s)])
+    w = check_sample_weight(sample_weight, len(y))
+    w = np.ones(len(y)) if w is None else w
+    thresholds = threshold_counts(y, s).thresholds
+    order = np.argsort(s, kind="stable")
+    s_sorted = s[order]
+    pos_cum = np.r_[0.0, np.cumsum((w * y)[order])]
+    neg_cum = np.r_[0.0, np.cumsum((w * (1 - y))[order])]
+    # Rows at or below cut t are the first searchsorted(..., "right") sorted rows; the rest are roadwork.
+    below = np.searchsorted(s_sorted, thresholds, side="right")
+    fn = pos_cum[below]
+    tn = neg_cum[below]
+    return _sweep_from_counts(thresholds, pos_cum[-1] - fn, neg_cum[-1] - tn, tn, fn)
+
+
+def prior_weights(y_true: ArrayLike, target_prior: float | None) -> NDArray[np.float64]:
+    """Per-row weights that move the labels' prior to ``target_prior`` pi.
+
+    Each positive weighs pi / p_hat and each negative (1 - pi) / (1 - p_hat), where p_hat is the positive
+    fraction of ``y_true``; the weights then sum to n with a weighted positive share of exactly pi.
+    ``target_prior=None`` keeps the data's own prior (all weights 1). Needs both classes when pi is given.
+    """
+    y = check_labels(y_true, "y_true")
+    if target_prior is None:
+        return np.ones(len(y))
+    pi = check_target_prior(target_prior)
+    p_hat = float(y.mean())
+    if p_hat in (0.0, 1.0):
+        raise ValueError(
+            f"target_prior={pi} needs both classes in y_true to reweight; got {int(y.sum())} of {len(y)} "
+            "positive. Pass target_prior=None to keep the data's prior."
+        )
+    return np.where(y == 1, pi / p_hat, (1.0 - pi) / (1.0 - p_hat))
+
+
+def check_target_prior(target_prior: float) -> float:
+    """Return ``target_prior`` as a float in (0, 1) or raise (ValueError/TypeError naming the argument)."""
+    try:
+        return check_level(target_prior, "target_prior")
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc} Pass 0.5 for the validator's 50/50 label draws, or None to keep the calibration set's "
+            "own prior."
+        ) from None
 
 
 def best_mcc_threshold(
@@ -145,6 +244,204 @@ def best_mcc_threshold(
     see :meth:`SweepResult.best`.
     """
     return mcc_sweep(y_true, score).best(max_fnr=max_fnr)
+
+
+THRESHOLD_RULES: tuple[str, ...] = ("argmax", "shrink")
+"""Names accepted by :func:`select_threshold` and ``fit_policy(threshold_rule=...)``."""
+
+# Calibrated probabilities are clipped to [eps, 1 - eps] before taking logits (isotonic can give 0 or 1).
+_LOGIT_EPS = 1e-12
+
+
+def check_threshold_rule(rule: str) -> str:
+    """Return ``rule`` if it is one of :data:`THRESHOLD_RULES`, else raise ValueError saying what to pass."""
+    if not isinstance(rule, str) or rule not in THRESHOLD_RULES:
+        raise ValueError(
+            f"threshold_rule {rule!r} is not one of {list(THRESHOLD_RULES)}; pass 'shrink' (stable on small "
+            "calibration sets) or 'argmax' (the exact best-MCC cut)."
+        )
+    return rule
+
+
+def check_groups(groups: ArrayLike | None, n: int) -> NDArray[np.int64] | None:
+    """Map per-row group ids (any 1-D array of ints or strings, one per row) to codes 0..G-1; None stays None.
+
+    Rows that share a group (e.g. validator-style renders of one image) are resampled together by
+    :func:`shrunk_mcc_threshold`. Raises ValueError naming ``groups`` for a wrong shape or length.
+    """
+    if groups is None:
+        return None
+    g = np.asarray(groups)
+    if g.ndim != 1:
+        raise ValueError(f"groups must be 1-D (one id per row); got shape {g.shape}.")
+    if len(g) != n:
+        raise ValueError(
+            f"groups has {len(g)} ids but there are {n} rows; pass one group id per row (e.g. the image "
+            "id shared by its renders) or None to resample rows."
+        )
+    if g.dtype.kind == "f" and not np.all(np.isfinite(g)):
+        raise ValueError("groups contains nan or inf; pass finite ids (ints or strings).")
+    return np.unique(g, return_inverse=True)[1].astype(np.int64).reshape(-1)
+
+
+def _bootstrap_multiplicities(
+    n: int, groups: NDArray[np.int64] | None, n_boot: int, rng: np.random.Generator
+) -> NDArray[np.int64]:
+    """(n_boot, n) multiplicity of each row in each bootstrap replicate (groups drawn whole when given)."""
+    if groups is None:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+    n_groups = int(groups.max()) + 1
+    return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)[:, groups]
+
+
+def _tied_median_index(mcc: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Per row of ``mcc``, the column of the best value with :meth:`SweepResult.best`'s tie rule."""
+    tied = mcc >= mcc.max(axis=1, keepdims=True) - _MCC_TIE_TOL
+    rank = np.cumsum(tied, axis=1)
+    target = (rank[:, -1:] - 1) // 2 + 1
+    return np.argmax(tied & (rank == target), axis=1)
+
+
+def _bootstrap_argmax_logits(
+    y: NDArray[np.int64],
+    score: NDArray[np.float64],
+    sweep: SweepResult,
+    n_feasible: int,
+    target_prior: float | None,
+    multiplicity: NDArray[np.int64],
+) -> NDArray[np.float64]:
+    """logit of the best feasible cut of each bootstrap replicate's (prior-reweighted) sweep.
+
+    Every replicate is swept on the full set's cuts; its own positive share is reweighted to
+    ``target_prior`` (unit weights for None). Replicates lacking a class are dropped.
+    """
+    n_boot, n_cuts = multiplicity.shape[0], len(sweep.threshold)
+    # Bin j = number of cuts strictly below the score: the row is roadwork at cut k iff k < j.
+    j = np.searchsorted(sweep.threshold, score, side="left")
+    flat = (np.arange(n_boot)[:, None] * n_cuts + j[None, :]).ravel()
+    hist = {
+        label: np.bincount(flat, weights=(multiplicity * (y == label)).ravel(), minlength=n_boot * n_cuts)
+        .reshape(n_boot, n_cuts)
+        .astype(np.float64)
+        for label in (0, 1)
+    }
+    pos, neg = hist[1].sum(axis=1), hist[0].sum(axis=1)
+    keep = (pos > 0) & (neg > 0)
+    pos, neg = pos[keep], neg[keep]
+    w_pos, w_neg = np.ones_like(pos), np.ones_like(neg)
+    if target_prior is not None:
+        w_pos, w_neg = target_prior * (pos + neg) / pos, (1 - target_prior) * (pos + neg) / neg
+    fn = np.cumsum(hist[1][keep], axis=1)[:, :n_feasible] * w_pos[:, None]
+    tn = np.cumsum(hist[0][keep], axis=1)[:, :n_feasible] * w_neg[:, None]
+    tp, fp = (pos * w_pos)[:, None] - fn, (neg * w_neg)[:, None] - tn
+    mcc = np.asarray(mcc_from_counts(tp, fp, tn, fn)).reshape(len(pos), n_feasible)
+    chosen = sweep.threshold[:n_feasible][_tied_median_index(mcc)]
+    return logit(np.clip(chosen, _LOGIT_EPS, 1 - _LOGIT_EPS))
+
+
+def _neutral_logit(u: NDArray[np.float64], y: NDArray[np.int64], weights: NDArray[np.float64]) -> float:
+    """Logit where a prior-weighted logistic fit of y on ``u`` crosses 0.5 (0.0 if it cannot be fitted)."""
+    try:
+        platt = PlattScaling().fit(u, y, sample_weight=weights)
+    except (ValueError, RuntimeError):
+        return 0.0
+    return -float(platt.b) / float(platt.a)
+
+
+def shrunk_mcc_threshold(
+    y_true: ArrayLike,
+    score: ArrayLike,
+    *,
+    target_prior: float | None = 0.5,
+    groups: ArrayLike | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+    max_fnr: float | None = None,
+    max_threshold: float | None = None,
+) -> tuple[float, float]:
+    """(threshold, weighted MCC there): the prior-weighted MCC argmax shrunk towards the prior-neutral cut.
+
+    ``score`` must be calibrated probabilities; work is on u = logit(score) (clipped to 1e-12 from 0 and 1).
+
+    1. u_hat: logit of the best cut of :func:`weighted_mcc_sweep` with :func:`prior_weights` (``"argmax"``).
+    2. u_0, the prior-neutral cut: where a logistic fit of y on u with the same weights crosses 0.5; i.e.
+       the Bayes (balanced-accuracy) cut at prior ``target_prior``. It is 0 (p = 0.5) for a calibrator with
+       a free intercept fitted with those weights, and corrects temperature scaling, which has none.
+       Falls back to 0 if the fit fails (no signal).
+    3. v: variance of u_hat over ``n_boot`` seeded bootstrap replicates (whole ``groups`` resampled when
+       given, else rows), each reweighted to ``target_prior`` and swept on the same cuts.
+    4. u* = u_0 + lam (u_hat - u_0), lam = max(0, 1 - v / (u_hat - u_0)^2) (positive-part James-Stein): the
+       argmax is kept only as far as its distance from u_0 stands out from its own bootstrap noise.
+       lam = 0 when u_hat = u_0 or fewer than 2 replicates hold both classes; lam = 1 returns the argmax cut.
+
+    With many calibration images v -> 0 and the rule is the MCC argmax; on ~100 images it stays near u_0,
+    which the validator's 0.5 * MCC + 0.5 * accuracy on 50/50 draws also rewards. ``max_fnr`` and
+    ``max_threshold`` restrict every argmax to the feasible cuts and cap the result at the largest one.
+    Deterministic for a given ``seed``; ``target_prior=None`` keeps the data's prior.
+    """
+    y = check_labels(y_true, "y_true")
+    p = check_probabilities(score, "score")
+    check_same_length([("y_true", y), ("score", p)])
+    codes = check_groups(groups, len(y))
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive int (e.g. 200); got {n_boot!r}.")
+    weights = prior_weights(y, target_prior)
+    sweep = weighted_mcc_sweep(y, p, weights)
+    feasible = sweep.feasible(max_fnr=max_fnr, max_threshold=max_threshold)
+    n_feasible = int(np.flatnonzero(feasible)[-1]) + 1
+    t_hat, _ = sweep.best(max_fnr=max_fnr, max_threshold=max_threshold)
+    u = logit(np.clip(p, _LOGIT_EPS, 1 - _LOGIT_EPS))
+    u_hat, u_0 = float(logit(np.clip(t_hat, _LOGIT_EPS, 1 - _LOGIT_EPS))), _neutral_logit(u, y, weights)
+    rng = np.random.default_rng(seed)
+    multiplicity = _bootstrap_multiplicities(len(y), codes, int(n_boot), rng)
+    boot = _bootstrap_argmax_logits(y, p, sweep, n_feasible, target_prior, multiplicity)
+    gap2 = (u_hat - u_0) ** 2
+    lam = max(0.0, 1.0 - float(np.var(boot)) / gap2) if len(boot) >= 2 and gap2 > 0 else 0.0
+    t = t_hat if lam == 1.0 else float(expit(u_0 + lam * (u_hat - u_0)))
+    t = min(t, float(sweep.threshold[n_feasible - 1]))
+    pred = p > t
+    tp, fp = np.sum(weights * pred * y), np.sum(weights * pred * (1 - y))
+    fn, tn = np.sum(weights * ~pred * y), np.sum(weights * ~pred * (1 - y))
+    return t, float(mcc_from_counts(tp, fp, tn, fn))
+
+
+def select_threshold(
+    y_true: ArrayLike,
+    score: ArrayLike,
+    *,
+    rule: str = "shrink",
+    target_prior: float | None = 0.5,
+    groups: ArrayLike | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+    max_fnr: float | None = None,
+    max_threshold: float | None = None,
+) -> tuple[float, float]:
+    """(threshold, weighted MCC) by ``rule``: ``"argmax"`` or ``"shrink"`` (:func:`shrunk_mcc_threshold`).
+
+    ``"argmax"`` is :meth:`SweepResult.best` of :func:`weighted_mcc_sweep` under :func:`prior_weights`
+    (``target_prior=None``: the plain :func:`mcc_sweep` argmax); ``groups``, ``n_boot`` and ``seed`` are
+    only used by ``"shrink"`` (``groups`` is still length-checked).
+    """
+    check_threshold_rule(rule)
+    if rule == "shrink":
+        return shrunk_mcc_threshold(
+            y_true,
+            score,
+            target_prior=target_prior,
+            groups=groups,
+            n_boot=n_boot,
+            seed=seed,
+            max_fnr=max_fnr,
+            max_threshold=max_threshold,
+        )
+    y = check_labels(y_true, "y_true")
+    check_groups(groups, len(y))
+    if target_prior is None:
+        sweep = mcc_sweep(y, score)
+    else:
+        sweep = weighted_mcc_sweep(y, score, prior_weights(y, target_prior))
+    return sweep.best(max_fnr=max_fnr, max_threshold=max_threshold)
 
 
 def min_positives_for_guarantee(alpha: float, delta: float) -> int:

@@ -1,13 +1,15 @@
 """bundle stage: pick the variant, build the deployable model, export it, register it as ``challenger``.
 
-The variant is chosen by **val_calib MCC at its policy** (``outputs/calibrate/<variant>/metrics.json``;
-ties go to the earlier variant, base first); val_test never takes part. Outputs in ``outputs/bundle/``:
-``model/`` (the :class:`~roadwork.deploy.predictor.Predictor` folder the pyfunc serves), ``hf/`` (the
-Hugging Face export with the policy folded into its classifier; absent only for heads it cannot express),
-``choice.json`` and ``metrics.json``. The export must agree with the pyfunc on every val_select and
-val_calib image (images only, no labels: val_test stays untouched for evaluate and promote); any
-disagreement fails the stage. The pyfunc is registered as a new version of ``deploy.registered_model``,
-tagged with the variant, git commit, data version and val metrics, and the ``challenger`` alias moves to it.
+The variant is chosen by **val_calib validator-mix MCC at its policy** (``val_calib_validator_mcc`` in
+``outputs/calibrate/<variant>/metrics.json``: the clean render and the L1-L3 renders, levels 25 % each,
+labels 50/50; ties go to the earlier variant, base first); val_test never takes part. Outputs in
+``outputs/bundle/``: ``model/`` (the :class:`~roadwork.deploy.predictor.Predictor` folder the pyfunc
+serves), ``hf/`` (the Hugging Face export with the policy folded into its classifier; absent only for heads
+it cannot express), ``choice.json`` and ``metrics.json``. The export must agree with the pyfunc on the
+validator's level-0 JPEG of every val_select and val_calib image (the same bytes to both; images only, no
+labels: val_test stays untouched for evaluate and promote); any disagreement fails the stage. The pyfunc is
+registered as a new version of ``deploy.registered_model``, tagged with the variant, git commit, data
+version and val metrics, and the ``challenger`` alias moves to it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from roadwork.stages.common import (
     VARIANTS,
     load_model,
     model_dir,
+    render_store,
     stage_dir,
     tracked,
     write_json,
@@ -38,13 +41,22 @@ from roadwork.stages.common import (
 AGREEMENT_TOLERANCE = 1e-4
 
 
+SELECTION_METRIC = "val_calib_validator_mcc"
+
+
 def choose_variant(candidates: dict[str, dict[str, float]]) -> str:
-    """The variant with the highest val_calib MCC (first listed wins ties); never looks at val_test."""
+    """The variant with the highest val_calib validator-mix MCC (first listed wins ties); never looks at
+    val_test. A calibrate output without level renders (``embed.val_renders_per_level=0``) is compared by
+    its plain ``val_calib_mcc``."""
     if not candidates:
         raise FileNotFoundError(
             "no outputs/calibrate/<variant>/metrics.json found; run calibrate for at least one variant."
         )
-    return max(candidates, key=lambda v: (candidates[v]["val_calib_mcc"], -list(candidates).index(v)))
+
+    def score(variant: str) -> float:
+        return candidates[variant].get(SELECTION_METRIC, candidates[variant]["val_calib_mcc"])
+
+    return max(candidates, key=lambda v: (score(v), -list(candidates).index(v)))
 
 
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
@@ -54,6 +66,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
     from roadwork.deploy.registry import CHALLENGER, log_pyfunc
     from roadwork.policy import Policy
     from roadwork.tracking import data_version, git_state, repo_root
+    from roadwork.train.embed import Render, rendered_inputs
 
     out = stage_dir("bundle")
     candidates = {}
@@ -81,18 +94,24 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
     val_metrics = {
         "val_select_mcc": train_metrics["val_select_mcc"],
         "val_calib_mcc": candidates[variant]["val_calib_mcc"],
+        "val_calib_validator_mcc": candidates[variant].get(SELECTION_METRIC, float("nan")),
         "val_calib_ece_after": candidates[variant]["ece_after"],
     }
     write_json(
         out / "choice.json",
         {
             "chosen": variant,
-            "rule": "highest val_calib MCC at the variant's policy (ties: base first)",
-            "candidates": {v: {"val_calib_mcc": m["val_calib_mcc"]} for v, m in candidates.items()},
+            "rule": "highest val_calib validator-mix MCC at the variant's policy (ties: base first)",
+            "candidates": {
+                v: {k: m[k] for k in ("val_calib_mcc", SELECTION_METRIC) if k in m}
+                for v, m in candidates.items()
+            },
         },
     )
     images = read_split(SPLITS_CSV, "bundle", ["val_select", "val_calib"]).sort_values("path")
-    paths = [INGEST / p for p in images["working_path"]]
+    paths = rendered_inputs(
+        [INGEST / p for p in images["working_path"]], images["sha256"].tolist(), Render(), render_store()
+    )
     with tracked("bundle", cfg, ("deploy",), overrides) as run:
         ours = predictor.predict(paths)
         metrics: dict[str, float] = {f"chosen_{k}": v for k, v in val_metrics.items()}
@@ -101,7 +120,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         if hf_reason is None:
             from roadwork.deploy.hf_export import hf_probabilities
 
-            theirs = hf_probabilities(out / "hf", [Path(p) for p in paths])
+            theirs = hf_probabilities(out / "hf", [_decoded(data) for data in paths])
             diff = np.abs(theirs - ours["probability"].to_numpy())
             same_decision = (theirs > 0.5) == (ours["decision"].to_numpy() == 1)
             metrics.update(
@@ -138,10 +157,20 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         mlflow.MlflowClient().set_registered_model_alias(cfg.deploy.registered_model, CHALLENGER, version)
         run.set_tags({"roadwork.registered_version": version})
     print(
-        f"bundle: {variant} (val_calib MCC {val_metrics['val_calib_mcc']:.3f}) registered as "
+        f"bundle: {variant} (val_calib validator-mix MCC {val_metrics['val_calib_validator_mcc']:.3f}) "
+        "registered as "
         f"{cfg.deploy.registered_model} version {version}, alias '{CHALLENGER}'"
         + (f"; HF export agrees on {len(paths)} images" if hf_reason is None else "")
     )
+
+
+def _decoded(data: bytes) -> Any:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
 
 
 def _export_hf(cfg: RoadworkConfig, predictor: Any, directory: Path, val_metrics: dict) -> str | None:

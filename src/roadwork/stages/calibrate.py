@@ -1,6 +1,10 @@
-"""calibrate stage: calibrator, exact MCC threshold, FNR bound / guarantee and abstention, on val_calib only.
+"""calibrate stage: calibrator, MCC threshold, FNR bound / guarantee and abstention, on val_calib only.
 
-Reads ``outputs/train/<variant>/logits/val_calib.csv`` and the val_calib labels (the split contract).
+Reads ``outputs/train/<variant>/logits/val_calib.csv`` (one row per validator render of each val_calib image:
+the clean level-0 render and ``embed.val_renders_per_level`` renders at each of L1-L3) and the val_calib
+labels (the split contract). The policy is fitted for the validator: class prior reweighted to
+``calibrate.target_prior`` (its draws are 50/50), threshold by ``calibrate.threshold_rule`` (``bagged`` is
+stable on small sets), renders of one image resampled together.
 Outputs in ``outputs/calibrate/<variant>/``: ``policy.json`` (what ships), ``threshold_sweep.csv`` (every
 distinct cut on the calibrated probability: threshold, tp, fp, tn, fn, MCC, precision, recall, FNR, FPR; a
 DVC plot), ``reliability.png`` (before / after), ``threshold_sweep.png`` and ``metrics.json``.
@@ -27,9 +31,9 @@ def labelled_margins(variant: str, split: str, labels: pd.DataFrame) -> pd.DataF
     path = logits_path(variant, split)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; run `roadwork train --variant {variant}` first.")
-    logits = pd.read_csv(path, dtype={"sha256": str, "path": str})
-    joined = logits.merge(labels.drop(columns=["path"]), on="sha256", how="left", validate="one_to_one")
-    if joined["label"].isna().any() or len(joined) != len(labels):
+    logits = pd.read_csv(path, dtype={"sha256": str, "path": str, "render": str})
+    joined = logits.merge(labels.drop(columns=["path"]), on="sha256", how="left", validate="many_to_one")
+    if joined["label"].isna().any() or logits["sha256"].nunique() != len(labels):
         raise ValueError(
             f"{path} holds {len(logits)} rows but {SPLITS_CSV} has {len(labels)} {split} images "
             "(or their sha256 differ); the logits are stale — re-run train."
@@ -48,6 +52,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     params = cfg.calibrate
     cal = labelled_margins(variant, "val_calib", read_split(SPLITS_CSV, "calibrate", ["val_calib"]))
     z, y = cal["margin"].to_numpy(dtype=np.float64), cal["label"].to_numpy()
+    images, levels = cal["sha256"].to_numpy(), cal["level"].to_numpy()
     with tracked("calibrate", cfg, ("calibrate",), overrides, variant=variant) as run:
         guarantee = (
             (params.guarantee_alpha, params.guarantee_delta) if params.guarantee_alpha is not None else None
@@ -60,6 +65,9 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
             guarantee=guarantee,
             conformal_alpha=params.conformal_alpha,
             split_hash=file_hash(SPLITS_CSV),
+            target_prior=params.target_prior,
+            threshold_rule=params.threshold_rule,
+            groups=images,
         )
         policy.to_json(out / "policy.json")
         applied = policy.apply(z)
@@ -87,6 +95,10 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         for key in ("mcc", "accuracy", "fnr", "fpr", "precision", "recall"):
             metrics[f"val_calib_{key}"] = after[key]
         metrics["val_calib_mcc_at_0.5_uncalibrated"] = before["mcc"]
+        decision = applied["decision"].astype(int)
+        if set(np.unique(levels)) == {0, 1, 2, 3}:
+            mix = M.validator_metrics(y, decision, levels, groups=images)
+            metrics.update({f"val_calib_{k}": v for k, v in mix.items()})
         if policy.conformal is not None:
             sets = prediction_sets(p_cal, policy.conformal)
             metrics["conformal_coverage"] = M.set_coverage(y, sets)

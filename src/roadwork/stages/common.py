@@ -16,6 +16,8 @@ OUTPUTS = Path("outputs")
 # Resume checkpoints of long stages: outside every DVC `outs` (DVC deletes those before a stage runs), so a
 # killed `dvc repro` resumes where it stopped. Each stage checks that a checkpoint matches its inputs.
 CHECKPOINTS = Path(".cache/checkpoints")
+# Rendered inputs (the JPEG bytes the validator would send), shared by every stage and backbone
+RENDERS = Path(".cache/renders")
 INGEST = OUTPUTS / "ingest"
 SPLITS_CSV = OUTPUTS / "split" / "splits.csv"
 # variant -> where its backbone comes from: the configured backbone, or the ExPLoRA-adapted copy of it
@@ -34,9 +36,9 @@ def checkpoint_dir(stage: str, variant: str | None = None) -> Path:
     return CHECKPOINTS / (f"{stage}@{variant}" if variant else stage)
 
 
-def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write JSON (sorted keys, indent 2) atomically, so no reader ever sees half a file."""
-    atomic_write_json(path, payload)
+def write_json(path: Path, payload: Mapping[str, Any], *, sort_keys: bool = True) -> None:
+    """Write JSON (sorted keys unless told otherwise, indent 2) atomically: no reader sees half a file."""
+    atomic_write_json(path, payload, sort_keys=sort_keys)
 
 
 def write_csv(frame: Any, path: Path) -> None:
@@ -105,15 +107,21 @@ def place_backbone(cfg: RoadworkConfig, backbone: Any) -> Any:
 
 def feature_cache(cfg: RoadworkConfig, backbone: Any, fingerprint: str | None = None) -> Any:
     """The shared feature cache for ``backbone`` as this configuration runs it (device and precision)."""
-    from roadwork.train.embed import FeatureCache, numerics_key
+    from roadwork.models.inference import FeatureCache, numerics_key
 
     device_type = next(backbone.parameters()).device.type
     key = numerics_key(fingerprint or backbone.fingerprint(), device_type, cfg.embed.precision)
     return FeatureCache(Path(cfg.embed.cache_dir), key)
 
 
+def render_store() -> Any:
+    from roadwork.train.embed import RenderStore
+
+    return RenderStore(RENDERS)
+
+
 def view_spec(cfg: RoadworkConfig) -> Any:
-    from roadwork.train.embed import ViewSpec
+    from roadwork.models.inference import ViewSpec
 
     return ViewSpec(cfg.embed.views, cfg.embed.grid, cfg.embed.tile_overlap)
 
@@ -169,44 +177,41 @@ def load_model(cfg: RoadworkConfig, variant: str) -> tuple[Any, Any]:
     return backbone, load_head(directory)
 
 
-def model_logits(
+def model_margins(
     cfg: RoadworkConfig,
     backbone: Any,
     head: Any,
     frame: Any,
     *,
     render: Any = None,
-    desc: str = "logits",
+    desc: str = "margins",
     fingerprint: str | None = None,
 ) -> Any:
-    """Logits ``[N, 2]`` of the model on the images of ``frame`` (``working_path``, ``sha256``).
+    """Margins ``z1 - z0`` ``[N]`` of the model on ``render`` (default: clean) of the images of ``frame``.
 
-    Features go through the shared cache, so images ``embed`` already ran are only read back. With the
-    default clean render and ``embed.tta_flip`` on, the logits are the mean over the plain and mirrored
-    renderings. ``fingerprint``: the backbone's, when the caller has it (hashing every weight costs about a
-    second per 100M parameters); computed otherwise.
+    ``frame`` has ``working_path`` and ``sha256``. The rendered bytes go through the one inference path
+    (:func:`roadwork.models.inference.infer_margins`, flip-averaged with ``embed.tta_flip``) with the shared
+    feature cache, so inputs ``embed`` already ran are only read back. ``fingerprint``: the backbone's, when
+    the caller has it (hashing every weight costs about a second per 100M parameters).
     """
-    from roadwork.train.embed import Render, embed_images
-    from roadwork.train.head import predict_logits
+    from roadwork.models.inference import infer_margins
+    from roadwork.train.embed import Render, rendered_inputs
 
-    cache = feature_cache(cfg, backbone, fingerprint)
-    paths = [INGEST / p for p in frame["working_path"]]
-    shas = frame["sha256"].tolist()
-    renders = [render or Render()]
-    if render is None and cfg.embed.tta_flip:
-        renders.append(Render(flip=True))
-    logits = []
-    for each in renders:
-        features, _ = embed_images(
-            backbone,
-            paths,
-            shas,
-            render=each,
-            spec=view_spec(cfg),
-            cache=cache,
-            batch_size=cfg.embed.batch_size,
-            desc=desc,
-            precision=cfg.embed.precision,
-        )
-        logits.append(predict_logits(head, features))
-    return sum(logits) / len(logits)
+    inputs = rendered_inputs(
+        [INGEST / p for p in frame["working_path"]],
+        frame["sha256"].tolist(),
+        render or Render(),
+        render_store(),
+    )
+    return infer_margins(
+        backbone,
+        head,
+        inputs,
+        spec=view_spec(cfg),
+        tta_flip=cfg.embed.tta_flip,
+        cache=feature_cache(cfg, backbone, fingerprint),
+        batch_size=cfg.embed.batch_size,
+        precision=cfg.embed.precision,
+        desc=desc,
+        show_progress=True,
+    )

@@ -11,6 +11,7 @@ from roadwork.stages.common import (
     INGEST,
     feature_cache,
     load_variant_backbone,
+    render_store,
     stage_dir,
     tracked,
     write_csv,
@@ -31,7 +32,8 @@ def embedding_edges(cfg: RoadworkConfig, manifest: pd.DataFrame, threshold: floa
 
     The features go to the shared feature cache, where ``embed@base`` finds them again.
     """
-    from roadwork.train.embed import Render, ViewSpec, embed_images
+    from roadwork.models.inference import ViewSpec
+    from roadwork.train.embed import Render, embed_images
 
     backbone = load_variant_backbone(cfg, "base")
     cache = feature_cache(cfg, backbone)
@@ -42,6 +44,7 @@ def embedding_edges(cfg: RoadworkConfig, manifest: pd.DataFrame, threshold: floa
         render=Render(),
         spec=ViewSpec("global"),
         cache=cache,
+        store=render_store(),
         batch_size=cfg.embed.batch_size,
         desc="dedupe embeddings",
         precision=cfg.embed.precision,

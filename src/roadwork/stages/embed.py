@@ -1,16 +1,21 @@
 """embed stage: features of every split through the variant's frozen backbone, via the feature cache.
 
-Rows per split: one clean row per image (validator level 0, every split) and, for train only,
-``embed.train_copies`` augmented copies per image. With ``embed.tta_flip`` the non-train splits also get
-the features of the mirrored rendering (``features_flip``), which ``train`` averages with the plain ones.
+Rows per split, each the features of the bytes a miner would receive (through the one inference path,
+:func:`roadwork.models.inference.embed_inputs`): one clean row per image (the validator's level-0 JPEG, every
+split); for train, ``embed.train_copies`` augmented copies per image drawn from the validator's level mix
+(``embed.augment``); for val_select and val_calib, ``embed.val_renders_per_level`` renders per image at each
+of levels 1-3, so model selection and calibration see the validator's mix (with one render per level, each
+level is 25 % of the rows, as the validator draws them). With ``embed.tta_flip`` the non-train splits also
+get the features of the mirrored picture (``features_flip``), which ``train`` averages with the plain ones.
 Outputs in ``outputs/embed/<variant>/``: ``features/<split>.safetensors`` (``features [N, V, D]`` float32,
-``features_flip`` when on), ``index.csv`` (split, row, sha256, path, render), ``backbone.json`` and
-``metrics.json``. Labels are not written: embedding is label-free.
+``features_flip`` when on), ``index.csv`` (split, row, sha256, path, render, level; level -1 for a mix),
+``backbone.json`` and ``metrics.json``. Labels are not written: embedding is label-free.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +27,7 @@ from roadwork.stages.common import (
     SPLITS_CSV,
     feature_cache,
     load_variant_backbone,
+    render_store,
     stage_dir,
     tracked,
     train_augment,
@@ -42,65 +48,81 @@ def index_path(variant: str) -> Path:
     return Path("outputs/embed") / variant / INDEX
 
 
+def split_renders(cfg: RoadworkConfig) -> dict[str, list[Any]]:
+    """The renders ``embed`` computes for each split (clean first)."""
+    from roadwork.train.embed import Render, level_render
+
+    renders: dict[str, list[Render]] = {split: [Render()] for split in SPLITS}
+    augment = train_augment(cfg)
+    renders["train"] += [
+        Render("augmented", copy=k, augment=augment, seed=cfg.embed.seed)
+        for k in range(cfg.embed.train_copies)
+    ]
+    for split in ("val_select", "val_calib"):
+        renders[split] += [
+            level_render(level, copy, cfg.embed.seed)
+            for level in (1, 2, 3)
+            for copy in range(cfg.embed.val_renders_per_level)
+        ]
+    return renders
+
+
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
     from safetensors.numpy import save_file
 
-    from roadwork.train.embed import Render, embed_images
+    from roadwork.train.embed import embed_images
 
     out = stage_dir("embed", variant)
     frame = read_split(SPLITS_CSV, "embed", SPLITS)
     spec = view_spec(cfg)
+    store = render_store()
     with tracked("embed", cfg, ("backbone", "embed"), overrides, variant=variant) as run:
         backbone = load_variant_backbone(cfg, variant)
         fingerprint = backbone.fingerprint()
         cache = feature_cache(cfg, backbone, fingerprint)
-        renders: dict[str, list[Render]] = {split: [Render()] for split in SPLITS}
-        augment = train_augment(cfg)
-        renders["train"] += [
-            Render("augmented", copy=k, augment=augment, seed=cfg.embed.seed)
-            for k in range(cfg.embed.train_copies)
-        ]
-        index_rows, metrics = [], {}
-        requested = computed = views = 0
-        seconds = 0.0
-        for split in SPLITS:
+        index_rows, metrics, work = [], {}, {"requested": 0, "computed": 0, "views": 0, "seconds": 0.0}
+
+        def run_embed(paths: list[Path], shas: list[str], render: Any, flip: bool, desc: str) -> np.ndarray:
+            features, stats = embed_images(
+                backbone,
+                paths,
+                shas,
+                render=render,
+                spec=spec,
+                cache=cache,
+                store=store,
+                flip=flip,
+                batch_size=cfg.embed.batch_size,
+                desc=desc,
+                precision=cfg.embed.precision,
+            )
+            work["requested"] += stats.n_items
+            work["computed"] += stats.n_computed
+            work["views"] += stats.n_views_computed
+            work["seconds"] += stats.seconds
+            return features
+
+        for split, renders in split_renders(cfg).items():
             rows = frame[frame["split"] == split].sort_values("path")
             paths = [INGEST / p for p in rows["working_path"]]
             shas = rows["sha256"].tolist()
             blocks, flips = [], []
-            for render in renders[split]:
-                features, stats = embed_images(
-                    backbone,
-                    paths,
-                    shas,
-                    render=render,
-                    spec=spec,
-                    cache=cache,
-                    batch_size=cfg.embed.batch_size,
-                    desc=f"embed@{variant} {split}",
-                    precision=cfg.embed.precision,
-                )
-                blocks.append(features)
-                requested, computed = requested + stats.n_items, computed + stats.n_computed
-                views, seconds = views + stats.n_views_computed, seconds + stats.seconds
+            for render in renders:
+                blocks.append(run_embed(paths, shas, render, False, f"embed@{variant} {split}"))
+                level = -1 if render.level is None else render.level
                 index_rows.append(
-                    pd.DataFrame({"split": split, "sha256": shas, "path": rows["path"], "render": render.key})
+                    pd.DataFrame(
+                        {
+                            "split": split,
+                            "sha256": shas,
+                            "path": rows["path"],
+                            "render": render.key,
+                            "level": level,
+                        }
+                    )
                 )
                 if cfg.embed.tta_flip and split != "train":
-                    flipped, stats = embed_images(
-                        backbone,
-                        paths,
-                        shas,
-                        render=Render(flip=True),
-                        spec=spec,
-                        cache=cache,
-                        batch_size=cfg.embed.batch_size,
-                        desc=f"embed@{variant} {split} (flip)",
-                        precision=cfg.embed.precision,
-                    )
-                    flips.append(flipped)
-                    requested, computed = requested + stats.n_items, computed + stats.n_computed
-                    views, seconds = views + stats.n_views_computed, seconds + stats.seconds
+                    flips.append(run_embed(paths, shas, render, True, f"embed@{variant} {split} (flip)"))
             tensors = {"features": np.concatenate(blocks)}
             if flips:
                 tensors["features_flip"] = np.concatenate(flips)
@@ -116,13 +138,14 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         # metrics.json holds what the outputs are (same inputs => same file); how much work the cache saved
         # and how fast it ran go to MLflow only
         write_json(out / "metrics.json", metrics)
-        work = {
-            "images_computed": computed,
-            "views_computed": views,
-            "cache_hit_rate": 1 - computed / max(1, requested),
-            "views_per_second": views / seconds if seconds > 0 and views else 0.0,
-        }
-        run.log_metrics(work)
+        run.log_metrics(
+            {
+                "images_computed": work["computed"],
+                "views_computed": work["views"],
+                "cache_hit_rate": 1 - work["computed"] / max(1, work["requested"]),
+                "views_per_second": work["views"] / work["seconds"] if work["seconds"] > 0 else 0.0,
+            }
+        )
         write_json(
             out / "backbone.json",
             {
@@ -143,5 +166,5 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     print(
         f"embed@{variant}: "
         + ", ".join(f"{s} {metrics[f'{s}_rows']} rows" for s in SPLITS)
-        + f"; {computed} renders computed, the rest from the cache {cache.root}"
+        + f"; {work['computed']} inputs computed, the rest from the cache {cache.root}"
     )

@@ -1,15 +1,23 @@
-"""evaluate stage: the variant's model with its policy on val_test, once: metrics, CIs, slices, robustness.
+"""evaluate stage: the variant's model with its policy on val_test, scored as the validator scores it.
 
-The only stage (with ``promote``) that reads val_test. It computes the val_test logits itself from the
-cached features and the trained head, applies ``policy.json``, and writes to ``outputs/evaluate/<variant>/``:
+The only stage (with ``promote``) that reads val_test labels. Every val_test image is rendered as the
+validator would send it (:func:`roadwork.stages.scoring.evaluation_renders`: its level-0 JPEG and
+``evaluate.renders_per_level`` renders at each of levels 1-3, from the ingest copy), and exactly those bytes
+go through the one inference path and ``policy.json``. Beside the model, the plain baseline a user would
+build by hand is fitted and scored on the same renders: a standardised logistic regression on the same
+backbone's clean train features, C chosen on val_select (:mod:`roadwork.train.probe`; the contract lets
+evaluate read train and val_select labels for this and nothing else). Outputs in
+``outputs/evaluate/<variant>/``:
 
-* ``metrics.json`` (DVC metrics): every scalar of :func:`roadwork.metrics.classification_report` at the
-  policy, bootstrap confidence intervals (resampling dedupe groups, not images) for MCC, accuracy, FNR and
-  AUROC, coverage / abstention of the conformal sets, and MCC / accuracy per validator level L0-L3;
-* ``slices.csv``: per value of every metadata column: n, accuracy with its Wilson interval, MCC, FNR, FPR;
-* ``robustness.csv``: val_test re-rendered as the validator's 224x224 JPEGs at each level L0-L3;
-* ``predictions.csv``, ``errors.csv`` (false positives / negatives, worst first), ``hard_negatives.csv``;
-* ``plots/``: ROC, PR, reliability, threshold sweep, confusion matrix, risk-coverage, error contact sheet.
+* ``metrics.json`` (DVC metrics), headline first: ``validator_mcc``, ``validator_accuracy``,
+  ``predicted_positive_rate`` and ``expected_reward`` over the validator's level mix (25 % each, labels
+  50/50), with group-bootstrap intervals, per-level MCC, the probe's figures (``probe_*``) and
+  ``lift_over_probe`` with its paired group-bootstrap interval; then the clean-render figures ``test_*``;
+* ``robustness.csv``: per level, ours and the probe's MCC / accuracy with intervals;
+* ``predictions.csv`` (one row per image and render), ``slices.csv``, ``errors.csv``,
+  ``hard_negatives.csv`` (a report on val_test, never fed back into training);
+* ``plots/``: ROC, PR, reliability, threshold sweep, confusion matrix, risk-coverage, per-level bars and the
+  error contact sheet.
 """
 
 from __future__ import annotations
@@ -26,13 +34,16 @@ from roadwork.data.split import read_split
 from roadwork.stages.common import (
     INGEST,
     SPLITS_CSV,
+    feature_cache,
     load_model,
-    model_logits,
+    model_margins,
+    render_store,
     stage_dir,
     tracked,
     write_csv,
     write_json,
 )
+from roadwork.stages.scoring import evaluation_renders, headline, render_predictions, tolerant
 
 # splits.csv columns that are not slice metadata
 _NOT_METADATA = {"path", "sha256", "size_bytes", "width", "height", "label", "working_path", "group", "split"}
@@ -71,160 +82,283 @@ def slice_table(frame: pd.DataFrame, decision: np.ndarray, level: float) -> pd.D
     return pd.DataFrame(rows)
 
 
-def robustness(
-    cfg: RoadworkConfig,
-    variant: str,
-    frame: pd.DataFrame,
-    backbone: Any,
-    head: Any,
-    policy: Any,
-    fingerprint: str | None = None,
+def our_predictions(
+    cfg: RoadworkConfig, variant: str, frame: pd.DataFrame, model: tuple[Any, Any, Any], fingerprint: str
 ) -> pd.DataFrame:
-    """MCC and accuracy of the policy on val_test rendered as the validator renders, per level L0-L3."""
-    from roadwork import metrics as M
-    from roadwork.data.preprocess import TrainAugment
-    from roadwork.train.embed import Render
+    """The model's answers on every evaluation render of ``frame``, through the one inference path."""
+    backbone, head, policy = model
 
-    y = frame["label"].to_numpy()
-    rows = []
-    for level in range(4):
-        # a one-level TrainAugment with its JPEG step is exactly the validator's render of that level
-        augment = TrainAugment(tuple(float(i == level) for i in range(4)), jpeg=True)
-        copies = 1 if level == 0 else cfg.evaluate.robustness_copies  # level 0 draws nothing random
-        decisions = []
-        for copy in range(copies):
-            render = Render("augmented", copy=copy, augment=augment, seed=cfg.evaluate.seed)
-            logits = model_logits(
-                cfg,
-                backbone,
-                head,
-                frame,
-                render=render,
-                desc=f"evaluate@{variant} L{level}",
-                fingerprint=fingerprint,
+    def predict(render: Any) -> pd.DataFrame:
+        margin = model_margins(
+            cfg,
+            backbone,
+            head,
+            frame,
+            render=render,
+            desc=f"evaluate@{variant} L{render.level}",
+            fingerprint=fingerprint,
+        )
+        applied = policy.apply(margin)
+        return pd.DataFrame(
+            {
+                "margin": margin,
+                "calibrated_probability": applied["calibrated_probability"],
+                "probability": applied["probability"],
+                "decision": applied["decision"].astype(int),
+                "abstain": applied["abstain"],
+            }
+        )
+
+    return render_predictions(frame, evaluation_renders(cfg), predict)
+
+
+def fit_variant_probe(cfg: RoadworkConfig, variant: str) -> Any:
+    """The plain baseline: standardised logistic regression on the variant's clean train features (the
+    global view), C chosen on val_select's clean features."""
+    from roadwork.stages.train import load_features
+    from roadwork.train.probe import fit_probe
+
+    labelled = read_split(SPLITS_CSV, "evaluate", ["train", "val_select"])
+    data = {}
+    for split in ("train", "val_select"):
+        arrays, rows = load_features(variant, split)
+        clean = (rows["level"] == 0).to_numpy()
+        labels = labelled[labelled["split"] == split].set_index("sha256")["label"]
+        data[split] = (arrays["features"][clean, 0], labels.loc[rows.loc[clean, "sha256"]].to_numpy())
+    return fit_probe(*data["train"], *data["val_select"], seed=cfg.evaluate.seed)
+
+
+def probe_answers(
+    cfg: RoadworkConfig, frame: pd.DataFrame, backbone: Any, probe: Any, fingerprint: str
+) -> pd.DataFrame:
+    """The probe's margin and decision on every evaluation render of ``frame``, in
+    :func:`our_predictions`' row order (the global features come from the shared cache)."""
+    from roadwork.models.inference import ViewSpec
+    from roadwork.train.embed import embed_images
+
+    cache, store = feature_cache(cfg, backbone, fingerprint), render_store()
+    blocks = []
+    for render in evaluation_renders(cfg):
+        features, _ = embed_images(
+            backbone,
+            [INGEST / p for p in frame["working_path"]],
+            frame["sha256"].tolist(),
+            render=render,
+            spec=ViewSpec("global"),
+            cache=cache,
+            store=store,
+            batch_size=cfg.embed.batch_size,
+            desc=f"probe L{render.level}",
+            precision=cfg.embed.precision,
+        )
+        blocks.append(pd.DataFrame({"probe_margin": probe.margin(features[:, 0])}))
+    answers = pd.concat(blocks, ignore_index=True)
+    return answers.assign(probe_decision=(answers["probe_margin"] > 0).astype(int))
+
+
+def validator_figures(predictions: pd.DataFrame, cfg: RoadworkConfig) -> dict[str, float]:
+    """Headline figures of ours and the probe, with group-bootstrap intervals (resampling dedupe groups,
+    an image drawn twice counting twice) and the lift over the probe with its paired interval."""
+    import functools
+
+    from roadwork import metrics as M
+
+    params = cfg.evaluate
+    ours = headline(predictions, cfg)
+    probe = headline(predictions, cfg, decision=predictions["probe_decision"].to_numpy())
+    out = dict(ours) | {f"probe_{k}": v for k, v in probe.items()}
+    shared = {"y_true": predictions["label"].to_numpy(), "level": predictions["level"].to_numpy()}
+    common = {
+        "shared": shared,
+        "stat_groups": predictions["sha256"].to_numpy(),
+        "n_resamples": params.bootstrap_resamples,
+        "level": params.ci_level,
+        "seed": params.seed,
+    }
+    # per resample 200 streams: a tenth of the cost, noise small next to the sampling noise (see
+    # roadwork.metrics.paired_bootstrap_diff)
+    stats = {
+        "expected_reward": functools.partial(M.expected_reward, n_streams=200, seed=params.seed),
+        "validator_mcc": M.validator_mcc,
+        **{name: _metric_of(name) for name in ("validator_accuracy", "L0_mcc", "L1_mcc", "L2_mcc", "L3_mcc")},
+    }
+    groups = predictions["group"].to_numpy()
+    for name, fn in stats.items():
+        for column, prefix in (("decision", ""), ("probe_decision", "probe_")):
+            _, low, high = M.group_bootstrap(
+                tolerant(fn), predictions[column].to_numpy(), groups, point_fn=fn, **common
             )
-            decisions.append(policy.apply(logits[:, 1] - logits[:, 0])["decision"].astype(int))
-        d, yy = np.concatenate(decisions), np.tile(y, copies)
-        rows.append({"level": level, "n": len(yy), "mcc": M.mcc(yy, d), "accuracy": M.accuracy(yy, d)})
+            out[f"{prefix}{name}_low"], out[f"{prefix}{name}_high"] = low, high
+    lift, low, high = M.paired_bootstrap_diff(
+        tolerant(M.validator_mcc),
+        predictions["decision"].to_numpy(),
+        predictions["probe_decision"].to_numpy(),
+        groups,
+        point_fn=M.validator_mcc,
+        **common,
+    )
+    out.update(lift_over_probe=lift, lift_over_probe_low=low, lift_over_probe_high=high)
+    return out
+
+
+def _metric_of(name: str) -> Any:
+    from roadwork import metrics as M
+
+    def fn(**kwargs: Any) -> float:
+        return M.validator_metrics(**kwargs)[name]
+
+    return fn
+
+
+def level_table(predictions: pd.DataFrame, figures: dict[str, float]) -> pd.DataFrame:
+    """Per validator level: renders, ours and the probe's MCC / accuracy (labels weighted 50/50, images
+    equally, as the validator draws them; ours with its interval) and our predicted-positive rate."""
+    rows = []
+    for level, part in predictions.groupby("level"):
+        key = f"L{int(level)}"
+        rows.append(
+            {
+                "level": int(level),
+                "n": len(part),
+                **{
+                    name: figures[f"{prefix}{key}_{metric}"]
+                    for name, prefix, metric in (
+                        ("mcc", "", "mcc"),
+                        ("mcc_low", "", "mcc_low"),
+                        ("mcc_high", "", "mcc_high"),
+                        ("accuracy", "", "accuracy"),
+                        ("probe_mcc", "probe_", "mcc"),
+                        ("probe_accuracy", "probe_", "accuracy"),
+                    )
+                },
+                "predicted_positive_rate": float(part["decision"].mean()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
+def clean_figures(clean: pd.DataFrame, cfg: RoadworkConfig, threshold: float) -> dict[str, float]:
+    """``test_*``: every scalar of the classification report on the clean (level-0) renders, with
+    group-bootstrap intervals for MCC, accuracy, FNR and AUROC."""
     from roadwork import metrics as M
-    from roadwork import plots
-    from roadwork.policy import Policy, mcc_sweep
 
-    out = stage_dir("evaluate", variant)
-    plot_dir = out / "plots"
     params = cfg.evaluate
-    frame = read_split(SPLITS_CSV, "evaluate", ["val_test"]).sort_values("path").reset_index(drop=True)
-    policy = Policy.from_json(Path("outputs/calibrate") / variant / "policy.json")
-    backbone, head = load_model(cfg, variant)
-    fingerprint = backbone.fingerprint()
-    logits = model_logits(
-        cfg, backbone, head, frame, desc=f"evaluate@{variant} val_test", fingerprint=fingerprint
+    y, decision = clean["label"].to_numpy(dtype=np.int64), clean["decision"].to_numpy()
+    report = M.classification_report(
+        y, clean["calibrated_probability"].to_numpy(), threshold, n_bins=cfg.calibrate.ece_bins
     )
-    y = frame["label"].to_numpy(dtype=np.int64)
-    margin = (logits[:, 1] - logits[:, 0]).astype(np.float64)
-    applied = policy.apply(margin)
-    p_deployed, p_cal = applied["probability"], applied["calibrated_probability"]
-    decision = applied["decision"].astype(int)
-
-    with tracked("evaluate", cfg, ("evaluate",), overrides, variant=variant) as run:
-        report = M.classification_report(y, p_cal, policy.threshold, n_bins=cfg.calibrate.ece_bins)
-        metrics: dict[str, float] = {f"test_{k}": v for k, v in report.items()}
-        groups = frame["group"].to_numpy()
-        interval_metrics = {
-            "mcc": lambda yy, d: M.mcc(yy, d.astype(int)),
-            "accuracy": lambda yy, d: M.accuracy(yy, d.astype(int)),
-            "fnr": lambda yy, d: M.fnr_from_counts(
-                int(((d > 0) & (yy == 1)).sum()), int(((d == 0) & (yy == 1)).sum())
-            ),
-        }
-        for name, fn in interval_metrics.items():
-            _, low, high = M.bootstrap_ci(
-                fn,
-                y,
-                decision,
-                groups=groups,
-                n_resamples=params.bootstrap_resamples,
-                level=params.ci_level,
-                seed=params.seed,
-            )
-            metrics[f"test_{name}_low"], metrics[f"test_{name}_high"] = low, high
+    out: dict[str, float] = {f"test_{k}": v for k, v in report.items()}
+    interval_metrics = {
+        "mcc": (lambda yy, d: M.mcc(yy, d.astype(int)), decision),
+        "accuracy": (lambda yy, d: M.accuracy(yy, d.astype(int)), decision),
+        "fnr": (lambda yy, d: M.fnr(yy, d.astype(int)), decision),
+        "auroc": (M.auroc, clean["margin"].to_numpy()),
+    }
+    for name, (fn, score) in interval_metrics.items():
         _, low, high = M.bootstrap_ci(
-            M.auroc,
+            fn,
             y,
-            margin,
-            groups=groups,
+            score,
+            groups=clean["group"].to_numpy(),
             n_resamples=params.bootstrap_resamples,
             level=params.ci_level,
             seed=params.seed,
         )
-        metrics["test_auroc_low"], metrics["test_auroc_high"] = low, high
-        metrics["test_abstention_rate"] = float(applied["abstain"].mean())
-        metrics["test_deployed_agrees_with_decision"] = float(np.all((p_deployed > 0.5) == (decision == 1)))
+        out[f"test_{name}_low"], out[f"test_{name}_high"] = low, high
+    out["test_abstention_rate"] = float(clean["abstain"].mean())
+    out["test_deployed_agrees_with_decision"] = float(np.all((clean["probability"] > 0.5) == (decision == 1)))
+    return out
 
-        levels = robustness(cfg, variant, frame, backbone, head, policy, fingerprint)
+
+def write_reports(
+    out: Path, frame: pd.DataFrame, predictions: pd.DataFrame, cfg: RoadworkConfig, variant: str, policy: Any
+) -> None:
+    """slices.csv, predictions.csv, errors.csv, hard_negatives.csv and the plots (clean renders)."""
+    from roadwork import plots
+    from roadwork.policy import mcc_sweep
+
+    params, plot_dir = cfg.evaluate, out / "plots"
+    clean = predictions[predictions["level"] == 0].reset_index(drop=True)
+    y, margin, decision = clean["label"].to_numpy(), clean["margin"].to_numpy(), clean["decision"].to_numpy()
+    write_csv(slice_table(frame, decision, params.ci_level), out / "slices.csv")
+    write_csv(predictions, out / "predictions.csv")
+    errors = clean[clean["decision"] != clean["label"]].assign(
+        kind=lambda e: np.where(e["label"] == 1, "false_negative", "false_positive"),
+        severity=lambda e: np.where(e["label"] == 1, 1 - e["probability"], e["probability"]),
+    )
+    errors = errors.sort_values(["severity", "path"], ascending=[False, True])
+    write_csv(errors, out / "errors.csv")
+    negatives = clean[clean["label"] == 0].sort_values(
+        ["calibrated_probability", "path"], ascending=[False, True]
+    )
+    write_csv(
+        negatives.head(max(params.worst_errors, int((negatives["decision"] == 1).sum()))),
+        out / "hard_negatives.csv",
+    )
+    p_cal = clean["calibrated_probability"].to_numpy()
+    plots.roc_plot(y, margin, plot_dir / "roc.png")
+    plots.pr_plot(y, margin, plot_dir / "pr.png")
+    plots.reliability_plot(
+        y, {"calibrated": p_cal}, plot_dir / "reliability.png", n_bins=cfg.calibrate.ece_bins
+    )
+    plots.threshold_sweep_plot(
+        mcc_sweep(y, p_cal).to_frame(), plot_dir / "threshold_sweep.png", chosen_threshold=policy.threshold
+    )
+    plots.confusion_plot(y, decision, plot_dir / "confusion.png")
+    plots.risk_coverage_plot(y, clean["probability"].to_numpy(), plot_dir / "risk_coverage.png")
+    worst = errors.head(params.worst_errors)
+    thumbs = []
+    for path in frame.set_index("sha256").loc[worst["sha256"], "working_path"]:
+        with Image.open(INGEST / path) as image:
+            thumbs.append(image.convert("RGB"))
+    captions = [
+        f"{'FN' if e.label == 1 else 'FP'} p={e.probability:.2f} {Path(e.path).name}"
+        for e in worst.itertuples()
+    ]
+    plots.contact_sheet(thumbs, captions, plot_dir / "worst_errors.png", title=f"worst errors ({variant})")
+
+
+HEADLINE = ("validator_mcc", "validator_accuracy", "predicted_positive_rate", "expected_reward")
+
+
+def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
+    from roadwork import metrics as M
+    from roadwork.policy import Policy
+
+    out = stage_dir("evaluate", variant)
+    frame = read_split(SPLITS_CSV, "evaluate", ["val_test"]).sort_values("path").reset_index(drop=True)
+    policy = Policy.from_json(Path("outputs/calibrate") / variant / "policy.json")
+    backbone, head = load_model(cfg, variant)
+    fingerprint = backbone.fingerprint()
+    predictions = our_predictions(cfg, variant, frame, (backbone, head, policy), fingerprint)
+    with tracked("evaluate", cfg, ("evaluate",), overrides, variant=variant) as run:
+        probe = fit_variant_probe(cfg, variant)
+        predictions = pd.concat(
+            [predictions, probe_answers(cfg, frame, backbone, probe, fingerprint)], axis=1
+        )
+        figures = validator_figures(predictions, cfg)
+        clean = predictions[predictions["level"] == 0].reset_index(drop=True)
+        figures.update(probe_C=probe.C, probe_test_mcc=M.mcc(clean["label"], clean["probe_decision"]))
+        figures.update(clean_figures(clean, cfg, policy.threshold))
+        levels = level_table(predictions, figures)
         write_csv(levels, out / "robustness.csv")
-        for level in levels.itertuples():
-            metrics[f"test_L{level.level}_mcc"] = level.mcc
-            metrics[f"test_L{level.level}_accuracy"] = level.accuracy
-
-        write_csv(slice_table(frame, decision, params.ci_level), out / "slices.csv")
-        predictions = frame[["path", "sha256", "label", "group"]].assign(
-            margin=margin,
-            calibrated_probability=p_cal,
-            probability=p_deployed,
-            decision=decision,
-            abstain=applied["abstain"],
-        )
-        write_csv(predictions, out / "predictions.csv")
-        errors = predictions[predictions["decision"] != predictions["label"]].assign(
-            kind=lambda e: np.where(e["label"] == 1, "false_negative", "false_positive"),
-            severity=lambda e: np.where(e["label"] == 1, 1 - e["probability"], e["probability"]),
-        )
-        errors = errors.sort_values(["severity", "path"], ascending=[False, True])
-        write_csv(errors, out / "errors.csv")
-        negatives = predictions[predictions["label"] == 0].sort_values(
-            ["calibrated_probability", "path"], ascending=[False, True]
-        )
-        hard = negatives.head(max(params.worst_errors, int((negatives["decision"] == 1).sum())))
-        write_csv(hard, out / "hard_negatives.csv")
-
-        plots.roc_plot(y, margin, plot_dir / "roc.png")
-        plots.pr_plot(y, margin, plot_dir / "pr.png")
-        plots.reliability_plot(
-            y, {"calibrated": p_cal}, plot_dir / "reliability.png", n_bins=cfg.calibrate.ece_bins
-        )
-        plots.threshold_sweep_plot(
-            mcc_sweep(y, p_cal).to_frame(),
-            plot_dir / "threshold_sweep.png",
-            chosen_threshold=policy.threshold,
-        )
-        plots.confusion_plot(y, decision, plot_dir / "confusion.png")
-        plots.risk_coverage_plot(y, p_deployed, plot_dir / "risk_coverage.png")
-        worst = errors.head(params.worst_errors)
-        thumbs = []
-        for path in frame.set_index("sha256").loc[worst["sha256"], "working_path"]:
-            with Image.open(INGEST / path) as image:
-                thumbs.append(image.convert("RGB"))
-        captions = [
-            f"{'FN' if e.label == 1 else 'FP'} p={e.probability:.2f} {Path(e.path).name}"
-            for e in worst.itertuples()
-        ]
-        plots.contact_sheet(
-            thumbs, captions, plot_dir / "worst_errors.png", title=f"worst errors ({variant})"
-        )
-
-        write_json(out / "metrics.json", metrics)
-        run.log_metrics(metrics)
-        run.log_artifact(plot_dir, "plots")
+        write_reports(out, frame, predictions, cfg, variant, policy)
+        # headline first: the validator's figures are what the customer is paid by
+        ordered = {k: figures[k] for k in HEADLINE} | {
+            k: figures[k] for k in sorted(figures) if k not in HEADLINE
+        }
+        write_json(out / "metrics.json", ordered, sort_keys=False)
+        run.log_metrics(ordered)
+        run.log_artifact(out / "plots", "plots")
         for name in ("metrics.json", "slices.csv", "robustness.csv", "errors.csv", "hard_negatives.csv"):
             run.log_artifact(out / name)
+    f = figures
     print(
-        f"evaluate@{variant}: val_test MCC {metrics['test_mcc']:.3f} "
-        f"[{metrics['test_mcc_low']:.3f}, {metrics['test_mcc_high']:.3f}], "
-        f"accuracy {metrics['test_accuracy']:.3f}, AUROC {metrics['test_auroc']:.3f}; "
-        + ", ".join(f"L{r.level} MCC {r.mcc:.3f}" for r in levels.itertuples())
+        f"evaluate@{variant}: validator MCC {f['validator_mcc']:.3f} [{f['validator_mcc_low']:.3f}, "
+        f"{f['validator_mcc_high']:.3f}] (probe {f['probe_validator_mcc']:.3f}; "
+        f"lift {f['lift_over_probe']:+.3f} [{f['lift_over_probe_low']:+.3f}, "
+        f"{f['lift_over_probe_high']:+.3f}]), expected reward "
+        f"{f['expected_reward']:.3f} (probe {f['probe_expected_reward']:.3f}), predicted positive "
+        f"{f['predicted_positive_rate']:.2f}; clean MCC {f['test_mcc']:.3f}; "
+        + ", ".join(f"L{r.level} {r.mcc:.3f}" for r in levels.itertuples())
     )

@@ -35,7 +35,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         result = ingest(
             data_dir,
             out,
-            working_max_side=cfg.ingest.working_max_side,
+            working_min_side=cfg.ingest.working_min_side,
             jpeg_quality=cfg.ingest.jpeg_quality,
             max_pixels=cfg.ingest.max_pixels,
             min_side=cfg.ingest.min_side,

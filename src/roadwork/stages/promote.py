@@ -1,32 +1,87 @@
 """``roadwork promote``: compare ``challenger`` with ``champion`` on the current hold-out; move ``champion``.
 
-Both registered models are run (through their pyfuncs, as deployed) on today's val_test images — the split
-may have changed since either was registered — and scored with one metric. The rule lives in
-:func:`roadwork.deploy.registry.decide_promotion`. The decision, the metric, both scores and both versions
-are recorded as tags on the challenger version (also with ``--dry-run``, marked as such).
+Both registered models are run through their pyfuncs, as deployed, on exactly the bytes ``evaluate`` scores:
+today's val_test images rendered as the validator sends them
+(:func:`roadwork.stages.scoring.evaluation_renders`; the split may have changed since either was
+registered). Each is scored with ``deploy.promote_metric`` (default ``expected_reward``) by
+:func:`roadwork.stages.scoring.headline`, the function ``evaluate`` uses, so a model's figure here is its
+figure there. ``champion`` moves only when the challenger is better by more than ``promote_min_delta`` and
+the paired group-bootstrap interval of the difference (``deploy.promote_confidence``) lies above zero
+(:func:`roadwork.deploy.registry.decide_promotion`). The decision, both scores and the interval are recorded
+as tags on the challenger version (also with ``--dry-run``, marked as such).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
-from roadwork.stages.common import INGEST, SPLITS_CSV
+from roadwork.stages.common import SPLITS_CSV
+from roadwork.stages.scoring import evaluation_renders, headline, render_predictions, rendered_bytes
+
+
+def registered_predictions(uri: str, frame: pd.DataFrame, cfg: RoadworkConfig, desc: str) -> pd.DataFrame:
+    """The pyfunc at ``uri`` on every evaluation render of ``frame``: one row per (image, render)."""
+    import mlflow
+    from tqdm.auto import tqdm
+
+    from roadwork.deploy.registry import predict_with
+
+    model = mlflow.pyfunc.load_model(uri)
+    renders = evaluation_renders(cfg)
+    with tqdm(total=len(frame) * len(renders), desc=desc, unit="img") as bar:
+        return render_predictions(
+            frame, renders, lambda r: predict_with(model, rendered_bytes(frame, r), bar.update)
+        )
+
+
+def compare(challenger: pd.DataFrame, champion: pd.DataFrame, metric: str, cfg: RoadworkConfig) -> dict:
+    """Both scores and the paired group-bootstrap interval of challenger - champion on the same renders
+    (resampling dedupe groups; the statistic is the one ``evaluate`` reports)."""
+    import functools
+
+    from roadwork import metrics as M
+    from roadwork.stages.scoring import scored_decisions, tolerant
+
+    if metric == "expected_reward":
+        point = functools.partial(
+            M.expected_reward, n_streams=cfg.evaluate.reward_streams, seed=cfg.evaluate.seed
+        )
+        per_resample = functools.partial(M.expected_reward, n_streams=200, seed=cfg.evaluate.seed)
+    else:
+
+        def point(**kwargs: Any) -> float:
+            return M.validator_metrics(**kwargs)[metric]
+
+        per_resample = point
+    _, low, high = M.paired_bootstrap_diff(
+        tolerant(per_resample),
+        scored_decisions(challenger),
+        scored_decisions(champion),
+        challenger["group"].to_numpy(),
+        shared={"y_true": challenger["label"].to_numpy(), "level": challenger["level"].to_numpy()},
+        stat_groups=challenger["sha256"].to_numpy(),
+        point_fn=point,
+        n_resamples=cfg.evaluate.bootstrap_resamples,
+        level=cfg.deploy.promote_confidence,
+        seed=cfg.evaluate.seed,
+    )
+    return {
+        "challenger": headline(challenger, cfg)[metric],
+        "champion": headline(champion, cfg)[metric],
+        "difference_low": low,
+        "difference_high": high,
+    }
 
 
 def main(cfg: RoadworkConfig, *, metric: str | None, min_delta: float | None, dry_run: bool) -> int:
     import mlflow
-    from tqdm.auto import tqdm
 
-    from roadwork.deploy.registry import (
-        CHALLENGER,
-        CHAMPION,
-        alias_version,
-        decide_promotion,
-        predict_with,
-        score_predictions,
-    )
+    from roadwork.deploy.registry import CHALLENGER, CHAMPION, alias_version, decide_promotion
     from roadwork.tracking import check_reachable, redact_uri, tracking_uri
 
     name = cfg.deploy.registered_model
@@ -46,37 +101,84 @@ def main(cfg: RoadworkConfig, *, metric: str | None, min_delta: float | None, dr
         print(f"promote: '{CHAMPION}' already is version {champion.version}; nothing to do.")
         return 0
 
-    holdout = read_split(SPLITS_CSV, "promote", ["val_test"]).sort_values("path")
-    paths = [INGEST / p for p in holdout["working_path"]]
-    y = holdout["label"].to_numpy()
-    scores: dict[str, float] = {}
-    for role, version in (("challenger", challenger), ("champion", champion)):
-        if version is None:
-            continue
-        with tqdm(total=len(paths), desc=f"promote: {role} v{version.version}", unit="img") as bar:
-            predictions = predict_with(f"models:/{name}/{version.version}", paths, bar.update)
-        scores[role] = score_predictions(metric, y, predictions)
-    decision = decide_promotion(scores["challenger"], scores.get("champion"), min_delta)
+    holdout = read_split(SPLITS_CSV, "promote", ["val_test"]).sort_values("path").reset_index(drop=True)
+    ours = registered_predictions(
+        f"models:/{name}/{challenger.version}", holdout, cfg, f"promote: challenger v{challenger.version}"
+    )
+    if champion is None:
+        scores = {"challenger": headline(ours, cfg)[metric]}
+        decision = decide_promotion(scores["challenger"], None, min_delta)
+    else:
+        theirs = registered_predictions(
+            f"models:/{name}/{champion.version}", holdout, cfg, f"promote: champion v{champion.version}"
+        )
+        scores = compare(ours, theirs, metric, cfg)
+        decision = decide_promotion(
+            scores["challenger"], scores["champion"], min_delta, scores["difference_low"]
+        )
+    record(client, name, challenger, champion, scores, decision, metric, min_delta, dry_run, len(ours))
+    if decision.promote and not dry_run:
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+    print(summary(challenger, champion, scores, decision, metric, dry_run, len(holdout), len(ours), cfg))
+    return 0
+
+
+def record(
+    client: Any,
+    name: str,
+    challenger: Any,
+    champion: Any,
+    scores: dict,
+    decision: Any,
+    metric: str,
+    min_delta: float,
+    dry_run: bool,
+    n_renders: int,
+) -> None:
+    """The decision as tags on the challenger version."""
     tags = {
         "promote.decision": ("promote" if decision.promote else "keep") + (" (dry run)" if dry_run else ""),
         "promote.reason": decision.reason,
         "promote.metric": metric,
         "promote.min_delta": str(min_delta),
-        "promote.holdout_n": str(len(paths)),
+        "promote.holdout_renders": str(n_renders),
         "promote.challenger_score": f"{scores['challenger']:.6f}",
         "promote.champion_version": str(champion.version) if champion is not None else "",
         "promote.champion_score": f"{scores['champion']:.6f}" if "champion" in scores else "",
+        "promote.difference_interval": (
+            f"[{scores['difference_low']:.6f}, {scores['difference_high']:.6f}]"
+            if "difference_low" in scores
+            else ""
+        ),
         "promote.time": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, challenger.version, key, value)
-    if decision.promote and not dry_run:
-        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+
+
+def summary(
+    challenger: Any,
+    champion: Any,
+    scores: dict,
+    decision: Any,
+    metric: str,
+    dry_run: bool,
+    n_images: int,
+    n_renders: int,
+    cfg: RoadworkConfig,
+) -> str:
+    from roadwork.deploy.registry import CHAMPION
+
     before = f"v{champion.version} ({metric} {scores['champion']:.4f})" if champion is not None else "none"
+    interval = (
+        f", difference [{scores['difference_low']:+.4f}, {scores['difference_high']:+.4f}] at "
+        f"{cfg.deploy.promote_confidence:.0%}"
+        if "difference_low" in scores
+        else ""
+    )
     action = "would move" if dry_run else "moved"
-    print(
-        f"promote: challenger v{challenger.version} ({metric} {scores['challenger']:.4f} on {len(paths)} "
-        f"val_test images), champion {before}: {decision.reason}. "
+    return (
+        f"promote: challenger v{challenger.version} ({metric} {scores['challenger']:.4f} on {n_renders} "
+        f"validator renders of {n_images} val_test images), champion {before}{interval}: {decision.reason}. "
         + (f"'{CHAMPION}' {action} to v{challenger.version}." if decision.promote else f"'{CHAMPION}' stays.")
     )
-    return 0

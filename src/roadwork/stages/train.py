@@ -14,7 +14,7 @@ the mean of the plain and mirrored renderings' logits.
 Outputs in ``outputs/train/<variant>/``: ``model/`` (``head.safetensors``, ``head.json``,
 ``backbone.json`` naming the backbone, and after finetuning ``backbone/`` and ``finetune.json``),
 ``history.csv`` (per-epoch curves, a DVC plot), ``training_curves.png``, ``logits/<split>.csv`` (sha256,
-path, z0, z1, margin) and ``metrics.json``.
+path, render, level, margin: one row per validator render) and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from roadwork.stages.common import (
     checkpoint_dir,
     load_variant_backbone,
     model_dir,
-    model_logits,
+    model_margins,
+    render_store,
     stage_dir,
     tracked,
     train_augment,
@@ -103,9 +104,11 @@ def _fit_on_features(
 def _fit_finetune(
     cfg: RoadworkConfig, variant: str, labelled: pd.DataFrame, head_cfg: Any, out: Path, loggers: list
 ) -> Any:
+    import io
+
     from PIL import Image
 
-    from roadwork.train.embed import Render, render_image
+    from roadwork.train.embed import Render, rendered_inputs
     from roadwork.train.finetune import FinetuneConfig, finetune
 
     if cfg.trainer.devices != 1:
@@ -121,10 +124,12 @@ def _fit_finetune(
     train = labelled[labelled["split"] == "train"].sort_values("path")
     val = labelled[labelled["split"] == "val_select"].sort_values("path")
     val_images = []
-    for path, sha in zip(val["working_path"], val["sha256"], strict=True):
-        with Image.open(INGEST / path) as image:
-            # the clean render every other val_select prediction is made on
-            val_images.append(render_image(image.convert("RGB"), Render(), sha))
+    # the clean render's bytes, decoded: what the validator sends at level 0
+    for data in rendered_inputs(
+        [INGEST / p for p in val["working_path"]], val["sha256"].tolist(), Render(), render_store()
+    ):
+        with Image.open(io.BytesIO(data)) as image:
+            val_images.append(image.convert("RGB"))
     return finetune(
         load_variant_backbone(cfg, variant),
         [INGEST / p for p in train["working_path"]],
@@ -142,7 +147,6 @@ def _fit_finetune(
 
 
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
-    from roadwork import metrics as M
     from roadwork.plots import training_curves_plot
 
     out = stage_dir("train", variant)
@@ -171,22 +175,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         if cfg.train.mode == "finetune":
             metrics["trainable_parameters"] = result.trainable_parameters
             metrics["merge_max_abs_diff"] = result.merge_max_abs_diff
-        fingerprint = backbone.fingerprint()
-        for split in LOGIT_SPLITS:
-            rows = labelled[labelled["split"] == split].sort_values("path")
-            if split == "val_calib":  # label-free: only the images, through the index of embed's rows
-                rows = _val_calib_rows(variant)
-            logits = model_logits(
-                cfg, backbone, head, rows, desc=f"train@{variant} {split}", fingerprint=fingerprint
-            )
-            margin = logits[:, 1] - logits[:, 0]
-            frame = rows[["sha256", "path"]].assign(z0=logits[:, 0], z1=logits[:, 1], margin=margin)
-            write_csv(frame, out / "logits" / f"{split}.csv")
-            if split == "val_select":
-                y, decision = rows["label"].to_numpy(), (margin > 0).astype(int)
-                metrics["val_select_mcc"] = M.mcc(y, decision)
-                metrics["val_select_accuracy"] = M.accuracy(y, decision)
-                metrics["val_select_auroc"] = M.auroc(y, margin)
+        metrics.update(_write_val_logits(cfg, variant, backbone, head, labelled, out))
         write_json(out / "metrics.json", metrics)
         training_curves_plot(result.history, out / "training_curves.png", best_epoch=result.best_epoch)
         run.log_metrics({**metrics, "resumed_epochs": result.resumed_epochs})
@@ -200,9 +189,52 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     )
 
 
+def _write_val_logits(
+    cfg: RoadworkConfig, variant: str, backbone: Any, head: Any, labelled: pd.DataFrame, out: Path
+) -> dict[str, float]:
+    """Write ``logits/<split>.csv`` for val_select and val_calib, one row per render ``embed`` made
+    (sha256, path, render, level, margin), through the one inference path; return val_select's metrics:
+    MCC / accuracy at margin 0 over the validator's level mix and over the clean renders, and AUROC."""
+    from roadwork import metrics as M
+    from roadwork.stages.embed import split_renders
+
+    fingerprint = backbone.fingerprint()
+    renders = split_renders(cfg)
+    metrics: dict[str, float] = {}
+    for split in LOGIT_SPLITS:
+        rows = labelled[labelled["split"] == split].sort_values("path")
+        if split == "val_calib":  # label-free: only the images, through the index of embed's rows
+            rows = _val_calib_rows(variant)
+        blocks = []
+        for render in renders[split]:
+            margin = model_margins(
+                cfg,
+                backbone,
+                head,
+                rows,
+                render=render,
+                desc=f"train@{variant} {split}",
+                fingerprint=fingerprint,
+            )
+            level = -1 if render.level is None else render.level
+            blocks.append(rows[["sha256", "path"]].assign(render=render.key, level=level, margin=margin))
+        frame = pd.concat(blocks, ignore_index=True)
+        write_csv(frame, out / "logits" / f"{split}.csv")
+        if split == "val_select":
+            labels = rows.drop_duplicates("sha256").set_index("sha256")["label"]
+            y = labels.loc[frame["sha256"]].to_numpy()
+            margin, clean = frame["margin"].to_numpy(), (frame["level"] == 0).to_numpy()
+            metrics["val_select_mcc"] = M.mcc(y, (margin > 0).astype(int))
+            metrics["val_select_accuracy"] = M.accuracy(y, (margin > 0).astype(int))
+            metrics["val_select_clean_mcc"] = M.mcc(y[clean], (margin[clean] > 0).astype(int))
+            metrics["val_select_auroc"] = M.auroc(y, margin)
+    return metrics
+
+
 def _val_calib_rows(variant: str) -> pd.DataFrame:
     """val_calib images (sha256, path, working_path) without labels: train may not read val_calib labels."""
     _, rows = load_features(variant, "val_calib")
+    rows = rows.drop_duplicates("sha256")
     manifest = pd.read_csv(INGEST / "manifest.csv", dtype={"sha256": str, "path": str})
     return rows[["sha256", "path"]].merge(
         manifest[["sha256", "working_path"]].drop_duplicates("sha256"), on="sha256", how="left"

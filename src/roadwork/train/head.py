@@ -914,8 +914,6 @@ def _check_splits(train: FeatureSet, val_select: FeatureSet) -> None:
             f"val_select.features has views x dims {val_select.features.shape[1:]} but train has "
             f"{train.features.shape[1:]}; embed both splits with the same backbone and views."
         )
-    if np.unique(val_select.ids).size != val_select.ids.size:
-        raise ValueError("val_select.ids has repeated ids; validation items must have one copy each.")
     leaked = np.intersect1d(train.ids, val_select.ids)
     if leaked.size:
         raise ValueError(

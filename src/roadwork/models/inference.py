@@ -1,0 +1,371 @@
+"""The one inference path: encoded image bytes (or a decoded image) -> features -> margin.
+
+Every prediction the project makes goes through :func:`embed_inputs` and :func:`infer_margins`: the training
+features and val logits, ``evaluate`` (clean and every validator render), ``promote``, bundle's export
+check, the pyfunc and ``roadwork predict``. The steps, in order:
+
+1. **decode**: :func:`roadwork.data.images.decode_image` (EXIF orientation applied, any mode to RGB);
+2. **fixed geometry**: :func:`fixed_geometry`, the validator's level-0 geometry (centre square crop,
+   bilinear resize to 224x224). On what the validator sends (always a 224x224 image) it is the identity, so
+   a miner's input reaches the backbone untouched;
+3. optionally the **mirror image** (test-time flip);
+4. **views**: :class:`ViewSpec` (the picture, or the picture plus ``grid x grid`` tiles);
+5. **backbone** (its own fixed preprocessing, :func:`roadwork.data.preprocess.to_tensor_batch`), every view
+   of a batch in one forward pass;
+6. **head** on the views' features, logits averaged over the flip (:func:`infer_margins`); the caller applies
+   the policy (:meth:`roadwork.policy.Policy.apply`).
+
+The :class:`FeatureCache` is keyed by the sha256 of the **encoded input bytes**, the backbone's numerics
+(:func:`numerics_key`), :data:`GEOMETRY_KEY`, the flip and the view part, so it can only return what
+:func:`embed_inputs` would compute for those bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from PIL import Image
+from tqdm.auto import tqdm
+
+from roadwork.atomic import atomic_write, atomic_write_text
+from roadwork.data.preprocess import (
+    VALIDATOR_IMAGE_SIZE,
+    ValidatorParams,
+    apply_validator_params,
+    tile_boxes,
+    to_tensor_batch,
+)
+from roadwork.models.backbone import Backbone
+
+__all__ = [
+    "GEOMETRY_KEY",
+    "PRECISIONS",
+    "EmbedStats",
+    "FeatureCache",
+    "ViewSpec",
+    "embed_inputs",
+    "fixed_geometry",
+    "forward_views",
+    "image_views",
+    "infer_margins",
+    "input_key",
+    "numerics_key",
+]
+
+GEOMETRY_KEY = f"l0sq{VALIDATOR_IMAGE_SIZE}"
+"""Names :func:`fixed_geometry` in the feature cache; change it whenever that function's output changes."""
+
+
+def fixed_geometry(image: Image.Image) -> Image.Image:
+    """The validator's level-0 geometry: centre square crop of side ``min(W, H)``, bilinear resize to 224.
+
+    The identity (a copy) on a 224x224 image, which is what the validator always sends.
+    """
+    if image.size == (VALIDATOR_IMAGE_SIZE, VALIDATOR_IMAGE_SIZE):
+        return image
+    return apply_validator_params(image, ValidatorParams(level=0))
+
+
+def input_key(data: bytes) -> str:
+    """The feature-cache key of an encoded input: the sha256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+VIEW_MODES = ("global", "global+tiles")
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """Which views of a rendering are embedded.
+
+    Attributes:
+        views: ``"global"`` (1 view) or ``"global+tiles"`` (1 + ``grid**2`` views, global first, tiles in
+            row-major order).
+        grid: tiles per side (>= 2) for ``global+tiles``.
+        overlap: fraction in [0, 1) of a tile shared with its neighbour.
+    """
+
+    views: str = "global"
+    grid: int = 3
+    overlap: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.views not in VIEW_MODES:
+            raise ValueError(f"ViewSpec.views must be one of {VIEW_MODES}, got {self.views!r}.")
+        if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 2:
+            raise ValueError(f"ViewSpec.grid must be an int >= 2, got {self.grid!r}.")
+        if not 0 <= float(self.overlap) < 1:
+            raise ValueError(f"ViewSpec.overlap must lie in [0, 1), got {self.overlap!r}.")
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Cache parts making up the views: ``global`` and, with tiles, ``tiles<grid>o<overlap>``."""
+        if self.views == "global":
+            return ("global",)
+        return ("global", f"tiles{self.grid}o{float(self.overlap):g}")
+
+    @property
+    def num_views(self) -> int:
+        return 1 if self.views == "global" else 1 + self.grid * self.grid
+
+
+def _view_images(image: Image.Image, part: str, spec: ViewSpec) -> list[Image.Image]:
+    if part == "global":
+        return [image]
+    return [image.crop(box) for box in tile_boxes(image.width, image.height, spec.grid, spec.overlap)]
+
+
+def image_views(image: Image.Image, spec: ViewSpec) -> list[Image.Image]:
+    """The ``spec.num_views`` views of one (rendered) image: the image itself, then its tiles."""
+    return [view for part in spec.parts for view in _view_images(image, part, spec)]
+
+
+PRECISIONS = ("32", "bf16")
+
+
+def numerics_key(fingerprint: str, device_type: str, precision: str) -> str:
+    """The feature-cache key of a backbone run on ``device_type`` at ``precision``.
+
+    CPU float32 features keep the backbone fingerprint itself; any other device or precision gives other
+    numbers (TF32/cuDNN kernels, bfloat16 rounding), so it gets a key of its own and caches never mix them.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if device_type == "cpu" and precision == "32":
+        return fingerprint
+    return hashlib.sha256(f"{fingerprint}|{device_type}|{precision}".encode()).hexdigest()
+
+
+def forward_views(
+    backbone: Backbone, view_lists: Sequence[Sequence[Image.Image]], *, precision: str = "32"
+) -> list[NDArray[np.float32]]:
+    """Features ``[len(views), D]`` for each list of views; every view of every list in one forward pass.
+
+    Runs on the backbone's device (the batch goes through pinned memory to a GPU); ``precision="bf16"``
+    runs the forward under bfloat16 autocast. Features come back as float32 on the CPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    flat = [view for views in view_lists for view in views]
+    device = next(backbone.parameters()).device
+    batch = to_tensor_batch(flat, backbone.preprocess)
+    if device.type == "cuda":
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+    ):
+        features = backbone(batch).float().cpu().numpy()
+    bounds = np.cumsum([0, *(len(views) for views in view_lists)])
+    return [features[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+class FeatureCache:
+    """Features on disk, one ``float32 [views, D]`` ``.npy`` per (backbone numerics, input bytes, flip, part).
+
+    Layout: ``root/<numerics key[:16]>/<GEOMETRY_KEY>[-flip]/<part>/<key[:2]>/<key>.npy`` with ``key`` the
+    sha256 of the encoded input (:func:`input_key`), plus ``backbone.json`` recording the full numerics key.
+    Files are written through a temp file and ``os.replace``, so a killed run leaves only whole files and the
+    next run resumes from them.
+    """
+
+    def __init__(self, root: Path, fingerprint: str) -> None:
+        if len(fingerprint) < 16 or any(c not in "0123456789abcdef" for c in fingerprint):
+            raise ValueError(f"fingerprint must be a hex digest (>= 16 chars), got {fingerprint!r}.")
+        self.root = Path(root) / fingerprint[:16]
+        self.fingerprint = fingerprint
+        self.root.mkdir(parents=True, exist_ok=True)
+        marker = self.root / "backbone.json"
+        if marker.is_file():
+            recorded = json.loads(marker.read_text()).get("fingerprint")
+            if recorded != fingerprint:
+                raise ValueError(
+                    f"{marker}: cache folder belongs to backbone {recorded}, not {fingerprint}; "
+                    "delete the folder (a 64-bit prefix collision) or use another cache_dir."
+                )
+        else:
+            atomic_write_text(marker, json.dumps({"fingerprint": fingerprint}) + "\n")
+
+    def path(self, key: str, part: str, *, flip: bool = False) -> Path:
+        folder = f"{GEOMETRY_KEY}-flip" if flip else GEOMETRY_KEY
+        return self.root / folder / part / key[:2] / f"{key}.npy"
+
+    def has(self, key: str, part: str, *, flip: bool = False) -> bool:
+        return self.path(key, part, flip=flip).is_file()
+
+    def get(self, key: str, part: str, *, flip: bool = False) -> NDArray[np.float32]:
+        path = self.path(key, part, flip=flip)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: unreadable cache entry ({exc}); delete it to recompute.") from None
+
+    def put(self, key: str, part: str, features: NDArray[np.float32], *, flip: bool = False) -> None:
+        array = np.ascontiguousarray(features, dtype=np.float32)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as handle:  # a handle: np.save would append ".npy" to a bare path
+                np.save(handle, array, allow_pickle=False)
+
+        # not durable: a cache entry lost in a power cut is only recomputed, and fsyncs per file are slow
+        atomic_write(self.path(key, part, flip=flip), write, durable=False)
+
+
+@dataclass(frozen=True)
+class EmbedStats:
+    """How much work :func:`embed_inputs` did: cache hits and inputs actually run through the backbone."""
+
+    n_items: int
+    n_computed: int
+    n_views_computed: int
+    seconds: float
+
+
+def _prepare(source: bytes | Image.Image, flip: bool) -> Image.Image:
+    from roadwork.data.images import decode_image, pillow_pixel_limit
+
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        # the limits a caller enforces (predict, the served model) come before this path; here only Pillow's
+        image = decode_image(source, max_pixels=pillow_pixel_limit() or 2**31 - 1, min_side=1).image
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    image = fixed_geometry(image)
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else image
+
+
+def _check_inputs(inputs: Sequence[Any], keys: Sequence[str] | None, batch_size: int) -> None:
+    if isinstance(inputs, (bytes, Image.Image)) or not isinstance(inputs, Sequence):
+        raise TypeError("inputs must be a sequence of encoded images (bytes) or PIL images.")
+    for k, item in enumerate(inputs):
+        if not isinstance(item, (bytes, bytearray, Image.Image)):
+            raise TypeError(f"inputs[{k}] must be bytes or a PIL.Image.Image, got {type(item).__name__}.")
+    if keys is not None and len(keys) != len(inputs):
+        raise ValueError(f"keys ({len(keys)}) and inputs ({len(inputs)}) must have equal lengths.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+
+
+def embed_inputs(
+    backbone: Backbone,
+    inputs: Sequence[bytes | Image.Image],
+    *,
+    spec: ViewSpec,
+    flip: bool = False,
+    cache: FeatureCache | None = None,
+    batch_size: int = 32,
+    workers: int = 2,
+    precision: str = "32",
+    desc: str = "embed",
+    show_progress: bool = True,
+) -> tuple[NDArray[np.float32], EmbedStats]:
+    """Features ``float32 [N, V, D]`` of encoded inputs (or decoded images): steps 1-5 of the module doc.
+
+    With a ``cache``, inputs given as bytes are looked up by :func:`input_key` and only the missing ones
+    are computed (and stored as they come, so an interrupted call loses at most one batch); decoded images
+    are never cached (nothing identifies their source bytes). ``workers`` threads decode and cut views while
+    the backbone runs one forward pass of ``batch_size * views`` inputs per batch at ``precision``.
+
+    Raises:
+        TypeError / ValueError: malformed ``inputs`` or ``batch_size``.
+        roadwork.data.images.ImageRejected: an input is not a decodable image.
+    """
+    _check_inputs(inputs, None, batch_size)
+    start = time.perf_counter()
+    keys = [
+        input_key(bytes(x)) if cache is not None and not isinstance(x, Image.Image) else None for x in inputs
+    ]
+    missing: dict[int, list[str]] = {}
+    pending: set[str] = set()  # keys already scheduled: a repeated input is computed once
+    for i, key in enumerate(keys):
+        if key is None:
+            missing[i] = list(spec.parts)
+        elif key not in pending:
+            parts = [p for p in spec.parts if not cache.has(key, p, flip=flip)]
+            if parts:
+                missing[i] = parts
+                pending.add(key)
+    todo = list(missing)
+    computed: dict[int, dict[str, NDArray[np.float32]]] = {}
+    views_computed = 0
+
+    def prepare(i: int) -> list[list[Image.Image]]:
+        image = _prepare(inputs[i], flip)
+        return [_view_images(image, part, spec) for part in missing[i]]
+
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        tqdm(total=len(todo), desc=desc, unit="img", disable=not show_progress or not todo) as bar,
+    ):
+        for begin in range(0, len(todo), batch_size):
+            batch = todo[begin : begin + batch_size]
+            prepared = list(pool.map(prepare, batch))
+            slots = [(i, part) for i in batch for part in missing[i]]
+            features = forward_views(
+                backbone, [views for parts in prepared for views in parts], precision=precision
+            )
+            for (i, part), part_features in zip(slots, features, strict=True):
+                if keys[i] is not None:
+                    cache.put(keys[i], part, part_features, flip=flip)
+                computed.setdefault(i, {})[part] = part_features
+                views_computed += len(part_features)
+            bar.update(len(batch))
+
+    def row(i: int) -> NDArray[np.float32]:
+        mine = computed.get(i, {})
+        return np.concatenate(
+            [mine[p] if p in mine else cache.get(keys[i], p, flip=flip) for p in spec.parts]
+        )
+
+    rows = [row(i) for i in range(len(inputs))]
+    empty = np.zeros((0, spec.num_views, backbone.feature_dim), np.float32)
+    out = np.stack(rows).astype(np.float32, copy=False) if rows else empty
+    stats = EmbedStats(len(inputs), len(todo), views_computed, time.perf_counter() - start)
+    return out, stats
+
+
+def infer_margins(
+    backbone: Backbone,
+    head: Any,
+    inputs: Sequence[bytes | Image.Image],
+    *,
+    spec: ViewSpec,
+    tta_flip: bool = False,
+    cache: FeatureCache | None = None,
+    batch_size: int = 32,
+    precision: str = "32",
+    desc: str = "infer",
+    show_progress: bool = False,
+) -> NDArray[np.float64]:
+    """Margins ``z1 - z0`` of the model on ``inputs``: :func:`embed_inputs` then the head, logits averaged
+    over the plain and mirrored picture when ``tta_flip``. The policy is the caller's last step."""
+    from roadwork.train.head import predict_logits
+
+    logits = []
+    for flip in (False, True) if tta_flip else (False,):
+        features, _ = embed_inputs(
+            backbone,
+            inputs,
+            spec=spec,
+            flip=flip,
+            cache=cache,
+            batch_size=batch_size,
+            precision=precision,
+            desc=f"{desc}{' (flip)' if flip else ''}",
+            show_progress=show_progress,
+        )
+        logits.append(predict_logits(head, features))
+    mean = sum(logits) / len(logits)
+    return (mean[:, 1] - mean[:, 0]).astype(np.float64)
