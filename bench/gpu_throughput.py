@@ -4,9 +4,9 @@
 Backbone: a randomly initialised ``Dinov2Model`` of ViT-B/14's shape (hidden 768, 12 layers, 12 heads,
 patch 14; ``--size small`` gives ViT-S/14 for a quick run), saved with ``save_pretrained`` and loaded
 through roadwork's real ``load_backbone(folder)`` path (SDPA attention), then moved to ``--device``.
-Throughput (images/s at 224 px, batch ``--batch``): :func:`roadwork.models.inference.forward_views`' own forward,
-i.e. a pinned host batch copied to the device, ``inference_mode``, autocast for bf16, features copied back
-as float32. Each configuration gets ``--warmup`` untimed batches (compilation happens there) and then
+Throughput (images/s at 224 px, batch ``--batch``): :func:`roadwork.models.inference.forward_views`' own
+forward, i.e. a pinned host batch copied to the device, ``inference_mode``, autocast for bf16, features copied
+back as float32. Each configuration gets ``--warmup`` untimed batches (compilation happens there) and then
 ``--batches`` timed ones, synchronising the device before reading the clock.
 
 Side by side in one run, with ratios against the float32 eager baseline: fp32, bf16, fp32 + compile,

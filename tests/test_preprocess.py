@@ -340,13 +340,13 @@ def test_train_augment_rejects_bad_arguments() -> None:
 
 
 def test_renders_from_a_copy_with_a_512_pixel_short_side_never_upsample_the_crop() -> None:
-    """Item 2 of the rule ingest keeps (``ingest.working_min_side: 512``): a validator crop covers at least 20 %
-    of the area, so on such a copy its side is >= sqrt(0.2) * 512 = 229 >= 224 pixels, whatever the draw."""
+    """The rule ingest keeps (``ingest.working_min_side: 512``): a validator crop covers at least 20 % of the
+    area, so on such a copy its side is >= sqrt(0.2) * 512 = 229 >= 224 pixels, whatever the draw."""
     rng = np.random.default_rng(0)
     for width, height in [(512, 512), (683, 512), (512, 910), (2000, 512)]:
         for _ in range(300):
             params = P.sample_validator_params(width, height, int(rng.integers(1, 4)), rng)
-            top, left, side_h, side_w = params.crop
+            _, _, side_h, side_w = params.crop
             assert min(side_h, side_w) >= P.VALIDATOR_IMAGE_SIZE, (width, height, params.crop)
     # the rule is tight: a 384-pixel copy (the old working size) does upsample small crops
     small = [P.sample_validator_params(512, 384, 1, rng).crop[2] for _ in range(300)]
