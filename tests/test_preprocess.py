@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 from scipy import ndimage, stats
 from transformers import BitImageProcessor, DINOv3ViTImageProcessor
@@ -351,3 +352,15 @@ def test_renders_from_a_copy_with_a_512_pixel_short_side_never_upsample_the_crop
     # the rule is tight: a 384-pixel copy (the old working size) does upsample small crops
     small = [P.sample_validator_params(512, 384, 1, rng).crop[2] for _ in range(300)]
     assert min(small) < P.VALIDATOR_IMAGE_SIZE
+
+
+def test_the_rotated_window_is_the_crop_of_torchvisions_full_rotation() -> None:
+    """Rotating only the crop window is a shortcut; it must give torchvision's pixels exactly."""
+    rng = np.random.default_rng(1)
+    for width, height in [(97, 61), (224, 224), (683, 512), (300, 533)]:
+        tensor = torch.from_numpy(rng.random((3, height, width), dtype=np.float32))
+        for _ in range(20):
+            params = P.sample_validator_params(width, height, 1, rng)
+            top, left, h, w = params.crop
+            expected = TF.rotate(tensor, params.angle)[..., top : top + h, left : left + w]
+            assert torch.equal(P._rotated_window(tensor, params.angle, params.crop), expected)

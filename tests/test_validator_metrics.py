@@ -378,3 +378,28 @@ def test_paired_bootstrap_inputs_are_checked() -> None:
         rm.paired_bootstrap_diff(rm.validator_mcc, d, d, g, shared={"y_true": y, "level": lv}, n_resamples=0)
     with pytest.raises(TypeError, match="stat_fn"):
         rm.paired_bootstrap_diff("mcc", d, d, g)  # type: ignore[arg-type]
+
+
+def test_group_bootstrap_of_one_model_matches_a_hand_loop_over_the_same_draws() -> None:
+    """One model's interval: the statistic on every resample that ``paired_bootstrap_diff`` draws."""
+    rng = np.random.default_rng(5)
+    n = 60
+    y = np.tile(rng.integers(0, 2, n), 4)
+    level = np.repeat(np.arange(4), n)
+    image = np.tile(np.arange(n), 4)
+    decision = np.where(rng.random(4 * n) < 0.8, y, 1 - y)
+    point, low, high = rm.group_bootstrap(
+        rm.validator_mcc, decision, image, shared={"y_true": y, "level": level}, n_resamples=300, seed=3
+    )
+    assert point == rm.validator_mcc(y, decision, level, groups=image)
+    _, codes = np.unique(image, return_inverse=True)
+    by_hand = [
+        rm.validator_mcc(y[idx], decision[idx], level[idx], groups=copies * n + codes[idx])
+        for idx, copies in rm.group_resamples(codes.astype(np.int64), 300, np.random.default_rng(3))
+    ]
+    assert (low, high) == tuple(np.quantile(by_hand, [0.025, 0.975]))
+    # a model always right has a degenerate interval; against itself the paired difference is exactly 0
+    assert rm.group_bootstrap(rm.validator_mcc, y, image, shared={"y_true": y, "level": level})[1:] == (
+        1.0,
+        1.0,
+    )
