@@ -273,13 +273,17 @@ def test_what_is_evaluated_is_what_ships(
         assert list(ours["sha256"]) == list(frame["sha256"])
         np.testing.assert_allclose(served["probability"], ours["probability"], atol=1e-5, rtol=0)
         assert (served["decision"].to_numpy() == ours["decision"].to_numpy()).all()
-    run(["roadwork", "promote"], repo)
+    run(["roadwork", "promote"], repo)  # the first model becomes champion, unscored
+    run(["roadwork", "bundle"], repo)  # the same model again, as challenger: promote must score both alike
+    promoted = run(["roadwork", "promote"], repo).stdout
     client = mlflow.MlflowClient(tracking_uri=TRACKING_URI["uri"])
-    version = client.get_model_version_by_alias("roadwork-classifier", "champion")
+    challenger = client.get_model_version_by_alias("roadwork-classifier", "challenger")
+    champion = client.get_model_version_by_alias("roadwork-classifier", "champion")
+    assert challenger.version != champion.version and "no significant difference" in promoted
     metrics = json.loads((repo / f"outputs/evaluate/{variant}/metrics.json").read_text())
-    assert float(version.tags["promote.challenger_score"]) == pytest.approx(
-        metrics["expected_reward"], abs=1e-6
-    )
+    for score in ("promote.challenger_score", "promote.champion_score"):
+        assert float(challenger.tags[score]) == pytest.approx(metrics["expected_reward"], abs=1e-6)
+    assert challenger.tags["promote.difference_interval"] == "[0.000000, 0.000000]"
 
 
 def test_cli_override_reaches_mlflow_params(reproduced: tuple[Path, str]) -> None:

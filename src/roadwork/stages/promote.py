@@ -1,7 +1,8 @@
 """``roadwork promote``: compare ``challenger`` with ``champion`` on the current hold-out; move ``champion``.
 
-Both registered models are run through their pyfuncs, as deployed, on exactly the bytes ``evaluate`` scores:
-today's val_test images rendered as the validator sends them
+The first registered model becomes champion without being scored (there is nothing to compare it with).
+Otherwise both registered models are run through their pyfuncs, as deployed, on exactly the bytes
+``evaluate`` scores: today's val_test images rendered as the validator sends them
 (:func:`roadwork.stages.scoring.evaluation_renders`; the split may have changed since either was
 registered). Each is scored with ``deploy.promote_metric`` (default ``expected_reward``) by
 :func:`roadwork.stages.scoring.headline`, the function ``evaluate`` uses, so a model's figure here is its
@@ -101,21 +102,24 @@ def main(cfg: RoadworkConfig, *, metric: str | None, min_delta: float | None, dr
         print(f"promote: '{CHAMPION}' already is version {champion.version}; nothing to do.")
         return 0
 
+    if champion is None:  # nothing to compare: the first model becomes champion unscored
+        decision = decide_promotion(float("nan"), None, min_delta)
+        if not dry_run:
+            client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        tag = "promote (first champion)" + (" (dry run)" if dry_run else "")
+        client.set_model_version_tag(name, challenger.version, "promote.decision", tag)
+        action = "would move" if dry_run else "moved"
+        print(f"promote: {decision.reason}; '{CHAMPION}' {action} to v{challenger.version}.")
+        return 0
     holdout = read_split(SPLITS_CSV, "promote", ["val_test"]).sort_values("path").reset_index(drop=True)
     ours = registered_predictions(
         f"models:/{name}/{challenger.version}", holdout, cfg, f"promote: challenger v{challenger.version}"
     )
-    if champion is None:
-        scores = {"challenger": headline(ours, cfg)[metric]}
-        decision = decide_promotion(scores["challenger"], None, min_delta)
-    else:
-        theirs = registered_predictions(
-            f"models:/{name}/{champion.version}", holdout, cfg, f"promote: champion v{champion.version}"
-        )
-        scores = compare(ours, theirs, metric, cfg)
-        decision = decide_promotion(
-            scores["challenger"], scores["champion"], min_delta, scores["difference_low"]
-        )
+    theirs = registered_predictions(
+        f"models:/{name}/{champion.version}", holdout, cfg, f"promote: champion v{champion.version}"
+    )
+    scores = compare(ours, theirs, metric, cfg)
+    decision = decide_promotion(scores["challenger"], scores["champion"], min_delta, scores["difference_low"])
     record(client, name, challenger, champion, scores, decision, metric, min_delta, dry_run, len(ours))
     if decision.promote and not dry_run:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
@@ -143,13 +147,9 @@ def record(
         "promote.min_delta": str(min_delta),
         "promote.holdout_renders": str(n_renders),
         "promote.challenger_score": f"{scores['challenger']:.6f}",
-        "promote.champion_version": str(champion.version) if champion is not None else "",
-        "promote.champion_score": f"{scores['champion']:.6f}" if "champion" in scores else "",
-        "promote.difference_interval": (
-            f"[{scores['difference_low']:.6f}, {scores['difference_high']:.6f}]"
-            if "difference_low" in scores
-            else ""
-        ),
+        "promote.champion_version": str(champion.version),
+        "promote.champion_score": f"{scores['champion']:.6f}",
+        "promote.difference_interval": f"[{scores['difference_low']:.6f}, {scores['difference_high']:.6f}]",
         "promote.time": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
     }
     for key, value in tags.items():
@@ -169,12 +169,10 @@ def summary(
 ) -> str:
     from roadwork.deploy.registry import CHAMPION
 
-    before = f"v{champion.version} ({metric} {scores['champion']:.4f})" if champion is not None else "none"
+    before = f"v{champion.version} ({metric} {scores['champion']:.4f})"
     interval = (
         f", difference [{scores['difference_low']:+.4f}, {scores['difference_high']:+.4f}] at "
         f"{cfg.deploy.promote_confidence:.0%}"
-        if "difference_low" in scores
-        else ""
     )
     action = "would move" if dry_run else "moved"
     return (
