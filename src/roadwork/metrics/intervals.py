@@ -118,22 +118,7 @@ def bootstrap_ci(
         _, codes = np.unique(g, return_inverse=True)
         index_sets = group_resample_indices(codes.astype(np.int64), int(n_resamples), rng)
     stats = np.array([metric_fn(y[idx], s[idx]) for idx in index_sets], dtype=np.float64)
-    finite = np.isfinite(stats)
-    if not finite.all():
-        warnings.warn(
-            f"bootstrap_ci: {int((~finite).sum())} of {len(stats)} resamples gave a non-finite metric "
-            "and were excluded from the interval.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    if not finite.any():
-        return point, float("nan"), float("nan")
-    low, high = np.quantile(stats[finite], [(1 - lvl) / 2, (1 + lvl) / 2])
-    return point, float(low), float(high)
-
-
-# Former private name, kept for callers written before it became public.
-_group_resample_indices = group_resample_indices
+    return _interval(point, stats, lvl, "bootstrap_ci")
 
 
 def _paired_inputs(
