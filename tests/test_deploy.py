@@ -130,8 +130,11 @@ def test_promotion_rule() -> None:
     assert not decide_promotion(0.54, 0.5, 0.05).promote
     assert not decide_promotion(0.5, 0.5, 0.0).promote  # ties keep the incumbent
     assert decide_promotion(0.6, 0.5, 0.0, difference_low=0.01).promote
-    refused = decide_promotion(0.6, 0.5, 0.0, difference_low=-0.01)
-    assert not refused.promote and "no significant difference" in refused.reason
+    refused = decide_promotion(0.6, 0.5, 0.0, difference_low=-0.01, difference_high=0.2)
+    assert not refused.promote and refused.reason.startswith("no significant difference")
+    assert decide_promotion(0.5, 0.5, 0.0, 0.0, 0.0).reason.startswith("no significant difference")
+    worse = decide_promotion(0.4, 0.5, 0.0, -0.2, -0.01)
+    assert not worse.promote and worse.reason.startswith("the champion is better")
     with pytest.raises(ValueError, match="min_delta"):
         decide_promotion(0.5, 0.4, -1)
 

@@ -94,11 +94,14 @@ def decide_promotion(
     champion: float | None,
     min_delta: float,
     difference_low: float | None = None,
+    difference_high: float | None = None,
 ) -> PromotionDecision:
     """The rule: no champion -> promote; else promote iff ``challenger > champion + min_delta`` **and** the
     lower bound ``difference_low`` of the paired interval of ``challenger - champion`` is above zero.
 
     ``difference_low`` None skips the second test (a caller without an interval). Ties keep the champion.
+    A kept champion's reason starts "no significant difference" unless the interval lies wholly below zero
+    (``difference_high < 0``: the champion is better).
     """
     if min_delta < 0 or not np.isfinite(min_delta):
         raise ValueError(f"min_delta must be finite and >= 0, got {min_delta!r}.")
@@ -106,20 +109,23 @@ def decide_promotion(
         return PromotionDecision(True, "no champion yet: the first model becomes champion")
     if not np.isfinite(challenger):
         return PromotionDecision(False, f"challenger score is {challenger}; nothing to compare")
-    if challenger <= champion + min_delta:
+    interval = ""
+    if difference_low is not None:
+        high = float("nan") if difference_high is None else difference_high
+        interval = f"; difference interval [{difference_low:+.4f}, {high:+.4f}]"
+    if difference_high is not None and difference_high < 0:
         return PromotionDecision(
-            False, f"challenger {challenger:.4f} <= champion {champion:.4f} + min_delta {min_delta:g}"
+            False, f"the champion is better: {challenger:.4f} vs {champion:.4f}{interval}"
         )
-    if difference_low is not None and not difference_low > 0:
+    if challenger <= champion + min_delta or (difference_low is not None and not difference_low > 0):
         return PromotionDecision(
             False,
-            f"no significant difference: challenger {challenger:.4f} vs champion {champion:.4f}, the "
-            f"interval of the difference starts at {difference_low:+.4f} (not above 0)",
+            f"no significant difference: challenger {challenger:.4f}, champion {champion:.4f}, min_delta "
+            f"{min_delta:g}{interval} (promotion needs challenger > champion + min_delta and the interval "
+            "above 0)",
         )
     return PromotionDecision(
-        True,
-        f"challenger {challenger:.4f} > champion {champion:.4f} + min_delta {min_delta:g}"
-        + ("" if difference_low is None else f", difference's lower bound {difference_low:+.4f} > 0"),
+        True, f"challenger {challenger:.4f} > champion {champion:.4f} + min_delta {min_delta:g}{interval}"
     )
 
 

@@ -106,8 +106,10 @@ def main(cfg: RoadworkConfig, *, metric: str | None, min_delta: float | None, dr
         decision = decide_promotion(float("nan"), None, min_delta)
         if not dry_run:
             client.set_registered_model_alias(name, CHAMPION, challenger.version)
-        tag = "promote (first champion)" + (" (dry run)" if dry_run else "")
-        client.set_model_version_tag(name, challenger.version, "promote.decision", tag)
+        client.set_model_version_tag(
+            name, challenger.version, "promote.decision", "promote" + (" (dry run)" if dry_run else "")
+        )
+        client.set_model_version_tag(name, challenger.version, "promote.reason", decision.reason)
         action = "would move" if dry_run else "moved"
         print(f"promote: {decision.reason}; '{CHAMPION}' {action} to v{challenger.version}.")
         return 0
@@ -119,7 +121,13 @@ def main(cfg: RoadworkConfig, *, metric: str | None, min_delta: float | None, dr
         f"models:/{name}/{champion.version}", holdout, cfg, f"promote: champion v{champion.version}"
     )
     scores = compare(ours, theirs, metric, cfg)
-    decision = decide_promotion(scores["challenger"], scores["champion"], min_delta, scores["difference_low"])
+    decision = decide_promotion(
+        scores["challenger"],
+        scores["champion"],
+        min_delta,
+        scores["difference_low"],
+        scores["difference_high"],
+    )
     record(client, name, challenger, champion, scores, decision, metric, min_delta, dry_run, len(ours))
     if decision.promote and not dry_run:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
@@ -170,10 +178,7 @@ def summary(
     from roadwork.deploy.registry import CHAMPION
 
     before = f"v{champion.version} ({metric} {scores['champion']:.4f})"
-    interval = (
-        f", difference [{scores['difference_low']:+.4f}, {scores['difference_high']:+.4f}] at "
-        f"{cfg.deploy.promote_confidence:.0%}"
-    )
+    interval = f", {cfg.deploy.promote_confidence:.0%} paired group-bootstrap interval of the difference"
     action = "would move" if dry_run else "moved"
     return (
         f"promote: challenger v{challenger.version} ({metric} {scores['challenger']:.4f} on {n_renders} "
