@@ -246,14 +246,12 @@ def _prepare(source: bytes | Image.Image, flip: bool) -> Image.Image:
     return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else image
 
 
-def _check_inputs(inputs: Sequence[Any], keys: Sequence[str] | None, batch_size: int) -> None:
+def _check_inputs(inputs: Sequence[Any], batch_size: int) -> None:
     if isinstance(inputs, (bytes, Image.Image)) or not isinstance(inputs, Sequence):
         raise TypeError("inputs must be a sequence of encoded images (bytes) or PIL images.")
     for k, item in enumerate(inputs):
         if not isinstance(item, (bytes, bytearray, Image.Image)):
             raise TypeError(f"inputs[{k}] must be bytes or a PIL.Image.Image, got {type(item).__name__}.")
-    if keys is not None and len(keys) != len(inputs):
-        raise ValueError(f"keys ({len(keys)}) and inputs ({len(inputs)}) must have equal lengths.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
 
@@ -282,7 +280,7 @@ def embed_inputs(
         TypeError / ValueError: malformed ``inputs`` or ``batch_size``.
         roadwork.data.images.ImageRejected: an input is not a decodable image.
     """
-    _check_inputs(inputs, None, batch_size)
+    _check_inputs(inputs, batch_size)
     start = time.perf_counter()
     keys = [
         input_key(bytes(x)) if cache is not None and not isinstance(x, Image.Image) else None for x in inputs

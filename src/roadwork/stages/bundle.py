@@ -26,13 +26,12 @@ import numpy as np
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
 from roadwork.stages.common import (
-    INGEST,
     OUTPUTS,
     SPLITS_CSV,
     VARIANTS,
     load_model,
     model_dir,
-    render_store,
+    rendered_bytes,
     stage_dir,
     tracked,
     write_json,
@@ -66,7 +65,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
     from roadwork.deploy.registry import CHALLENGER, log_pyfunc
     from roadwork.policy import Policy
     from roadwork.tracking import data_version, git_state, repo_root
-    from roadwork.train.embed import Render, rendered_inputs
+    from roadwork.train.embed import decode_render
 
     out = stage_dir("bundle")
     candidates = {}
@@ -109,9 +108,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         },
     )
     images = read_split(SPLITS_CSV, "bundle", ["val_select", "val_calib"]).sort_values("path")
-    paths = rendered_inputs(
-        [INGEST / p for p in images["working_path"]], images["sha256"].tolist(), Render(), render_store()
-    )
+    paths = rendered_bytes(images)
     with tracked("bundle", cfg, ("deploy",), overrides) as run:
         ours = predictor.predict(paths)
         metrics: dict[str, float] = {f"chosen_{k}": v for k, v in val_metrics.items()}
@@ -120,7 +117,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         if hf_reason is None:
             from roadwork.deploy.hf_export import hf_probabilities
 
-            theirs = hf_probabilities(out / "hf", [_decoded(data) for data in paths])
+            theirs = hf_probabilities(out / "hf", [decode_render(data) for data in paths])
             diff = np.abs(theirs - ours["probability"].to_numpy())
             same_decision = (theirs > 0.5) == (ours["decision"].to_numpy() == 1)
             metrics.update(
@@ -162,15 +159,6 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         f"{cfg.deploy.registered_model} version {version}, alias '{CHALLENGER}'"
         + (f"; HF export agrees on {len(paths)} images" if hf_reason is None else "")
     )
-
-
-def _decoded(data: bytes) -> Any:
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
 
 
 def _export_hf(cfg: RoadworkConfig, predictor: Any, directory: Path, val_metrics: dict) -> str | None:

@@ -177,32 +177,33 @@ def load_model(cfg: RoadworkConfig, variant: str) -> tuple[Any, Any]:
     return backbone, load_head(directory)
 
 
+def rendered_bytes(frame: Any, render: Any = None) -> list[bytes]:
+    """The bytes ``render`` (default: clean) makes of each image of ``frame`` (``working_path``,
+    ``sha256``), from or into the shared render store."""
+    from roadwork.train.embed import Render, rendered_inputs
+
+    paths = [INGEST / p for p in frame["working_path"]]
+    return rendered_inputs(paths, frame["sha256"].tolist(), render or Render(), render_store())
+
+
 def model_margins(
     cfg: RoadworkConfig,
     backbone: Any,
     head: Any,
-    frame: Any,
+    inputs: list[bytes],
     *,
-    render: Any = None,
     desc: str = "margins",
     fingerprint: str | None = None,
 ) -> Any:
-    """Margins ``z1 - z0`` ``[N]`` of the model on ``render`` (default: clean) of the images of ``frame``.
+    """Margins ``z1 - z0`` ``[N]`` of the model on encoded ``inputs`` (e.g. :func:`rendered_bytes`).
 
-    ``frame`` has ``working_path`` and ``sha256``. The rendered bytes go through the one inference path
-    (:func:`roadwork.models.inference.infer_margins`, flip-averaged with ``embed.tta_flip``) with the shared
-    feature cache, so inputs ``embed`` already ran are only read back. ``fingerprint``: the backbone's, when
-    the caller has it (hashing every weight costs about a second per 100M parameters).
+    They go through the one inference path (:func:`roadwork.models.inference.infer_margins`, flip-averaged
+    with ``embed.tta_flip``) with the shared feature cache, so inputs ``embed`` already ran are only read
+    back. ``fingerprint``: the backbone's, when the caller has it (hashing every weight costs about a second
+    per 100M parameters).
     """
     from roadwork.models.inference import infer_margins
-    from roadwork.train.embed import Render, rendered_inputs
 
-    inputs = rendered_inputs(
-        [INGEST / p for p in frame["working_path"]],
-        frame["sha256"].tolist(),
-        render or Render(),
-        render_store(),
-    )
     return infer_margins(
         backbone,
         head,

@@ -37,7 +37,7 @@ from roadwork.stages.common import (
     feature_cache,
     load_model,
     model_margins,
-    render_store,
+    rendered_bytes,
     stage_dir,
     tracked,
     write_csv,
@@ -82,23 +82,37 @@ def slice_table(frame: pd.DataFrame, decision: np.ndarray, level: float) -> pd.D
     return pd.DataFrame(rows)
 
 
-def our_predictions(
-    cfg: RoadworkConfig, variant: str, frame: pd.DataFrame, model: tuple[Any, Any, Any], fingerprint: str
+def answers(
+    cfg: RoadworkConfig,
+    variant: str,
+    frame: pd.DataFrame,
+    model: tuple[Any, Any, Any],
+    probe: Any,
+    fingerprint: str,
 ) -> pd.DataFrame:
-    """The model's answers on every evaluation render of ``frame``, through the one inference path."""
+    """The model's and the probe's answers on every evaluation render of ``frame``: each render's bytes are
+    made once and go through the one inference path for the model and, for the probe, to the same cached
+    global features."""
+    from roadwork.models.inference import ViewSpec, embed_inputs
+
     backbone, head, policy = model
+    cache = feature_cache(cfg, backbone, fingerprint)
 
     def predict(render: Any) -> pd.DataFrame:
-        margin = model_margins(
-            cfg,
-            backbone,
-            head,
-            frame,
-            render=render,
-            desc=f"evaluate@{variant} L{render.level}",
-            fingerprint=fingerprint,
-        )
+        inputs = rendered_bytes(frame, render)
+        desc = f"evaluate@{variant} L{render.level}"
+        margin = model_margins(cfg, backbone, head, inputs, desc=desc, fingerprint=fingerprint)
         applied = policy.apply(margin)
+        features, _ = embed_inputs(
+            backbone,
+            inputs,
+            spec=ViewSpec("global"),
+            cache=cache,
+            batch_size=cfg.embed.batch_size,
+            precision=cfg.embed.precision,
+            desc=f"{desc} (probe)",
+        )
+        probe_margin = probe.margin(features[:, 0])
         return pd.DataFrame(
             {
                 "margin": margin,
@@ -106,6 +120,8 @@ def our_predictions(
                 "probability": applied["probability"],
                 "decision": applied["decision"].astype(int),
                 "abstain": applied["abstain"],
+                "probe_margin": probe_margin,
+                "probe_decision": (probe_margin > 0).astype(int),
             }
         )
 
@@ -126,34 +142,6 @@ def fit_variant_probe(cfg: RoadworkConfig, variant: str) -> Any:
         labels = labelled[labelled["split"] == split].set_index("sha256")["label"]
         data[split] = (arrays["features"][clean, 0], labels.loc[rows.loc[clean, "sha256"]].to_numpy())
     return fit_probe(*data["train"], *data["val_select"], seed=cfg.evaluate.seed)
-
-
-def probe_answers(
-    cfg: RoadworkConfig, frame: pd.DataFrame, backbone: Any, probe: Any, fingerprint: str
-) -> pd.DataFrame:
-    """The probe's margin and decision on every evaluation render of ``frame``, in
-    :func:`our_predictions`' row order (the global features come from the shared cache)."""
-    from roadwork.models.inference import ViewSpec
-    from roadwork.train.embed import embed_images
-
-    cache, store = feature_cache(cfg, backbone, fingerprint), render_store()
-    blocks = []
-    for render in evaluation_renders(cfg):
-        features, _ = embed_images(
-            backbone,
-            [INGEST / p for p in frame["working_path"]],
-            frame["sha256"].tolist(),
-            render=render,
-            spec=ViewSpec("global"),
-            cache=cache,
-            store=store,
-            batch_size=cfg.embed.batch_size,
-            desc=f"probe L{render.level}",
-            precision=cfg.embed.precision,
-        )
-        blocks.append(pd.DataFrame({"probe_margin": probe.margin(features[:, 0])}))
-    answers = pd.concat(blocks, ignore_index=True)
-    return answers.assign(probe_decision=(answers["probe_margin"] > 0).astype(int))
 
 
 def validator_figures(predictions: pd.DataFrame, cfg: RoadworkConfig) -> dict[str, float]:
@@ -330,12 +318,9 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     policy = Policy.from_json(Path("outputs/calibrate") / variant / "policy.json")
     backbone, head = load_model(cfg, variant)
     fingerprint = backbone.fingerprint()
-    predictions = our_predictions(cfg, variant, frame, (backbone, head, policy), fingerprint)
     with tracked("evaluate", cfg, ("evaluate",), overrides, variant=variant) as run:
         probe = fit_variant_probe(cfg, variant)
-        predictions = pd.concat(
-            [predictions, probe_answers(cfg, frame, backbone, probe, fingerprint)], axis=1
-        )
+        predictions = answers(cfg, variant, frame, (backbone, head, policy), probe, fingerprint)
         figures = validator_figures(predictions, cfg)
         clean = predictions[predictions["level"] == 0].reset_index(drop=True)
         figures.update(probe_C=probe.C, probe_test_mcc=M.mcc(clean["label"], clean["probe_decision"]))

@@ -21,23 +21,22 @@ import pandas as pd
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
-from roadwork.stages.common import SPLITS_CSV
-from roadwork.stages.scoring import evaluation_renders, headline, render_predictions, rendered_bytes
+from roadwork.stages.common import SPLITS_CSV, rendered_bytes
+from roadwork.stages.scoring import evaluation_renders, headline, render_predictions
 
 
-def registered_predictions(uri: str, frame: pd.DataFrame, cfg: RoadworkConfig, desc: str) -> pd.DataFrame:
-    """The pyfunc at ``uri`` on every evaluation render of ``frame``: one row per (image, render)."""
+def registered_predictions(
+    uri: str, frame: pd.DataFrame, renders: list[Any], inputs: dict[str, list[bytes]], desc: str
+) -> pd.DataFrame:
+    """The pyfunc at ``uri`` on ``inputs[render.key]`` of every render: one row per (image, render)."""
     import mlflow
     from tqdm.auto import tqdm
 
     from roadwork.deploy.registry import predict_with
 
     model = mlflow.pyfunc.load_model(uri)
-    renders = evaluation_renders(cfg)
     with tqdm(total=len(frame) * len(renders), desc=desc, unit="img") as bar:
-        return render_predictions(
-            frame, renders, lambda r: predict_with(model, rendered_bytes(frame, r), bar.update)
-        )
+        return render_predictions(frame, renders, lambda r: predict_with(model, inputs[r.key], bar.update))
 
 
 def compare(challenger: pd.DataFrame, champion: pd.DataFrame, metric: str, cfg: RoadworkConfig) -> dict:
@@ -114,11 +113,14 @@ def main(cfg: RoadworkConfig, *, metric: str | None, min_delta: float | None, dr
         print(f"promote: {decision.reason}; '{CHAMPION}' {action} to v{challenger.version}.")
         return 0
     holdout = read_split(SPLITS_CSV, "promote", ["val_test"]).sort_values("path").reset_index(drop=True)
-    ours = registered_predictions(
-        f"models:/{name}/{challenger.version}", holdout, cfg, f"promote: challenger v{challenger.version}"
-    )
-    theirs = registered_predictions(
-        f"models:/{name}/{champion.version}", holdout, cfg, f"promote: champion v{champion.version}"
+    renders = evaluation_renders(cfg)
+    # rendered once, sent to both models
+    inputs = {render.key: rendered_bytes(holdout, render) for render in renders}
+    ours, theirs = (
+        registered_predictions(
+            f"models:/{name}/{v.version}", holdout, renders, inputs, f"promote: {role} v{v.version}"
+        )
+        for role, v in (("challenger", challenger), ("champion", champion))
     )
     scores = compare(ours, theirs, metric, cfg)
     decision = decide_promotion(

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from roadwork.config import RoadworkConfig
-from roadwork.stages.common import INGEST, render_store
 
 PREDICTION_KEYS = ("path", "sha256", "label", "group")
 
@@ -29,14 +28,6 @@ def evaluation_renders(cfg: RoadworkConfig) -> list[Any]:
         for level in (1, 2, 3)
         for copy in range(cfg.evaluate.renders_per_level)
     ]
-
-
-def rendered_bytes(frame: pd.DataFrame, render: Any) -> list[bytes]:
-    """The bytes ``render`` makes of each image of ``frame`` (``working_path``, ``sha256``)."""
-    from roadwork.train.embed import rendered_inputs
-
-    paths = [INGEST / p for p in frame["working_path"]]
-    return rendered_inputs(paths, frame["sha256"].tolist(), render, render_store())
 
 
 def render_predictions(

@@ -36,7 +36,7 @@ from roadwork.stages.common import (
     load_variant_backbone,
     model_dir,
     model_margins,
-    render_store,
+    rendered_bytes,
     stage_dir,
     tracked,
     train_augment,
@@ -104,11 +104,7 @@ def _fit_on_features(
 def _fit_finetune(
     cfg: RoadworkConfig, variant: str, labelled: pd.DataFrame, head_cfg: Any, out: Path, loggers: list
 ) -> Any:
-    import io
-
-    from PIL import Image
-
-    from roadwork.train.embed import Render, rendered_inputs
+    from roadwork.train.embed import decode_render
     from roadwork.train.finetune import FinetuneConfig, finetune
 
     if cfg.trainer.devices != 1:
@@ -123,13 +119,8 @@ def _fit_finetune(
         )
     train = labelled[labelled["split"] == "train"].sort_values("path")
     val = labelled[labelled["split"] == "val_select"].sort_values("path")
-    val_images = []
     # the clean render's bytes, decoded: what the validator sends at level 0
-    for data in rendered_inputs(
-        [INGEST / p for p in val["working_path"]], val["sha256"].tolist(), Render(), render_store()
-    ):
-        with Image.open(io.BytesIO(data)) as image:
-            val_images.append(image.convert("RGB"))
+    val_images = [decode_render(data) for data in rendered_bytes(val)]
     return finetune(
         load_variant_backbone(cfg, variant),
         [INGEST / p for p in train["working_path"]],
@@ -211,8 +202,7 @@ def _write_val_logits(
                 cfg,
                 backbone,
                 head,
-                rows,
-                render=render,
+                rendered_bytes(rows, render),
                 desc=f"train@{variant} {split}",
                 fingerprint=fingerprint,
             )

@@ -30,7 +30,15 @@ from roadwork.data.preprocess import TrainAugment, render_as_validator
 from roadwork.models.backbone import Backbone
 from roadwork.models.inference import EmbedStats, FeatureCache, ViewSpec, embed_inputs
 
-__all__ = ["RENDER_VERSION", "Render", "RenderStore", "embed_images", "level_render", "render_bytes"]
+__all__ = [
+    "RENDER_VERSION",
+    "Render",
+    "RenderStore",
+    "decode_render",
+    "embed_images",
+    "level_render",
+    "render_bytes",
+]
 
 RENDER_VERSION = 2
 """Part of every render's key: raise it whenever the pixels or bytes a render produces change."""
@@ -97,6 +105,12 @@ def render_bytes(image: Image.Image, render: Render, sha256: str) -> bytes:
         return render_as_validator(image, 0, np.random.default_rng(0))
     rng = np.random.default_rng([render.seed, render.copy, int(sha256[:16], 16)])
     return render.augment.encode(image, rng)
+
+
+def decode_render(data: bytes) -> Image.Image:
+    """A rendered input decoded to RGB, as a miner's image pipeline would see it."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
 
 
 class RenderStore:
