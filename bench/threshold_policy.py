@@ -13,12 +13,14 @@ Reported over the re-splits: mean, 10th percentile, and the standard deviation o
 
 Pools:
 
-(a) ``--scores CSV`` with columns ``margin,label[,group]`` (e.g. a model's val_calib logits joined with their
-    labels; ``group`` = image id shared by its renders; without it every row is its own image). Each
-    re-split draws ``--cal-images`` calibration and ``--test-images`` test images at random (scaled down
-    to 60 % / 40 % of the images when the pool has fewer). A fixed pool is a single draw and its two parts
-    are anti-correlated (they share it), so the script also prints where the pool's own best cut lies: a
-    CSV verdict mostly says whether that cut happens to sit at margin 0. Without a file (or if it is
+(a) ``--outputs outputs --variant base``: the demo's own validation scores (val_select + val_calib logits of
+    every render, joined with the labels), or ``--scores CSV`` with columns ``margin,label[,group]``
+    (``group`` = image id shared by its renders; without it every row is its own image). Each
+    re-split draws ``--cal-images`` calibration and ``--test-images`` test images at random: disjoint
+    subsets by default (scaled down to 60 % / 40 % of the images when the pool has fewer), or with
+    ``--resample bootstrap`` two independent with-replacement draws. Disjoint parts of one fixed pool are
+    anti-correlated (they share it), which favours the fixed cut whenever the pool's own best cut sits near
+    margin 0; the script prints where that cut lies, and the bootstrap re-splits remove the effect. Without a file (or if it is
     missing) a built-in synthetic pool mimicking the demo is used: 240 images x 4 validator-style renders,
     50 % roadwork;
     margin = 1.5 (a + e) + 1.5 c with an image effect a ~ N(+-0.555, 1), a render effect e ~ N(0, 0.6^2)
@@ -32,7 +34,8 @@ Pools:
 
 Verdict: ``shrink`` must have a mean test MCC >= both others and a 10th percentile > ``argmax`` in both.
 
-Usage: python bench/threshold_policy.py [--scores CSV] [--splits 200] [--seed 0] [--shift 0.6]
+Usage: python bench/threshold_policy.py [--outputs DIR [--variant V] | --scores CSV]
+       [--resample disjoint|bootstrap] [--splits 200] [--seed 0] [--shift 0.6]
        [--cal-images 90] [--test-images 60] [--n-boot 200]
 """
 
@@ -110,25 +113,60 @@ def prior_shift_splits(n: int, seed: int) -> Iterator[Split]:
         yield _take(z, y, g, np.r_[pos[:72], neg[:18]], np.r_[pos[72:102], neg[18:48]])
 
 
-def csv_splits(frame: pd.DataFrame, n: int, seed: int, cal_images: int, test_images: int) -> Iterator[Split]:
-    """Pool (a) from a CSV: random image-level re-splits of the fixed pool."""
+def csv_splits(
+    frame: pd.DataFrame, n: int, seed: int, cal_images: int, test_images: int, resample: str = "disjoint"
+) -> Iterator[Split]:
+    """Pool (a) from a CSV: ``n`` image-level re-splits of the fixed pool.
+
+    ``disjoint``: calibration and test are disjoint random subsets (scaled down to 60 % / 40 % of the images
+    when the pool has fewer); being one finite pool, the two parts are anti-correlated. ``bootstrap``: each
+    part is an independent draw of whole images with replacement (a drawn-twice image is two groups), the
+    usual way to emulate fresh data from one pool without that anti-correlation.
+    """
     z = frame["margin"].to_numpy(np.float64)
     y = frame["label"].to_numpy(np.int64)
     g = pd.factorize(frame["group"])[0] if "group" in frame else np.arange(len(frame))
     n_img = int(g.max()) + 1
-    if cal_images + test_images > n_img:
+    rows = [np.flatnonzero(g == k) for k in range(n_img)]
+    if resample == "disjoint" and cal_images + test_images > n_img:
         cal_images, test_images = int(0.6 * n_img), int(0.4 * n_img)
     rng = np.random.default_rng([seed, 3])
+
+    def part(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = np.concatenate([rows[i] for i in images])
+        group = np.concatenate([np.full(len(rows[i]), j) for j, i in enumerate(images)])
+        return z[idx], y[idx], group
+
     made = 0
     for _ in range(100 * n):
-        perm = rng.permutation(n_img)
-        split = _take(z, y, g, perm[:cal_images], perm[cal_images : cal_images + test_images])
-        if 0 < split.y_cal.sum() < len(split.y_cal) and 0 < split.y_test.sum() < len(split.y_test):
-            yield split
+        if resample == "bootstrap":
+            cal, test = rng.integers(0, n_img, cal_images), rng.integers(0, n_img, test_images)
+        else:
+            perm = rng.permutation(n_img)
+            cal, test = perm[:cal_images], perm[cal_images : cal_images + test_images]
+        (z_cal, y_cal, g_cal), (z_test, y_test, _) = part(cal), part(test)
+        if 0 < y_cal.sum() < len(y_cal) and 0 < y_test.sum() < len(y_test):
+            yield Split(z_cal, y_cal, g_cal, z_test, y_test)
             made += 1
             if made == n:
                 return
     raise SystemExit("the --scores pool rarely yields both classes in both splits; use a larger pool.")
+
+
+def pipeline_scores(outputs: Path, variant: str) -> pd.DataFrame:
+    """The pool a ``make demo`` leaves: ``variant``'s val_select + val_calib logits (every render) + labels.
+
+    Columns ``margin,label,group`` (group = the image's sha256, shared by its renders). Raises SystemExit
+    naming the missing file when ``outputs`` is not a finished pipeline's output folder.
+    """
+    logits = [outputs / "train" / variant / "logits" / f"{part}.csv" for part in ("val_select", "val_calib")]
+    splits = outputs / "split" / "splits.csv"
+    for path in (*logits, splits):
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: run `make demo` (or `dvc repro`) first, or pass --scores.")
+    labels = pd.read_csv(splits, usecols=["sha256", "label"]).drop_duplicates("sha256")
+    frame = pd.concat([pd.read_csv(p, usecols=["sha256", "margin"]) for p in logits]).merge(labels, on="sha256")
+    return frame.rename(columns={"sha256": "group"})[["margin", "label", "group"]]
 
 
 def balanced_test_mcc(z: np.ndarray, y: np.ndarray, decision_margin: float) -> float:
@@ -213,6 +251,16 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--scores", type=Path, default=None, help="CSV with margin,label[,group] (pool a)")
+    parser.add_argument(
+        "--outputs", type=Path, default=None,
+        help="pool (a) from a finished pipeline's outputs/ folder: --variant's val_select + val_calib logits",
+    )
+    parser.add_argument("--variant", default="base", help="variant whose logits --outputs reads (default base)")
+    parser.add_argument(
+        "--resample", choices=("disjoint", "bootstrap"), default="disjoint",
+        help="how pool (a) from --scores/--outputs is re-split: disjoint subsets, or independent "
+        "with-replacement draws of images (default disjoint)",
+    )
     parser.add_argument("--splits", type=int, default=200, help="random re-splits per pool (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of pools and splits (default 0)")
     parser.add_argument("--shift", type=float, default=0.6, help="synthetic pool (a) lean to roadwork")
@@ -229,12 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     print("reproduce: " + shlex.join([python, "bench/threshold_policy.py", *sys.argv[1:]]))
     start = time.perf_counter()
     pool_a: Callable[[], Iterator[Split]]
-    if args.scores is not None and args.scores.is_file():
-        frame = pd.read_csv(args.scores)
+    if args.outputs is not None or (args.scores is not None and args.scores.is_file()):
+        if args.outputs is not None:
+            frame, source = pipeline_scores(args.outputs, args.variant), f"{args.outputs} {args.variant}"
+        else:
+            frame, source = pd.read_csv(args.scores), str(args.scores)
         if not {"margin", "label"} <= set(frame.columns):
             parser.error(f"{args.scores} needs columns margin,label[,group]; has {list(frame.columns)}")
-        name_a = f"(a) {args.scores} ({len(frame)} rows; {pool_diagnostic(frame)})"
-        pool_a = lambda: csv_splits(frame, args.splits, args.seed, args.cal_images, args.test_images)  # noqa: E731
+        name_a = f"(a) {source} ({len(frame)} rows; {pool_diagnostic(frame)}; {args.resample} re-splits)"
+        pool_a = lambda: csv_splits(  # noqa: E731
+            frame, args.splits, args.seed, args.cal_images, args.test_images, args.resample
+        )
     else:
         if args.scores is not None:
             print(f"NOTE: {args.scores} not found; using the built-in synthetic demo-like pool for (a).")

@@ -27,6 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from roadwork.models.bn_fold import FoldedCache
+
 __all__ = [
     "EFFICIENTNET_LITE0_ID",
     "FAMILIES",
@@ -66,7 +68,8 @@ _TIMM_WEIGHTS_FILE = "model.safetensors"
 _EFFNET_ARCH = "tf_efficientnet_lite0"
 # Bumped whenever the definition of the feature vector changes, so cached features keyed by the fingerprint
 # are never reused across definitions.
-_FEATURE_DEFINITION = "roadwork-backbone-features/v1"
+# v2: timm networks run with batch norm folded into the convolutions at inference (float32 rounding moves).
+_FEATURE_DEFINITION = "roadwork-backbone-features/v2"
 # Config keys that describe the environment, not the network, and must not move the fingerprint.
 _VOLATILE_CONFIG_KEYS = frozenset(
     {"transformers_version", "_name_or_path", "_attn_implementation", "_attn_implementation_internal",
@@ -198,6 +201,7 @@ class Backbone(torch.nn.Module):
         self._arch_config = arch_config
         self.model.requires_grad_(False)
         self.eval()
+        self._folded = FoldedCache()
 
     def train(self, mode: bool = True) -> Backbone:
         """Keep the frozen network in eval mode whatever ``mode`` a parent module asks for."""
@@ -229,11 +233,24 @@ class Backbone(torch.nn.Module):
         param = next(self.model.parameters())
         pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
         if self.family == "timm":
-            return self.model(pixel_values.contiguous(memory_format=torch.channels_last)).float()
+            return self._timm_network()(pixel_values.contiguous(memory_format=torch.channels_last)).float()
         hidden = self.model(pixel_values=pixel_values).last_hidden_state
         cls_token = hidden[:, 0]
         patch_mean = hidden[:, 1 + self.num_register_tokens :].mean(dim=1)
         return torch.cat([cls_token, patch_mean], dim=-1).float()
+
+    def _timm_network(self) -> torch.nn.Module:
+        """The network a timm forward runs: under ``torch.inference_mode`` its batch-norm-folded copy.
+
+        Inference mode is where features are computed (:mod:`roadwork.models.inference`); training and
+        gradient checks see the saved, exported network itself.
+        """
+        if not torch.is_inference_mode_enabled():
+            return self.model
+        param = next(self.model.parameters())
+        probe = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(device=param.device, dtype=param.dtype).contiguous(memory_format=torch.channels_last)
+        return self._folded.get(self.model, probe)
 
     def _config_for_hash(self) -> dict[str, Any]:
         return {
