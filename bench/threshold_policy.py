@@ -20,9 +20,9 @@ Pools:
     subsets by default (scaled down to 60 % / 40 % of the images when the pool has fewer), or with
     ``--resample bootstrap`` two independent with-replacement draws. Disjoint parts of one fixed pool are
     anti-correlated (they share it), which favours the fixed cut whenever the pool's own best cut sits near
-    margin 0; the script prints where that cut lies, and the bootstrap re-splits remove the effect. Without a file (or if it is
-    missing) a built-in synthetic pool mimicking the demo is used: 240 images x 4 validator-style renders,
-    50 % roadwork;
+    margin 0; the script prints where that cut lies, and the bootstrap re-splits remove the effect.
+    Without a file (or if it is missing) a built-in synthetic pool mimicking the demo is used: 240 images
+    x 4 validator-style renders, 50 % roadwork;
     margin = 1.5 (a + e) + 1.5 c with an image effect a ~ N(+-0.555, 1), a render effect e ~ N(0, 0.6^2)
     (render-level AUROC ~ 0.75) and a lean towards roadwork c = ``--shift`` (default 0.6: the raw 0.5 cut
     calls ~68 % of a 50/50 set roadwork, as a head trained with class weights on 80 % roadwork data still
@@ -165,7 +165,8 @@ def pipeline_scores(outputs: Path, variant: str) -> pd.DataFrame:
         if not path.is_file():
             raise SystemExit(f"{path} is missing: run `make demo` (or `dvc repro`) first, or pass --scores.")
     labels = pd.read_csv(splits, usecols=["sha256", "label"]).drop_duplicates("sha256")
-    frame = pd.concat([pd.read_csv(p, usecols=["sha256", "margin"]) for p in logits]).merge(labels, on="sha256")
+    margins = pd.concat([pd.read_csv(p, usecols=["sha256", "margin"]) for p in logits])
+    frame = margins.merge(labels, on="sha256")
     return frame.rename(columns={"sha256": "group"})[["margin", "label", "group"]]
 
 
@@ -252,12 +253,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--scores", type=Path, default=None, help="CSV with margin,label[,group] (pool a)")
     parser.add_argument(
-        "--outputs", type=Path, default=None,
+        "--outputs",
+        type=Path,
+        default=None,
         help="pool (a) from a finished pipeline's outputs/ folder: --variant's val_select + val_calib logits",
     )
-    parser.add_argument("--variant", default="base", help="variant whose logits --outputs reads (default base)")
+    parser.add_argument("--variant", default="base", help="variant read by --outputs (default base)")
     parser.add_argument(
-        "--resample", choices=("disjoint", "bootstrap"), default="disjoint",
+        "--resample",
+        choices=("disjoint", "bootstrap"),
+        default="disjoint",
         help="how pool (a) from --scores/--outputs is re-split: disjoint subsets, or independent "
         "with-replacement draws of images (default disjoint)",
     )

@@ -100,7 +100,7 @@ def test_train_section_mirrors_head_train_config_names_and_defaults() -> None:
     from roadwork.train.head_config import HeadTrainConfig
 
     names = [f.name for f in fields(TrainParams)]
-    assert names == ["mode", *[f.name for f in fields(HeadTrainConfig)], "finetune"]
+    assert names == ["mode", "refit", *[f.name for f in fields(HeadTrainConfig)], "finetune"]
     assert head_train_config(TrainParams()) == HeadTrainConfig()
 
 
@@ -121,6 +121,9 @@ def test_train_section_mirrors_head_train_config_names_and_defaults() -> None:
         ("trainer.devices=0", "'trainer.devices' is 0"),
         ("trainer.strategy=ddp_spawn", "'trainer.strategy' is 'ddp_spawn'"),
         ("trainer.accelerator=tpu", "'trainer.accelerator' is 'tpu'"),
+        ("backbone.pooling=median", "'backbone.pooling' is 'median'"),
+        ("backbone.input_size=8", "'backbone.input_size' is 8"),
+        ("train.feature_transform=log", "train.feature_transform is 'log'; allowed values: none, sqrt_l2"),
     ],
 )
 def test_train_and_embed_values_are_checked_when_loading(override: str, message: str) -> None:
@@ -157,6 +160,8 @@ def test_vocabularies_the_schema_checks_are_the_libraries_own() -> None:
     """config keeps its own copies so loading params imports no scipy or torch; they must not drift."""
     from roadwork import config
     from roadwork.models.inference import VIEW_MODES
+    from roadwork.models.pooling import POOLINGS
     from roadwork.policy import THRESHOLD_RULES
 
     assert config.THRESHOLD_RULES == THRESHOLD_RULES and set(config.VIEW_MODES) == set(VIEW_MODES)
+    assert config.POOLINGS == POOLINGS

@@ -233,6 +233,7 @@ def test_deterministic_for_a_seed_and_leaves_global_rng_alone(tmp_path: Path) ->
 FIELD_CHANGES: dict[str, tuple[dict[str, Any], str, Any]] = {
     "head": ({}, "default", "mlp"),
     "mlp_hidden": ({"head": "mlp"}, "default", 16),
+    "feature_transform": ({}, "default", "sqrt_l2"),
     "dropout": ({}, "default", 0.5),
     "aggregation": ({}, "default", "attention"),
     "topk": ({}, "default", 1),
@@ -652,3 +653,50 @@ def test_predict_rejects_wrong_shapes_and_missing_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"head\.json"):
         load_head(tmp_path / "nowhere")
     assert predict_margins(tmp_path / "run", np.zeros((0, VIEWS, DIM), np.float32)).shape == (0,)
+
+
+def test_sqrt_l2_transform_matches_numpy_and_blocks_the_hf_fold() -> None:
+    from roadwork.deploy.fold import linear_layer
+    from roadwork.train.head import HeadModel
+
+    x = np.random.default_rng(0).normal(size=(5, 1, 7)).astype(np.float32)
+    x[0] = 0.0
+    head = HeadModel(
+        feature_dim=7,
+        num_views=1,
+        head="linear",
+        mlp_hidden=4,
+        dropout=0.0,
+        aggregation="topk_mean",
+        topk=1,
+        attention_hidden=4,
+        feature_transform="sqrt_l2",
+    ).eval()
+    rooted = np.sign(x[:, 0]) * np.sqrt(np.abs(x[:, 0]))
+    norms = np.linalg.norm(rooted, axis=1, keepdims=True)
+    expected_features = np.divide(rooted, norms, out=np.zeros_like(rooted), where=norms > 0)
+    linear = head.classifier[-1]
+    expected = expected_features @ linear.weight.detach().numpy().T + linear.bias.detach().numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(head(torch.from_numpy(x)).numpy(), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="feature transform"):
+        linear_layer(head)
+
+
+def test_last_selection_keeps_the_final_epoch_and_alone_allows_overlapping_splits(tmp_path: Path) -> None:
+    # "plateau" val stops an mcc-selected run early; "last" runs every epoch and keeps the final weights
+    plateau = plateau_val()
+    last = fit(
+        tmp_path, val=plateau, name="last", max_epochs=4, early_stopping_patience=1, selection_metric="last"
+    )
+    assert last.epochs_run == 4 and last.best_epoch == 3
+    assert last.best_metric == pytest.approx(float(last.history["val_mcc"].iloc[-1]))
+    union = FeatureSet(
+        np.concatenate([TRAIN.features, VAL.features]),
+        np.concatenate([TRAIN.labels, VAL.labels]),
+        np.concatenate([TRAIN.ids, VAL.ids]),
+    )
+    refit = fit(tmp_path, union, VAL, name="refit", max_epochs=2, selection_metric="last")
+    assert refit.best_epoch == 1
+    with pytest.raises(ValueError, match="occur in both train and val_select"):
+        fit(tmp_path, union, VAL, name="leak", max_epochs=2)

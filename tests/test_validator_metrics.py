@@ -403,3 +403,27 @@ def test_group_bootstrap_of_one_model_matches_a_hand_loop_over_the_same_draws() 
         1.0,
         1.0,
     )
+
+
+def test_one_pass_bootstrap_of_several_figures_equals_the_separate_passes() -> None:
+    y, better, worse, lv, g = _pair(seed=12, n_images=80, p_easy_a=0.8, p_easy_b=0.6)
+    shared = {"y_true": y, "level": lv}
+    reward = functools.partial(rm.expected_reward, n_streams=50, seed=3)
+
+    def both(**kwargs):
+        return [rm.validator_mcc(**kwargs), reward(**kwargs)]
+
+    stats = rm.group_bootstrap_stats(both, (better, worse), g, shared=shared, n_resamples=60, seed=5)
+    assert stats.shape == (60, 2, 2)
+    for column, decision in enumerate((better, worse)):
+        for j, fn in enumerate((rm.validator_mcc, reward)):
+            _, low, high = rm.group_bootstrap(fn, decision, g, shared=shared, n_resamples=60, seed=5)
+            assert rm.percentile_interval(stats[:, column, j]) == pytest.approx((low, high), abs=1e-12)
+    _, low, high = rm.paired_bootstrap_diff(
+        rm.validator_mcc, better, worse, g, shared=shared, n_resamples=60, seed=5
+    )
+    assert rm.percentile_interval(stats[:, 0, 0] - stats[:, 1, 0]) == pytest.approx((low, high), abs=1e-12)
+    with pytest.raises(ValueError, match="at least one"):
+        rm.group_bootstrap_stats(both, (), g, shared=shared)
+    with pytest.raises(ValueError, match="length"):
+        rm.group_bootstrap_stats(both, (better, worse[:-1]), g, shared=shared)

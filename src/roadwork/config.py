@@ -83,6 +83,8 @@ class BackboneParams:
     id: str = "efficientnet_lite0"
     seed: int = 0
     attn_implementation: str = "sdpa"
+    input_size: Optional[int] = None  # noqa: UP045 (timm backbones: short side -> S, centred S x S; null = own)
+    pooling: str = "avg"  # timm backbones: avg | max | gem
 
 
 @dataclass
@@ -131,14 +133,15 @@ def _mirrored_fields(cls: type) -> list[tuple[str, type, Any]]:
 
 
 def _train_params_schema() -> type:
-    """``mode``, every field of :class:`~roadwork.train.head_config.HeadTrainConfig` (its names, types and
-    defaults: one home) and ``finetune``."""
+    """``mode``, ``refit``, every field of :class:`~roadwork.train.head_config.HeadTrainConfig` (its names,
+    types and defaults: one home) and ``finetune``."""
     from roadwork.train.head_config import HeadTrainConfig
 
     return make_dataclass(
         "TrainParams",
         [
             ("mode", str, field(default="head")),
+            ("refit", bool, field(default=False)),
             *_mirrored_fields(HeadTrainConfig),
             ("finetune", FinetuneParams, field(default_factory=FinetuneParams)),
         ],
@@ -235,6 +238,7 @@ class RoadworkConfig:
 
 
 VIEW_MODES = ("global", "global+tiles")
+POOLINGS = ("avg", "max", "gem")  # roadwork.models.pooling.POOLINGS, kept here so loading imports no torch
 # copies of roadwork.policy.THRESHOLD_RULES / models.inference.VIEW_MODES (a test keeps them equal), so
 # loading params imports neither scipy nor torch
 THRESHOLD_RULES = ("argmax", "shrink")
@@ -264,6 +268,11 @@ _RANGES: dict[str, tuple[Any, str]] = {
     ),
     "backbone.seed": (lambda v: v >= 0, "an integer >= 0"),
     "backbone.attn_implementation": (lambda v: v in ("sdpa", "eager"), "'sdpa' or 'eager'"),
+    "backbone.input_size": (
+        lambda v: v is None or 32 <= v <= 1024,
+        "null (the backbone's own preprocessing) or an input side in pixels, 32-1024",
+    ),
+    "backbone.pooling": (lambda v: v in POOLINGS, f"one of {POOLINGS} (timm backbones)"),
     "embed.views": (lambda v: v in VIEW_MODES, f"one of {VIEW_MODES}"),
     "embed.grid": (lambda v: v >= 2, "an integer >= 2 (tiles per side)"),
     "embed.tile_overlap": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),

@@ -65,7 +65,8 @@ def linear_layer(head: HeadModel) -> nn.Linear:
         kinds = ", ".join(type(m).__name__ for m in head.classifier)
         raise ValueError(
             f"only a linear head (dropout + Linear(D, 2)) folds into a Hugging Face classifier; this head is "
-            f"[{kinds}] (an MLP head). Train with train.head=linear to export it."
+            f"[{kinds}] (an MLP head or a feature transform). Train with train.head=linear and "
+            "train.feature_transform=none to export it."
         )
     linear = layers[0]
     if linear.out_features != 2 or linear.in_features != head.feature_dim or linear.bias is None:

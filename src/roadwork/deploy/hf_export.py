@@ -243,6 +243,13 @@ def _timm_pretrained_cfg(cfg: PreprocessConfig) -> dict[str, Any]:
 def _timm_model(backbone: Backbone, weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Module:
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
+    pool = getattr(backbone.model, "global_pool", None)
+    pooling = getattr(pool, "pool_type", type(pool).__name__)
+    if pooling != "avg":
+        raise NotImplementedError(
+            f"the backbone pools its features by {pooling!r} (backbone.pooling); the timm-wrapper export "
+            "rebuilds the architecture with average pooling. Use backbone.pooling=avg to export."
+        )
     architecture = getattr(backbone.model, "pretrained_cfg", {}).get("architecture")
     if not isinstance(architecture, str) or not architecture:
         raise ValueError(

@@ -46,9 +46,11 @@ from roadwork.metrics.curves import (
 from roadwork.metrics.intervals import (
     bootstrap_ci,
     group_bootstrap,
+    group_bootstrap_stats,
     group_resample_indices,
     group_resamples,
     paired_bootstrap_diff,
+    percentile_interval,
     wilson_interval,
 )
 from roadwork.metrics.report import classification_report, validator_score
@@ -96,6 +98,7 @@ __all__ = [
     "fpr",
     "fpr_from_counts",
     "group_bootstrap",
+    "group_bootstrap_stats",
     "group_resample_indices",
     "group_resamples",
     "mcc",
@@ -103,6 +106,7 @@ __all__ = [
     "mce",
     "nll",
     "paired_bootstrap_diff",
+    "percentile_interval",
     "pr_curve",
     "precision",
     "precision_from_counts",

@@ -1,11 +1,12 @@
-"""Confidence intervals: Wilson score interval for a proportion, a (group) percentile bootstrap, and a paired
-group bootstrap of the difference between two models scored on the same rows."""
+"""Confidence intervals: Wilson score interval for a proportion, a (group) percentile bootstrap, a paired
+group bootstrap of the difference between two models scored on the same rows, and the one-pass resampling of
+several figures of several models (:func:`group_bootstrap_stats`) both are read from."""
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -198,6 +199,44 @@ def group_bootstrap(
     return _interval(points[0], stats[:, 0], level, "group_bootstrap")
 
 
+def group_bootstrap_stats(
+    stat_fn: Callable[..., ArrayLike],
+    columns: Sequence[ArrayLike],
+    groups: ArrayLike,
+    *,
+    shared: Mapping[str, ArrayLike] | None = None,
+    arg: str = "decision",
+    stat_groups: ArrayLike | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> NDArray[np.float64]:
+    """``[n_resamples, len(columns), k]`` group-bootstrap values of a statistic returning ``k`` numbers, for
+    several models' ``columns`` scored on the same rows, in one pass.
+
+    Arguments, resampling and conventions are those of :func:`paired_bootstrap_diff` (the same draws for the
+    same ``seed``), so ``stats[:, c, j]`` is what :func:`group_bootstrap` resamples for column ``c`` and the
+    ``j``-th number, and ``stats[:, 0, j] - stats[:, 1, j]`` what :func:`paired_bootstrap_diff` does.
+    Computing every number and every model per resample at once saves the repeated passes (one validator
+    confusion serves all its figures). Read intervals with :func:`percentile_interval`.
+    """
+    if len(columns) == 0:
+        raise ValueError("columns must hold at least one per-row array (one per model).")
+    checked = [_paired_inputs(column, columns[0], groups, shared or {}, arg) for column in columns]
+    arrays = tuple(x for x, _, _, _ in checked)
+    _, _, g, rows = checked[0]
+    _, stats = _group_stats(stat_fn, None, arrays, g, rows, arg, stat_groups, n_resamples, seed)
+    return stats.reshape(stats.shape[0], len(columns), -1)
+
+
+def percentile_interval(stats: ArrayLike, level: float = 0.95) -> tuple[float, float]:
+    """(low, high): the (1-level)/2 and (1+level)/2 quantiles of the finite resampled ``stats``
+    (non-finite ones dropped with a RuntimeWarning; (nan, nan) when none is finite)."""
+    _, low, high = _interval(
+        float("nan"), np.asarray(stats, dtype=np.float64).reshape(-1), level, "bootstrap"
+    )
+    return low, high
+
+
 def _group_stats(
     stat_fn: Callable[..., float],
     point_fn: Callable[..., float] | None,
@@ -208,9 +247,10 @@ def _group_stats(
     stat_groups: ArrayLike | None,
     n_resamples: int,
     seed: int,
-) -> tuple[list[float], NDArray[np.float64]]:
-    """Point statistics of each column and ``[n_resamples, len(columns)]`` resampled ones (same rows for
-    every column of a resample; per-row ``stat_groups`` ids renumbered per drawn copy)."""
+) -> tuple[list[NDArray[np.float64]], NDArray[np.float64]]:
+    """Point statistics of each column and ``[n_resamples, len(columns), *shape]`` resampled ones (same rows
+    for every column of a resample; per-row ``stat_groups`` ids renumbered per drawn copy). A statistic may
+    return a scalar or a fixed-length vector (``shape`` is then ``(k,)``)."""
     if not callable(stat_fn) or (point_fn is not None and not callable(point_fn)):
         raise TypeError("stat_fn (and point_fn, if given) must be callable with keyword arrays.")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
@@ -222,13 +262,13 @@ def _group_stats(
     _, stat_codes = np.unique(sg, return_inverse=True)
     n_stat = int(stat_codes.max()) + 1
     full = point_fn or stat_fn
-    points = [float(full(**{arg: x}, **rows, groups=sg)) for x in columns]
+    points = [np.asarray(full(**{arg: x}, **rows, groups=sg), dtype=np.float64) for x in columns]
     _, codes = np.unique(g, return_inverse=True)
     stats = []
     for idx, copies in group_resamples(codes.astype(np.int64), int(n_resamples), np.random.default_rng(seed)):
         sub = {key: value[idx] for key, value in rows.items()}
         ids = copies * n_stat + stat_codes[idx]
-        stats.append([float(stat_fn(**{arg: x[idx]}, **sub, groups=ids)) for x in columns])
+        stats.append([np.asarray(stat_fn(**{arg: x[idx]}, **sub, groups=ids), np.float64) for x in columns])
     return points, np.asarray(stats, dtype=np.float64)
 
 

@@ -16,6 +16,7 @@ PIL image into its input (see :mod:`roadwork.data.preprocess`).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -28,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from roadwork.models.bn_fold import FoldedCache
+from roadwork.models.pooling import set_pooling
 
 __all__ = [
     "EFFICIENTNET_LITE0_ID",
@@ -238,6 +240,37 @@ class Backbone(torch.nn.Module):
         cls_token = hidden[:, 0]
         patch_mean = hidden[:, 1 + self.num_register_tokens :].mean(dim=1)
         return torch.cat([cls_token, patch_mean], dim=-1).float()
+
+    def reconfigured(self, *, input_size: int | None, pooling: str) -> Backbone:
+        """A copy of this timm backbone that feeds ``input_size`` px and pools by ``pooling``.
+
+        ``input_size`` S resizes the image's shorter side to S and takes the centred S x S square (the whole
+        of a square validator image, where the default EfficientNet preprocessing crops away its border);
+        None keeps the preprocessing. ``pooling`` is one of :data:`roadwork.models.pooling.POOLINGS`. Both
+        are part of the fingerprint and of what :meth:`save` writes. ValueError for a non-timm backbone.
+        """
+        if self.family != "timm":
+            raise ValueError(
+                f"input_size and pooling apply to timm backbones; {self.backbone_id!r} is {self.family}."
+            )
+        preprocess = self.preprocess
+        if input_size is not None:
+            preprocess = PreprocessConfig(
+                input_size, input_size, preprocess.mean, preprocess.std, preprocess.interpolation
+            )
+        # the default pooling leaves the architecture (and so the fingerprint) as loaded
+        arch_config = {k: v for k, v in self._arch_config.items() if k != "global_pool"}
+        if pooling != "avg":
+            arch_config["global_pool"] = pooling
+        model = set_pooling(copy.deepcopy(self.model), pooling)
+        return Backbone(
+            model=model,
+            backbone_id=self.backbone_id,
+            family=self.family,
+            feature_dim=self.feature_dim,
+            preprocess=preprocess,
+            arch_config=arch_config,
+        )
 
     def _timm_network(self) -> torch.nn.Module:
         """The network a timm forward runs: under ``torch.inference_mode`` its batch-norm-folded copy.
@@ -485,6 +518,7 @@ def _build_timm(
     import timm
 
     model = timm.create_model(arch_config["name"], pretrained=False, num_classes=0)
+    set_pooling(model, arch_config.get("global_pool", "avg"))
     # Depthwise convolutions run about 1.5x faster on CPU in channels-last layout (values are unchanged).
     model = model.to(memory_format=torch.channels_last)
     backbone = Backbone(

@@ -32,7 +32,7 @@ def _post_norm(norm: nn.BatchNorm2d) -> nn.Module:
 
 
 def _fold_children(module: nn.Module) -> int:
-    """Fold every ``Conv2d`` registered directly before a ``BatchNorm2d`` sibling; return how many were folded.
+    """Fold each ``Conv2d`` registered directly before a ``BatchNorm2d`` sibling; return how many were folded.
 
     Registration order is forward order in timm's EfficientNet blocks (``conv_pw, bn1, conv_dw, bn2, ...``);
     :func:`fold_batch_norm` checks the result numerically, so a network where that does not hold is refused.
@@ -94,7 +94,7 @@ class FoldedCache:
         self._folded: nn.Module | None = None
 
     def get(self, network: nn.Module, probe: torch.Tensor) -> nn.Module:
-        """The folded copy of ``network`` (see :func:`fold_batch_norm`), from the cache while it is current."""
+        """The folded copy of ``network`` (:func:`fold_batch_norm`), from the cache while it is current."""
         key = _tensor_state(network)
         if self._folded is None or key != self._key:
             self._folded, self._key = fold_batch_norm(network, probe), key

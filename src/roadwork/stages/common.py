@@ -76,7 +76,8 @@ def variant_backbone_id(cfg: RoadworkConfig, variant: str) -> str:
 
 
 def load_variant_backbone(cfg: RoadworkConfig, variant: str) -> Any:
-    """The variant's backbone, on ``embed.device`` (compiled with ``embed.compile``)."""
+    """The variant's backbone with ``backbone.input_size`` / ``backbone.pooling`` applied, on ``embed.device``
+    (compiled with ``embed.compile``)."""
     from roadwork.models.backbone import load_backbone
 
     backbone = load_backbone(
@@ -84,6 +85,8 @@ def load_variant_backbone(cfg: RoadworkConfig, variant: str) -> Any:
         seed=cfg.backbone.seed,
         attn_implementation=cfg.backbone.attn_implementation,
     )
+    if cfg.backbone.input_size is not None or cfg.backbone.pooling != "avg":
+        backbone = backbone.reconfigured(input_size=cfg.backbone.input_size, pooling=cfg.backbone.pooling)
     return place_backbone(cfg, backbone)
 
 

@@ -43,7 +43,7 @@ from roadwork.stages.common import (
     write_csv,
     write_json,
 )
-from roadwork.stages.scoring import evaluation_renders, headline, render_predictions, tolerant
+from roadwork.stages.scoring import evaluation_renders, headline, render_predictions
 
 # splits.csv columns that are not slice metadata
 _NOT_METADATA = {"path", "sha256", "size_bytes", "width", "height", "label", "working_path", "group", "split"}
@@ -144,58 +144,59 @@ def fit_variant_probe(cfg: RoadworkConfig, variant: str) -> Any:
     return fit_probe(*data["train"], *data["val_select"], seed=cfg.evaluate.seed)
 
 
+INTERVAL_FIGURES = (
+    "expected_reward",
+    "validator_mcc",
+    "validator_accuracy",
+    "L0_mcc",
+    "L1_mcc",
+    "L2_mcc",
+    "L3_mcc",
+)
+"""The figures given a group-bootstrap interval, for ours and the probe."""
+
+
 def validator_figures(predictions: pd.DataFrame, cfg: RoadworkConfig) -> dict[str, float]:
     """Headline figures of ours and the probe, with group-bootstrap intervals (resampling dedupe groups,
-    an image drawn twice counting twice) and the lift over the probe with its paired interval."""
-    import functools
+    an image drawn twice counting twice) and the lift over the probe with its paired interval.
 
+    One pass of resamples serves every interval: each resample scores both models on the same rows, so the
+    lift's interval is the paired one of :func:`roadwork.metrics.paired_bootstrap_diff`.
+    """
     from roadwork import metrics as M
 
     params = cfg.evaluate
     ours = headline(predictions, cfg)
     probe = headline(predictions, cfg, decision=predictions["probe_decision"].to_numpy())
     out = dict(ours) | {f"probe_{k}": v for k, v in probe.items()}
-    shared = {"y_true": predictions["label"].to_numpy(), "level": predictions["level"].to_numpy()}
-    common = {
-        "shared": shared,
-        "stat_groups": predictions["sha256"].to_numpy(),
-        "n_resamples": params.bootstrap_resamples,
-        "level": params.ci_level,
-        "seed": params.seed,
-    }
-    # per resample 200 streams: a tenth of the cost, noise small next to the sampling noise (see
-    # roadwork.metrics.paired_bootstrap_diff)
-    stats = {
-        "expected_reward": functools.partial(M.expected_reward, n_streams=200, seed=params.seed),
-        "validator_mcc": M.validator_mcc,
-        **{name: _metric_of(name) for name in ("validator_accuracy", "L0_mcc", "L1_mcc", "L2_mcc", "L3_mcc")},
-    }
-    groups = predictions["group"].to_numpy()
-    for name, fn in stats.items():
-        for column, prefix in (("decision", ""), ("probe_decision", "probe_")):
-            _, low, high = M.group_bootstrap(
-                tolerant(fn), predictions[column].to_numpy(), groups, point_fn=fn, **common
-            )
-            out[f"{prefix}{name}_low"], out[f"{prefix}{name}_high"] = low, high
-    lift, low, high = M.paired_bootstrap_diff(
-        tolerant(M.validator_mcc),
-        predictions["decision"].to_numpy(),
-        predictions["probe_decision"].to_numpy(),
-        groups,
-        point_fn=M.validator_mcc,
-        **common,
+
+    def figures(**kwargs: Any) -> list[float]:
+        try:
+            metrics = M.validator_metrics(**kwargs)
+            # 200 streams per resample: a tenth of the point's cost; its noise is small next to the sampling's
+            reward = M.expected_reward(**kwargs, n_streams=200, seed=params.seed)
+        except ValueError:  # a resample that drew images of one label only has no validator figure
+            return [float("nan")] * len(INTERVAL_FIGURES)
+        return [reward, *(metrics[name] for name in INTERVAL_FIGURES[1:])]
+
+    stats = M.group_bootstrap_stats(
+        figures,
+        (predictions["decision"].to_numpy(), predictions["probe_decision"].to_numpy()),
+        predictions["group"].to_numpy(),
+        shared={"y_true": predictions["label"].to_numpy(), "level": predictions["level"].to_numpy()},
+        stat_groups=predictions["sha256"].to_numpy(),
+        n_resamples=params.bootstrap_resamples,
+        seed=params.seed,
     )
+    for j, name in enumerate(INTERVAL_FIGURES):
+        for column, prefix in enumerate(("", "probe_")):
+            interval = M.percentile_interval(stats[:, column, j], params.ci_level)
+            out[f"{prefix}{name}_low"], out[f"{prefix}{name}_high"] = interval
+    mcc = INTERVAL_FIGURES.index("validator_mcc")
+    low, high = M.percentile_interval(stats[:, 0, mcc] - stats[:, 1, mcc], params.ci_level)
+    lift = out["validator_mcc"] - out["probe_validator_mcc"]
     out.update(lift_over_probe=lift, lift_over_probe_low=low, lift_over_probe_high=high)
     return out
-
-
-def _metric_of(name: str) -> Any:
-    from roadwork import metrics as M
-
-    def fn(**kwargs: Any) -> float:
-        return M.validator_metrics(**kwargs)[name]
-
-    return fn
 
 
 def level_table(predictions: pd.DataFrame, figures: dict[str, float]) -> pd.DataFrame:

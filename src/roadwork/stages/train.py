@@ -20,7 +20,8 @@ path, render, level, margin: one row per validator render) and ``metrics.json``.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,17 +89,49 @@ def _fit_on_features(
         arrays, rows = load_features(variant, split)
         labels = _labels_for(rows, labelled[labelled["split"] == split], split)
         sets[split] = FeatureSet(arrays["features"], labels, rows["sha256"].to_numpy(dtype=str))
-    return fit_head(
+    hardware = {
+        "accelerator": cfg.trainer.accelerator,
+        "devices": cfg.trainer.devices,
+        "strategy": cfg.trainer.strategy,
+    }
+    selected = fit_head(
         sets["train"],
         sets["val_select"],
         head_cfg,
         out_dir=out,
         loggers=loggers,
         checkpoint_dir=checkpoint_dir("train", variant),
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        strategy=cfg.trainer.strategy,
+        **hardware,
     )
+    if not cfg.train.refit or selected.global_rank != 0:
+        return selected
+    return _refit(sets["train"], sets["val_select"], head_cfg, selected, out, hardware)
+
+
+def _refit(train: Any, val_select: Any, head_cfg: Any, selected: Any, out: Path, hardware: dict) -> Any:
+    """``train.refit``: the head trained again from scratch on train + val_select for the epochs the
+    selection run chose (its warmup capped at half of them), the last epoch kept. The selection run's history,
+    best epoch and metric stay what the stage reports and plots; the refit only replaces the saved head."""
+    from roadwork.train.head import FeatureSet, fit_head
+
+    epochs = selected.best_epoch + 1
+    refit_cfg = replace(
+        head_cfg,
+        max_epochs=epochs,
+        warmup_epochs=min(head_cfg.warmup_epochs, epochs / 2),
+        selection_metric="last",
+    )
+    union = FeatureSet(
+        np.concatenate([train.features, val_select.features]),
+        np.concatenate([train.labels, val_select.labels]),
+        np.concatenate([train.ids, val_select.ids]),
+    )
+    with tempfile.TemporaryDirectory(dir=out.parent) as work:
+        refit = fit_head(union, val_select, refit_cfg, out_dir=Path(work), show_progress=False, **hardware)
+        for path in (refit.head_path, refit.config_path):
+            os.replace(path, out / path.name)
+    print(f"train: head refit on train + val_select for {epochs} epochs (the selection run's best)")
+    return replace(selected, model=refit.model)
 
 
 def _fit_finetune(

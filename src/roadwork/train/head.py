@@ -202,6 +202,15 @@ class GatedAttentionPool(nn.Module):
         return (self.weights(features).unsqueeze(-1) * features).sum(dim=1)
 
 
+class SignedSqrtL2(nn.Module):
+    """``sign(x) * sqrt(|x|)``, then each vector scaled to unit L2 norm (power normalisation; a zero vector
+    stays zero): it damps the few large activations that dominate pooled CNN features."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        rooted = features.sign() * features.abs().sqrt()
+        return nn.functional.normalize(rooted, p=2.0, dim=-1, eps=1e-12)
+
+
 class HeadModel(nn.Module):
     """The trainable head plus its view aggregation: ``[B, V, D]`` features -> ``[B, 2]`` logits.
 
@@ -220,6 +229,7 @@ class HeadModel(nn.Module):
         aggregation: str,
         topk: int,
         attention_hidden: int,
+        feature_transform: str = "none",
     ) -> None:
         super().__init__()
         if feature_dim < 1 or num_views < 1:
@@ -236,6 +246,10 @@ class HeadModel(nn.Module):
             )
         else:
             raise ValueError(f"head must be 'linear' or 'mlp', got {head!r}.")
+        if feature_transform == "sqrt_l2":
+            self.classifier.insert(0, SignedSqrtL2())
+        elif feature_transform != "none":
+            raise ValueError(f"feature_transform must be 'none' or 'sqrt_l2', got {feature_transform!r}.")
         if aggregation not in HeadTrainConfig.CHOICES["aggregation"]:
             raise ValueError(f"aggregation must be 'topk_mean' or 'attention', got {aggregation!r}.")
         # Built after the classifier so that, for one seed, the classifier's initial weights do not depend
@@ -258,6 +272,7 @@ class HeadModel(nn.Module):
             aggregation=cfg.aggregation,
             topk=cfg.topk,
             attention_hidden=cfg.attention_hidden,
+            feature_transform=cfg.feature_transform,
         )
 
     def view_logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -627,8 +642,8 @@ class HeadModule(pl.LightningModule):
         if self.trainer.is_global_zero:
             for logger in self.metric_loggers:
                 logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=self.epoch)
-        metric = row["val_mcc" if self.cfg.selection_metric == "mcc" else "val_best_mcc"]
-        if metric > self.best_metric:
+        metric = row["val_best_mcc" if self.cfg.selection_metric == "best_mcc" else "val_mcc"]
+        if metric > self.best_metric or self.cfg.selection_metric == "last":
             self.best_metric, self.best_epoch = metric, self.epoch
             self.best_state = {k: v.detach().clone() for k, v in self.evaluated_model.state_dict().items()}
             self._epochs_without_improvement = 0
@@ -899,7 +914,7 @@ class FitResult:
     global_rank: int = 0
 
 
-def _check_splits(train: FeatureSet, val_select: FeatureSet) -> None:
+def _check_splits(train: FeatureSet, val_select: FeatureSet, *, may_overlap: bool = False) -> None:
     for name, value in (("train", train), ("val_select", val_select)):
         if not isinstance(value, FeatureSet):
             raise TypeError(f"{name} must be a FeatureSet, got {type(value).__name__}.")
@@ -915,10 +930,10 @@ def _check_splits(train: FeatureSet, val_select: FeatureSet) -> None:
             f"{train.features.shape[1:]}; embed both splits with the same backbone and views."
         )
     leaked = np.intersect1d(train.ids, val_select.ids)
-    if leaked.size:
+    if leaked.size and not may_overlap:
         raise ValueError(
             f"{leaked.size} image ids occur in both train and val_select (first: {leaked[:3].tolist()}); "
-            "splits must be disjoint."
+            "splits must be disjoint (only selection_metric='last' allows it: val_select chooses nothing)."
         )
 
 
@@ -1009,9 +1024,9 @@ def fit_head(
     disagree in views or dims, share image ids, or val_select repeats an id, or when a hardware argument is
     invalid; FloatingPointError when the training loss becomes non-finite.
     """
-    _check_splits(train, val_select)
     if not isinstance(cfg, HeadTrainConfig):
         raise TypeError(f"cfg must be a HeadTrainConfig, got {type(cfg).__name__}.")
+    _check_splits(train, val_select, may_overlap=cfg.selection_metric == "last")
     check_processes(
         accelerator, devices, strategy, batch_size=cfg.batch_size, batch_key="HeadTrainConfig.batch_size"
     )

@@ -18,6 +18,9 @@ class HeadTrainConfig:
         head: ``linear`` (dropout, then ``Linear(D, 2)``) or ``mlp`` (``Linear(D, mlp_hidden)``, GELU,
             dropout, ``Linear(mlp_hidden, 2)``).
         mlp_hidden: hidden width of the ``mlp`` head (>= 1); inactive for ``linear``.
+        feature_transform: ``none`` (the backbone's features as they are) or ``sqrt_l2`` (signed square root
+            of every feature, then the vector scaled to unit L2 norm, before the classifier; a fixed layer
+            of the head, so it ships with it, but a linear Hugging Face classifier cannot express it).
         dropout: probability in [0, 1) of zeroing an input of the final linear layer during training (the
             view features for ``linear``, the hidden units for ``mlp``).
         aggregation: ``topk_mean`` or ``attention`` over views (see the module docstring); inactive if V == 1.
@@ -51,11 +54,14 @@ class HeadTrainConfig:
             of the selection metric; set it to ``max_epochs`` or more to never stop early.
         selection_metric: ``mcc`` (MCC of ``margin > 0`` on val_select) or ``best_mcc`` (MCC at the best
             threshold on val_select's margins); the epoch with the highest value (earliest on ties) is kept.
+            ``last`` keeps the last epoch and never stops early: for a refit whose epoch count was chosen
+            before, where val_select may overlap train (it is then only logged, never used to choose).
         seed: seed (>= 0) of initialisation, shuffling and dropout.
     """
 
     head: str = "linear"
     mlp_hidden: int = 256
+    feature_transform: str = "none"
     dropout: float = 0.1
     aggregation: str = "topk_mean"
     topk: int = 3
@@ -82,13 +88,14 @@ class HeadTrainConfig:
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "head": ("linear", "mlp"),
+        "feature_transform": ("none", "sqrt_l2"),
         "aggregation": ("topk_mean", "attention"),
         "loss": ("ce", "focal"),
         "class_weights": ("auto", "none"),
         "optimizer": ("adamw", "sgd"),
         "schedule": ("cosine", "onecycle", "constant"),
         "precision": ("32", "bf16-mixed"),
-        "selection_metric": ("mcc", "best_mcc"),
+        "selection_metric": ("mcc", "best_mcc", "last"),
     }
     _RANGES: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {
         "mlp_hidden": (lambda v: v >= 1, ">= 1"),
