@@ -23,7 +23,6 @@ from transformers import (
     Dinov2WithRegistersModel,
     DINOv3ViTConfig,
     DINOv3ViTModel,
-    TimmWrapperImageProcessor,
 )
 
 from roadwork.data.preprocess import to_tensor_batch
@@ -323,25 +322,26 @@ def test_hf_export_of_dinov3_is_not_implemented(tmp_path: Path) -> None:
 def test_hf_export_of_the_timm_backbone_matches_ours(effnet: Trained, tmp_path: Path) -> None:
     out = export_hf(effnet.backbone, effnet.head, effnet.policy, tmp_path / "export", model_card=CARD)
     config = json.loads((out / "config.json").read_text())
-    assert config["model_type"] == "timm_wrapper" and config["architecture"] == "tf_efficientnet_lite0"
-    assert config["architectures"] == ["TimmWrapperForImageClassification"]
-    assert config["label_names"] == ["None", "Roadwork"]  # the wrapper's own spelling of id2label
+    assert config["model_type"] == "efficientnet" and config["hidden_act"] == "relu6"
+    assert config["architectures"] == ["EfficientNetForImageClassification"]
+    assert "problem_type" not in config or config["problem_type"] is None
     loaded = AutoConfig.from_pretrained(str(out))
     assert loaded.id2label == {0: "None", 1: "Roadwork"} and loaded.label2id == {"None": 0, "Roadwork": 1}
 
-    # the pipeline uses our exact preprocessing (BitImageProcessor), so even non-square images agree
+    # the pipeline uses our exact preprocessing (this backbone's own: BitImageProcessor), so even non-square
+    # images agree
     processor = AutoImageProcessor.from_pretrained(str(out))
     assert isinstance(processor, BitImageProcessor)
     scores = hf_probabilities(out, effnet.images)
     assert np.max(np.abs(scores - effnet.probability)) < TOL
     np.testing.assert_array_equal(scores > 0.5, effnet.decision)
 
-    # timm's own transform from pretrained_cfg (the fallback) equals ours on the validator's 224x224 images
-    timm_processor = TimmWrapperImageProcessor(pretrained_cfg=config["pretrained_cfg"])
-    squares = [image for image in effnet.images if image.size == (224, 224)]
-    assert squares
-    timm_pixels = timm_processor(squares)["pixel_values"]
-    assert torch.max(torch.abs(timm_pixels - to_tensor_batch(squares, effnet.backbone.preprocess))) < 1e-5
+
+def test_hf_export_refuses_what_transformers_cannot_hold(effnet: Trained, tmp_path: Path) -> None:
+    maxed = effnet.backbone.reconfigured(input_size=None, pooling="max")
+    with pytest.raises(NotImplementedError, match=r"backbone\.pooling=avg"):
+        export_hf(maxed, effnet.head, effnet.policy, tmp_path / "maxed", model_card=CARD)
+    assert not (tmp_path / "maxed").exists()
 
 
 def test_model_card_is_validated_field_by_field(tiny: Trained, tmp_path: Path) -> None:
@@ -451,3 +451,25 @@ def test_onnx_export_with_the_dynamo_exporter(tiny: Trained, tmp_path: Path) -> 
 def test_onnx_export_of_the_timm_backbone(effnet: Trained, tmp_path: Path) -> None:
     path = export_onnx(effnet.backbone, effnet.head, effnet.policy, tmp_path / "model.onnx")
     _check_onnx(effnet, path, 17)
+
+
+def test_folded_none_logit_is_zero_so_softmax_and_sigmoid_decide_alike() -> None:
+    # transformers versions differ in the pipeline's post-processing (4.48 applies a sigmoid to a config
+    # naming a problem_type): with the "None" logit identically 0 both give the same score and decision
+    rng = np.random.default_rng(4)
+    head = _head(6)
+    features = rng.normal(0.0, 1.0, (2000, 6))
+    weight64 = head.classifier[1].weight.detach().double().numpy()
+    bias64 = head.classifier[1].bias.detach().double().numpy()
+    z = features @ (weight64[1] - weight64[0]) + (bias64[1] - bias64[0])
+    policy = fit_policy(z, (z + rng.normal(0.0, 1.0, z.size) > 0.3).astype(int), split_hash="s")
+    weight, bias = folded_classifier(head, policy)
+    assert torch.count_nonzero(weight[0]) == 0 and bias[0] == 0
+    logits = features @ weight.numpy().T + bias.numpy()
+    softmax = _softmax32(logits.astype(np.float32))[:, 1]
+    sigmoid = 1.0 / (1.0 + np.exp(-logits[:, 1].astype(np.float32)))
+    np.testing.assert_allclose(softmax, sigmoid, atol=1e-6)
+    away = np.abs(z - policy.decision_margin) > 1e-6
+    decision = policy.apply(z)["decision"]
+    np.testing.assert_array_equal((softmax > 0.5)[away], decision[away])
+    np.testing.assert_array_equal((sigmoid > 0.5)[away], decision[away])

@@ -322,3 +322,40 @@ def test_dvc_exp_run_set_param_reaches_mlflow(reproduced: tuple[Path, str]) -> N
         )
     }
     assert "11" in seeds
+
+
+def test_export_submission_loads_in_the_miners_transformers(reproduced: tuple[Path, str]) -> None:
+    """``roadwork export-submission`` on the registered model: a valid card, refusal of the defaults, and a
+    folder the subnet's pinned transformers 4.45.2 loads with the miner's calls, agreeing with the pyfunc."""
+    import mlflow
+
+    from helpers.miner import TEST_HOTKEY, miner_scores, pinned_transformers
+    from roadwork.deploy.registry import predict_with
+
+    repo, _ = reproduced
+    uri = "models:/roadwork-classifier@challenger"
+    base = ["roadwork", "export-submission", "--model-uri", uri, "--hotkey", TEST_HOTKEY]
+    env = {"MLFLOW_TRACKING_URI": TRACKING_URI["uri"], "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    refused = subprocess.run(
+        [*base, "--model-name", "roadwork-classifier", "--out", "outputs/refused"],
+        cwd=repo, env={**os.environ, **env}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "--model-name" in refused.stderr
+    assert not (repo / "outputs/refused").exists()
+    done = run([*base, "--model-name", "acme-roadwork-test", "--out", "outputs/submission"], repo)
+    assert "huggingface-cli upload" in done.stdout
+    folder = repo / "outputs/submission"
+    card = json.loads((folder / "model_card.json").read_text())
+    assert card["submitted_by"] == TEST_HOTKEY and card["model_name"] == "acme-roadwork-test"
+    assert "validator_mcc" in (folder / "README.md").read_text()
+
+    # level-0 renders: the 224 x 224 JPEGs the validator sends
+    renders = sorted((repo / ".cache/renders/clean-v2").glob("*/*.jpg"))[:10]
+    assert len(renders) == 10
+    mlflow.set_tracking_uri(TRACKING_URI["uri"])
+    served = predict_with(mlflow.pyfunc.load_model(uri), [p.read_bytes() for p in renders])
+    result = miner_scores(folder, renders, pinned_transformers())
+    assert result["transformers"] == "4.45.2" and result["processor"] == "ViTImageProcessorFast"
+    scores = np.asarray(result["scores"])
+    np.testing.assert_allclose(scores, served["probability"].to_numpy(), atol=1e-4)
+    np.testing.assert_array_equal((scores > 0.5).astype(int), served["decision"].to_numpy())

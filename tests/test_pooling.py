@@ -54,14 +54,10 @@ def test_reconfigured_backbone_pools_and_resizes_as_asked_and_survives_save(
     assert isinstance(reloaded.model.global_pool, GeMPool)
 
 
-def test_reconfiguring_a_vit_is_refused() -> None:
-    with pytest.raises(ValueError, match="apply to timm backbones"):
-        load_backbone("tiny").reconfigured(input_size=224, pooling="avg")
-
-
-def test_hf_export_refuses_a_pooling_it_cannot_express(effnet: Backbone) -> None:
-    from roadwork.deploy.hf_export import _timm_model
-
-    maxed = effnet.reconfigured(input_size=None, pooling="max")
-    with pytest.raises(NotImplementedError, match=r"backbone\.pooling=avg"):
-        _timm_model(maxed, torch.zeros(2, 1280), torch.zeros(2))
+def test_a_vit_takes_an_input_size_but_no_other_pooling() -> None:
+    tiny = load_backbone("tiny")
+    squashed = tiny.reconfigured(input_size=112, pooling="avg")
+    assert (squashed.preprocess.image_size, squashed.preprocess.resize_mode) == (112, "squash")
+    assert squashed.fingerprint() != tiny.fingerprint()
+    with pytest.raises(ValueError, match="applies to timm backbones"):
+        tiny.reconfigured(input_size=224, pooling="gem")

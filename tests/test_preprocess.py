@@ -11,7 +11,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 from scipy import ndimage, stats
-from transformers import BitImageProcessor, DINOv3ViTImageProcessor
+from transformers import BitImageProcessor, DINOv3ViTImageProcessor, ViTImageProcessor
 
 from roadwork.data import preprocess as P
 from roadwork.data.preprocess import (
@@ -69,6 +69,24 @@ def test_to_tensor_batch_matches_dinov3_processor_in_square_mode() -> None:
     )
     expected = processor(images=IMAGES, return_tensors="pt")["pixel_values"]
     assert torch.max(torch.abs(to_tensor_batch(IMAGES, cfg) - expected)).item() < 1e-5
+
+
+@pytest.mark.parametrize("interpolation, resample", [("bicubic", 3), ("bilinear", 2)])
+def test_to_tensor_batch_matches_vit_image_processor_in_squash_mode(
+    interpolation: str, resample: int
+) -> None:
+    mean, std = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)
+    cfg = PreprocessConfig(224, 224, mean, std, interpolation, resize_mode="squash")
+    processor = ViTImageProcessor(
+        size={"height": 224, "width": 224}, resample=resample, image_mean=list(mean), image_std=list(std)
+    )
+    expected = processor(images=IMAGES, return_tensors="pt")["pixel_values"]
+    assert torch.max(torch.abs(to_tensor_batch(IMAGES, cfg) - expected)).item() < 1e-5
+    # a 224 x 224 image (what the validator sends) is only normalised
+    square = IMAGES[2].resize((224, 224))
+    pixels = torch.from_numpy(np.asarray(square)).permute(2, 0, 1).float() / 255.0
+    normalised = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    assert torch.max(torch.abs(to_tensor_batch([square], cfg)[0] - normalised)).item() < 1e-5
 
 
 def test_to_tensor_batch_edge_cases_and_errors() -> None:

@@ -139,6 +139,30 @@ def build_parser() -> argparse.ArgumentParser:
     relog.add_argument("--variant", choices=VARIANTS, default=None, help="variant of a per-variant stage")
     relog.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
 
+    submission = subparsers.add_parser(
+        "export-submission",
+        help="build the Hugging Face folder a NATIX miner publishes, from the champion",
+        description="Export the champion (or --model-uri) as a Hugging Face image-classification folder "
+        "that loads in the subnet's pinned transformers 4.45, with a model_card.json the validator accepts "
+        "(your hotkey's SS58 address, your own model name, version X.Y.Z, the build time) and a README "
+        "with the validator-faithful evaluation. The folder is checked against the model on val_calib "
+        "images before success is reported; nothing is uploaded (the upload command is printed).",
+    )
+    submission.add_argument("--hotkey", required=True, help="the miner's hotkey, an SS58 address")
+    submission.add_argument(
+        "--model-name", required=True, help="your model's name (the validator refuses one already used)"
+    )
+    submission.add_argument("--version", default=None, help="X.Y.Z (default: params.yaml deploy.version)")
+    submission.add_argument(
+        "--out", type=Path, default=Path("outputs/submission"), help="new folder (default: %(default)s)"
+    )
+    submission.add_argument(
+        "--model-uri",
+        default="models:/roadwork-classifier@champion",
+        help="MLflow model URI or a local model folder (default: %(default)s)",
+    )
+    submission.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
+
     promote = subparsers.add_parser(
         "promote",
         help="move 'champion' to 'challenger' when it is better on the current hold-out",
@@ -213,6 +237,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             variant = args.variant or ("base" if args.stage in VARIANT_STAGES else None)
             return relog.main(load_config(args.params), args.stage, variant)
+        if args.command == "export-submission":
+            from roadwork.config import load_config
+            from roadwork.stages import submission
+
+            return submission.main(
+                load_config(args.params),
+                hotkey=args.hotkey,
+                model_name=args.model_name,
+                version=args.version,
+                out=args.out,
+                model_uri=args.model_uri,
+            )
         if args.command == "promote":
             from roadwork.config import load_config
             from roadwork.stages import promote

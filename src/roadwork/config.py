@@ -83,7 +83,7 @@ class BackboneParams:
     id: str = "efficientnet_lite0"
     seed: int = 0
     attn_implementation: str = "sdpa"
-    input_size: Optional[int] = None  # noqa: UP045 (timm backbones: short side -> S, centred S x S; null = own)
+    input_size: Optional[int] = 224  # noqa: UP045 (image resized to S x S, ViTImageProcessor; null = own)
     pooling: str = "avg"  # timm backbones: avg | max | gem
 
 

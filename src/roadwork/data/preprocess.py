@@ -4,7 +4,8 @@ Three parts:
 
 * :func:`to_tensor_batch`: PIL images -> normalised backbone input, exactly what the Hugging Face image
   processor saved with the model produces (``BitImageProcessor`` for ``resize_mode="shortest_edge"``,
-  ``DINOv3ViTImageProcessor`` for ``"square"``), so what is evaluated is what ships.
+  ``DINOv3ViTImageProcessor`` for ``"square"``, ``ViTImageProcessor`` for ``"squash"``), so what is evaluated
+  is what ships.
 * :func:`make_views` / :func:`views_to_tensor`: a global view plus ``grid x grid`` overlapping tiles.
 * :func:`validator_augment` / :func:`render_as_validator` / :class:`TrainAugment`: the NATIX StreetVision
   validator's augmentation levels L0-L3, re-implemented from ``natix/utils/image_transforms.py`` (functions
@@ -89,9 +90,10 @@ def to_tensor_batch(images: Sequence[Image.Image], cfg: PreprocessConfig) -> Ten
     (longer side ``int(resize_size * long / short)``, antialiased ``cfg.interpolation``), a centred
     ``image_size`` square is cropped (top/left offset ``int((side - image_size) / 2)``), then
     ``(x / 255 - mean) / std``. ``resize_mode="square"``: pixels are scaled to [0, 1], resized in float
-    straight to ``image_size x image_size``, then normalised. These are the operations (and their order) of
-    transformers'
-    ``BitImageProcessor`` and ``DINOv3ViTImageProcessor``; outputs agree to float32 rounding (< 1e-5).
+    straight to ``image_size x image_size``, then normalised. ``resize_mode="squash"``: the uint8 image is
+    resized straight to ``image_size x image_size`` (aspect ratio not kept), then normalised. These are the
+    operations (and their order) of transformers' ``BitImageProcessor``, ``DINOv3ViTImageProcessor`` and
+    ``ViTImageProcessor``; outputs agree to float32 rounding (< 1e-5).
 
     Args:
         images: RGB ``PIL.Image.Image`` objects of any sizes. An empty sequence gives an empty batch.
@@ -115,6 +117,8 @@ def to_tensor_batch(images: Sequence[Image.Image], cfg: PreprocessConfig) -> Ten
         if cfg.resize_mode == "square":
             scaled = pixels.float() * (1.0 / 255.0)
             out.append(TF2.resize(scaled, [size, size], interpolation=interpolation, antialias=True))
+        elif cfg.resize_mode == "squash":
+            out.append(TF2.resize(pixels, [size, size], interpolation=interpolation, antialias=True))
         else:
             new_size = _shortest_edge_size(pixels.shape[1], pixels.shape[2], cfg.resize_size)
             # v2 resizes uint8 natively, as transformers does; v1 (TF) goes via float and rounds differently

@@ -28,6 +28,7 @@ STAGE_SPLITS: dict[str, frozenset[str]] = {
     "evaluate": frozenset({"train", "val_select", "val_test"}),  # train + val_select: the probe baseline only
     "bundle": frozenset({"val_select", "val_calib"}),
     "promote": frozenset({"val_test"}),
+    "submission": frozenset({"val_calib"}),  # export-submission: images only, to check the export
 }
 
 

@@ -3,14 +3,16 @@
 The validator reads one probability per image and binarises it with ``round(p)``, so the deployed model must
 emit ``p = sigmoid((z - z*) / s)`` (``z = z1 - z0`` the head's margin, ``z*`` the policy's
 ``decision_margin``, ``s`` its ``scale``): then ``p > 0.5`` exactly where the policy says roadwork. For a
-linear head ``z = (W1 - W0) x + (b1 - b0)``, and a 2-logit softmax only sees the difference of its logits, so
-the policy folds into the head:
+linear head ``z = (W1 - W0) x + (b1 - b0)``, so the policy folds into the head:
 
-    W' = W / s,    b0' = b0 / s + z* / (2 s),    b1' = b1 / s - z* / (2 s)
+    W0' = 0,    b0' = 0,    W1' = (W1 - W0) / s,    b1' = (b1 - b0 - z*) / s
 
-gives ``z1' - z0' = (z - z*) / s`` and ``softmax(z')[1] = sigmoid((z - z*) / s)``. The threshold is split
-evenly between the two biases so that the folded logits stay centred. A Hugging Face
-``*ForImageClassification`` model with this classifier needs no custom code.
+gives ``z0' = 0`` and ``z1' = (z - z*) / s``: ``softmax(z')[1] = sigmoid(z1') = sigmoid((z - z*) / s)``.
+With the "None" logit identically 0, a softmax over both logits and a sigmoid of the "Roadwork" logit give
+the same probability, so the decision does not depend on which post-processing the image-classification
+pipeline of a given transformers version applies (4.48 applies a sigmoid when a config names a
+``problem_type``; the exported config names none). A Hugging Face ``*ForImageClassification`` model with
+this classifier needs no custom code.
 
 The exact-0.5 caveat. :meth:`Policy.apply` decides roadwork iff ``z > z*`` and nudges the float64
 probability of the few ``z`` just above ``z*`` from 0.5 to the next float, so its ``p > 0.5`` equals the
@@ -21,7 +23,7 @@ decision everywhere. A folded model cannot do that nudge:
 * just above ``z*`` the folded logit difference ``d = (z - z*) / s`` is tiny and the float32 softmax the
   Hugging Face pipeline computes rounds to exactly 0.5 while ``d < ~1.25e-7`` (measured);
   and the float32 logits themselves carry rounding of a few ulps of their magnitude (the bias holds
-  ``z* / (2 s)``), so ``d`` is only known to about ``1e-7 * (1 + |logits|)``.
+  ``z* / s``), so ``d`` is only known to about ``1e-7 * (1 + |logits|)``.
 
 So the folded model and the policy (and either of them and the exact real-number answer) can disagree only
 for margins within about ``1e-6 * (1 + |logits|)`` of ``z*``: measured on 36,000 margins placed between
@@ -86,8 +88,9 @@ def folded_classifier(head: HeadModel, policy: Policy) -> tuple[torch.Tensor, to
 
     Returns:
         ``(weight [2, D], bias [2])`` as float64 CPU tensors (cast them to the model's dtype when loading):
-        ``W / s`` and ``(b0 / s + z* / (2 s), b1 / s - z* / (2 s))``, so that for a feature vector ``x``
-        ``softmax(weight @ x + bias)[1] == sigmoid((z - z*) / s)`` with ``z`` the head's margin. See the
+        row 0 and bias 0 are zero, row 1 is ``(W1 - W0) / s`` and bias 1 ``(b1 - b0 - z*) / s``, so that for a
+        feature vector ``x`` the "None" logit is 0 and ``softmax(weight @ x + bias)[1] ==
+        sigmoid((weight @ x + bias)[1]) == sigmoid((z - z*) / s)`` with ``z`` the head's margin. See the
         module docstring for the float edge at ``z`` within about ``1e-6`` of ``z*``.
 
     Raises:
@@ -106,8 +109,10 @@ def folded_classifier(head: HeadModel, policy: Policy) -> tuple[torch.Tensor, to
             "e.g. max_fnr or the FNR guarantee). A constant cannot be folded into finite classifier biases, "
             "and such a model scores MCC 0; recalibrate on more data or relax the constraints to export."
         )
-    weight = linear.weight.detach().to("cpu", torch.float64) / scale
-    bias = linear.bias.detach().to("cpu", torch.float64) / scale
-    shift = z_star / (2.0 * scale)
-    bias = bias + torch.tensor([shift, -shift], dtype=torch.float64)
+    w = linear.weight.detach().to("cpu", torch.float64)
+    b = linear.bias.detach().to("cpu", torch.float64)
+    weight = torch.zeros_like(w)
+    weight[1] = (w[1] - w[0]) / scale
+    bias = torch.zeros_like(b)
+    bias[1] = (b[1] - b[0] - z_star) / scale
     return weight.contiguous(), bias.contiguous()

@@ -16,24 +16,23 @@ Per backbone family:
 * ``dinov3``: transformers (checked with 5.23) has no ``DINOv3ViTForImageClassification``; exporting raises
   NotImplementedError rather than shipping custom code. :func:`roadwork.deploy.onnx_export.export_onnx`
   handles this family.
-* ``timm`` -> ``TimmWrapperForImageClassification``: the timm model is rebuilt with ``num_classes=2`` and its
-  classifier (``Linear(num_features, 2)`` on the same global-pooled features) receives the folded weights.
+* ``timm`` (EfficientNet-Lite0) -> ``EfficientNetForImageClassification``: transformers' own EfficientNet
+  configured as Lite0 holds the same network (:mod:`roadwork.deploy.effnet_hf`); the folded head becomes its
+  classifier. Other timm architectures, and pooling other than the average, are refused
+  (NotImplementedError): the miner's transformers 4.45 has no ``timm_wrapper`` model type.
 
-Preprocessing. ViT exports carry the ``preprocessor_config.json`` of
-:meth:`roadwork.models.backbone.Backbone.save` (``BitImageProcessor`` or ``DINOv3ViTImageProcessor``), which
-:func:`roadwork.data.preprocess.to_tensor_batch` reproduces. A timm-wrapper checkpoint normally gets
-``TimmWrapperImageProcessor``, built from the ``pretrained_cfg`` in ``config.json`` with timm's eval
-transform (PIL resize, ``torchvision`` ``CenterCrop``). That transform cannot equal ours exactly: PIL's
-antialiased bicubic down-scaling differs from the uint8 tensor resize by 1-2 grey levels on about 0.2-0.6 %
-of values (measured on smooth synthetic images from 227x300 to 4032x3024), and ``CenterCrop`` rounds its
-offset with ``round()`` where ``BitImageProcessor`` truncates, a one-pixel shift of the crop for some
-non-square sizes (e.g. 300x402). So timm exports also name ``"image_processor_type": "BitImageProcessor"``
-(or ``DINOv3ViTImageProcessor``) in ``config.json`` next to a ``preprocessor_config.json``:
-``AutoImageProcessor`` (and so ``pipeline``) reads the type from a timm checkpoint's ``config.json`` and then
-loads that processor, which matches ``to_tensor_batch`` exactly (transformers 5.23). The ``pretrained_cfg`` is
-still written as close to ours as timm allows (``crop_pct`` giving the same resize, same
-mean/std/interpolation) as the fallback for tools that build timm's own transform; on 224x224 inputs (what
-the validator sends) it agrees with ours to float rounding.
+Preprocessing. Every export carries the ``preprocessor_config.json`` of the backbone's
+:class:`~roadwork.models.backbone.PreprocessConfig` (:func:`roadwork.models.backbone._image_processor_for`),
+which :func:`roadwork.data.preprocess.to_tensor_batch` reproduces: one preprocessing definition. With the
+pipeline's default ``backbone.input_size: 224`` that is a ``ViTImageProcessor`` resizing to 224 x 224, the
+one image processor the miner's ``AutoImageProcessor.from_pretrained(repo, use_fast=True)`` finds in
+transformers 4.45 (as ``ViTImageProcessorFast``); ``BitImageProcessor`` and ``DINOv3ViTImageProcessor``
+(``input_size: null``) load in newer versions only.
+
+Decisions do not depend on the transformers version: the folded "None" logit is identically 0, so a softmax
+over both logits and a sigmoid of the "Roadwork" logit give the same score (see :mod:`roadwork.deploy.fold`),
+and the config names no ``problem_type``. Tested under transformers 4.45.2 (the subnet's pin, in a subprocess,
+``tests/test_miner_compat.py``) and the project's own version.
 
 All weights are written float32 as safetensors.
 """
@@ -42,7 +41,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import re
 import shutil
@@ -56,8 +54,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from roadwork.deploy.effnet_hf import LITE_ARCHITECTURES, efficientnet_lite_classifier
 from roadwork.deploy.fold import folded_classifier
-from roadwork.models.backbone import Backbone, PreprocessConfig, _image_processor_for
+from roadwork.models.backbone import Backbone, _image_processor_for
 from roadwork.policy.policy import Policy
 from roadwork.train.head import ID2LABEL, HeadModel
 
@@ -198,7 +197,8 @@ def _vit_model(backbone: Backbone, weight: torch.Tensor, bias: torch.Tensor) -> 
     config.num_labels = len(ID2LABEL)
     config.id2label = dict(ID2LABEL)
     config.label2id = dict(LABEL2ID)
-    config.problem_type = "single_label_classification"
+    # no problem_type: 4.48's pipeline would then apply a sigmoid (the fold makes both agree anyway)
+    config.problem_type = None
     config.architectures = [cls.__name__]
     # the initial weights are all overwritten; the fork keeps the caller's RNG stream untouched
     with torch.random.fork_rng(devices=[]):
@@ -217,78 +217,18 @@ def _vit_model(backbone: Backbone, weight: torch.Tensor, bias: torch.Tensor) -> 
     return model.float().eval()
 
 
-def _timm_pretrained_cfg(cfg: PreprocessConfig) -> dict[str, Any]:
-    """timm ``pretrained_cfg`` whose eval transform is as close to ``cfg`` as timm can express."""
-    side = cfg.image_size
-    if cfg.resize_mode == "square":
-        # resize straight to S x S, then a no-op centre crop
-        crop_pct, crop_mode = 1.0, "squash"
-    else:
-        # timm resizes the short side to floor(S / crop_pct); pick crop_pct so that this is resize_size
-        crop_pct, crop_mode = side / cfg.resize_size, "center"
-        if math.floor(side / crop_pct) != cfg.resize_size:
-            crop_pct = side / (cfg.resize_size + 0.5)
-        if math.floor(side / crop_pct) != cfg.resize_size:  # pragma: no cover - float arithmetic guard
-            raise ValueError(f"no timm crop_pct gives resize {cfg.resize_size} for image size {side}.")
-    return {
-        "input_size": [3, side, side],
-        "interpolation": cfg.interpolation,
-        "mean": list(cfg.mean),
-        "std": list(cfg.std),
-        "crop_pct": crop_pct,
-        "crop_mode": crop_mode,
-    }
+def _timm_architecture(backbone: Backbone) -> Any:
+    return getattr(backbone.model, "pretrained_cfg", {}).get("architecture")
 
 
-def _timm_model(backbone: Backbone, weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Module:
-    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
-
+def _check_average_pooling(backbone: Backbone) -> None:
     pool = getattr(backbone.model, "global_pool", None)
     pooling = getattr(pool, "pool_type", type(pool).__name__)
     if pooling != "avg":
         raise NotImplementedError(
-            f"the backbone pools its features by {pooling!r} (backbone.pooling); the timm-wrapper export "
+            f"the backbone pools its features by {pooling!r} (backbone.pooling); the Hugging Face export "
             "rebuilds the architecture with average pooling. Use backbone.pooling=avg to export."
         )
-    architecture = getattr(backbone.model, "pretrained_cfg", {}).get("architecture")
-    if not isinstance(architecture, str) or not architecture:
-        raise ValueError(
-            "the timm backbone does not name its architecture (model.pretrained_cfg['architecture'])."
-        )
-    config = TimmWrapperConfig(
-        architecture=architecture,
-        num_labels=len(ID2LABEL),
-        id2label=dict(ID2LABEL),
-        label2id=dict(LABEL2ID),
-        problem_type="single_label_classification",
-        pretrained_cfg=_timm_pretrained_cfg(backbone.preprocess),
-    )
-    with torch.random.fork_rng(devices=[]):
-        model = TimmWrapperForImageClassification(config)
-    classifier = model.timm_model.get_classifier()
-    if not isinstance(classifier, torch.nn.Linear) or classifier.in_features != backbone.feature_dim:
-        raise ValueError(
-            f"timm {architecture!r} with num_classes=2 has classifier {classifier!r}; expected "
-            f"Linear({backbone.feature_dim}, 2) on the pooled features."
-        )
-    classifier_keys = {
-        name
-        for name, param in model.timm_model.named_parameters()
-        if param is classifier.weight or param is classifier.bias
-    }
-    result = model.timm_model.load_state_dict(_float32_state(backbone.model), strict=False)
-    if result.unexpected_keys or set(result.missing_keys) != classifier_keys:
-        raise ValueError(
-            f"the backbone's weights do not fit timm {architecture!r} with a 2-class classifier "
-            f"(missing {result.missing_keys}, unexpected {result.unexpected_keys})."
-        )
-    with torch.no_grad():
-        classifier.weight.copy_(weight)
-        classifier.bias.copy_(bias)
-    return model.float().eval()
-
-
-# ---------------------------------------------------------------------------------------------- export
 
 
 def _fmt(value: Any) -> str:
@@ -305,7 +245,7 @@ def _readme(
     architecture: str,
 ) -> str:
     pre = backbone.preprocess
-    if pre.resize_mode == "square":
+    if pre.resize_mode in ("square", "squash"):
         resize = f"resize to {pre.image_size}x{pre.image_size} ({pre.interpolation})"
     else:
         resize = (
@@ -426,7 +366,22 @@ def export_hf(
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} exists and is not an empty folder; export into a new folder.")
     if backbone.family == "timm":
-        model = _timm_model(backbone, weight.float(), bias.float())
+        architecture = _timm_architecture(backbone)
+        if architecture not in LITE_ARCHITECTURES:
+            raise NotImplementedError(
+                f"Hugging Face export of timm {architecture!r} is not supported: only {LITE_ARCHITECTURES} "
+                "convert to a transformers class (EfficientNetForImageClassification) that loads without "
+                "custom code in the miner's transformers 4.45."
+            )
+        _check_average_pooling(backbone)
+        model = efficientnet_lite_classifier(
+            backbone.model,
+            weight,
+            bias,
+            id2label=ID2LABEL,
+            label2id=LABEL2ID,
+            image_size=backbone.preprocess.image_size,
+        )
     elif backbone.family in _VIT_CLASSES:
         model = _vit_model(backbone, weight.float(), bias.float())
     else:  # pragma: no cover - Backbone validates its family
@@ -438,14 +393,6 @@ def export_hf(
     try:
         model.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
-        if backbone.family == "timm":
-            # AutoImageProcessor reads a timm checkpoint's processor settings from config.json; naming the
-            # processor type there makes it load preprocessor_config.json (our exact preprocessing) instead
-            # of building timm's transform from pretrained_cfg (see the module docstring).
-            config_path = tmp / "config.json"
-            config = json.loads(config_path.read_text())
-            config["image_processor_type"] = type(processor).__name__
-            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "README.md").write_text(
             _readme(card, metrics, backbone, policy, type(model).__name__), encoding="utf-8"

@@ -55,7 +55,7 @@ _TF_LITE_MEAN = (127.0 / 255.0,) * 3
 _TF_LITE_STD = (128.0 / 255.0,) * 3
 
 _INTERPOLATIONS = ("bicubic", "bilinear")
-_RESIZE_MODES = ("shortest_edge", "square")
+_RESIZE_MODES = ("shortest_edge", "square", "squash")
 _PIL_RESAMPLE_TO_NAME = {2: "bilinear", 3: "bicubic"}
 _NAME_TO_PIL_RESAMPLE = {name: code for code, name in _PIL_RESAMPLE_TO_NAME.items()}
 _MODEL_TYPE_TO_FAMILY = {
@@ -93,8 +93,11 @@ class PreprocessConfig:
         mean: per-channel RGB mean subtracted after scaling pixels to [0, 1].
         std: per-channel RGB standard deviation (> 0) divided out after subtracting ``mean``.
         interpolation: ``"bicubic"`` or ``"bilinear"`` (antialiased) resize filter.
-        resize_mode: ``"shortest_edge"`` (Hugging Face ``BitImageProcessor``: resize in uint8, centre crop)
-            or ``"square"`` (``DINOv3ViTImageProcessor``: scale to [0, 1] first, resize in float, no crop).
+        resize_mode: ``"shortest_edge"`` (Hugging Face ``BitImageProcessor``: resize in uint8, centre crop),
+            ``"square"`` (``DINOv3ViTImageProcessor``: scale to [0, 1] first, resize in float, no crop) or
+            ``"squash"`` (``ViTImageProcessor``: resize in uint8 straight to S x S, no crop; the one a
+            miner's transformers 4.45 loads with ``use_fast=True``; on a 224 x 224 validator image at S = 224
+            only the normalisation is left).
     """
 
     image_size: int
@@ -135,11 +138,11 @@ class PreprocessConfig:
                 f"image_size ({self.image_size}) "
                 "with resize_mode='shortest_edge': the centre crop cannot be larger than the resized image."
             )
-        if self.resize_mode == "square" and self.resize_size != self.image_size:
+        if self.resize_mode in ("square", "squash") and self.resize_size != self.image_size:
             raise ValueError(
                 f"PreprocessConfig.resize_size ({self.resize_size}) must equal "
                 f"image_size ({self.image_size}) "
-                "with resize_mode='square' (no crop follows the resize)."
+                f"with resize_mode={self.resize_mode!r} (no crop follows the resize)."
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,21 +245,32 @@ class Backbone(torch.nn.Module):
         return torch.cat([cls_token, patch_mean], dim=-1).float()
 
     def reconfigured(self, *, input_size: int | None, pooling: str) -> Backbone:
-        """A copy of this timm backbone that feeds ``input_size`` px and pools by ``pooling``.
+        """A copy of this backbone that feeds ``input_size`` px and (timm) pools by ``pooling``.
 
-        ``input_size`` S resizes the image's shorter side to S and takes the centred S x S square (the whole
-        of a square validator image, where the default EfficientNet preprocessing crops away its border);
-        None keeps the preprocessing. ``pooling`` is one of :data:`roadwork.models.pooling.POOLINGS`. Both
-        are part of the fingerprint and of what :meth:`save` writes. ValueError for a non-timm backbone.
+        ``input_size`` S resizes the image straight to S x S (``resize_mode="squash"``, what a
+        ``ViTImageProcessor`` does): the whole of a square validator image, where the backbones' own
+        preprocessing crops its border away; None keeps the backbone's own. ``pooling`` is one of
+        :data:`roadwork.models.pooling.POOLINGS`; only timm backbones take another than ``avg``. Both are part
+        of the fingerprint and of what :meth:`save` writes.
         """
-        if self.family != "timm":
+        if self.family != "timm" and pooling != "avg":
             raise ValueError(
-                f"input_size and pooling apply to timm backbones; {self.backbone_id!r} is {self.family}."
+                f"pooling {pooling!r} applies to timm backbones; {self.backbone_id!r} is {self.family}."
             )
         preprocess = self.preprocess
         if input_size is not None:
             preprocess = PreprocessConfig(
-                input_size, input_size, preprocess.mean, preprocess.std, preprocess.interpolation
+                input_size, input_size, preprocess.mean, preprocess.std, preprocess.interpolation, "squash"
+            )
+        if self.family != "timm":
+            return Backbone(
+                model=self.model,
+                backbone_id=self.backbone_id,
+                family=self.family,
+                feature_dim=self.feature_dim,
+                preprocess=preprocess,
+                num_register_tokens=self.num_register_tokens,
+                arch_config=self._arch_config,
             )
         # the default pooling leaves the architecture (and so the fingerprint) as loaded
         arch_config = {k: v for k, v in self._arch_config.items() if k != "global_pool"}
@@ -342,6 +356,15 @@ class Backbone(torch.nn.Module):
 def _image_processor_for(cfg: PreprocessConfig) -> Any:
     """The Hugging Face image processor that reproduces ``cfg`` (what ships with an exported model)."""
     resample = _NAME_TO_PIL_RESAMPLE[cfg.interpolation]
+    if cfg.resize_mode == "squash":
+        from transformers import ViTImageProcessor
+
+        return ViTImageProcessor(
+            size={"height": cfg.image_size, "width": cfg.image_size},
+            resample=resample,
+            image_mean=list(cfg.mean),
+            image_std=list(cfg.std),
+        )
     if cfg.resize_mode == "square":
         from transformers import DINOv3ViTImageProcessor
 
@@ -417,7 +440,8 @@ def _preprocess_from_processor_file(path: Path) -> PreprocessConfig:
                 f"{path}: a square 'size' followed by a centre crop is not supported; use "
                 "{'shortest_edge': N} with a 'crop_size', or a square 'size' without crop."
             )
-        image_size, resize_size, mode = side, side, "square"
+        squash = str(d.get("image_processor_type", "")).startswith("ViTImageProcessor")
+        image_size, resize_size, mode = side, side, "squash" if squash else "square"
     return PreprocessConfig(
         image_size=image_size,
         resize_size=resize_size,

@@ -35,6 +35,7 @@ from roadwork.stages.common import (
     INGEST,
     SPLITS_CSV,
     checkpoint_dir,
+    configured_backbone,
     stage_dir,
     tracked,
     write_csv,
@@ -112,7 +113,6 @@ def _resume_dir(cfg: RoadworkConfig, images: list[Path]) -> Path:
 
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
     from roadwork.adapt.explora import ADAPT_META, HISTORY_FILE, adapt_backbone
-    from roadwork.models.backbone import load_backbone
     from roadwork.plots import ssl_curves_plot
 
     out = stage_dir("adapt")
@@ -126,9 +126,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
             Path(cfg.adapt.unlabeled_dir), max_pixels=cfg.ingest.max_pixels, outside_train=outside_train
         )
         images += extra
-    backbone = load_backbone(
-        cfg.backbone.id, seed=cfg.backbone.seed, attn_implementation=cfg.backbone.attn_implementation
-    )
+    backbone = configured_backbone(cfg, cfg.backbone.id)
     with tracked("adapt", cfg, ("adapt", "backbone", "trainer"), overrides) as run:
         result = adapt_backbone(
             backbone,

@@ -76,18 +76,22 @@ def variant_backbone_id(cfg: RoadworkConfig, variant: str) -> str:
 
 
 def load_variant_backbone(cfg: RoadworkConfig, variant: str) -> Any:
-    """The variant's backbone with ``backbone.input_size`` / ``backbone.pooling`` applied, on ``embed.device``
-    (compiled with ``embed.compile``)."""
+    """The variant's backbone (:func:`configured_backbone`), on ``embed.device`` (compiled with
+    ``embed.compile``)."""
+    return place_backbone(cfg, configured_backbone(cfg, variant_backbone_id(cfg, variant)))
+
+
+def configured_backbone(cfg: RoadworkConfig, backbone_id: str) -> Any:
+    """``load_backbone(backbone_id)`` with ``backbone.input_size`` / ``backbone.pooling`` applied: the
+    network every stage runs (adapt adapts it, embed and the exports use it)."""
     from roadwork.models.backbone import load_backbone
 
     backbone = load_backbone(
-        variant_backbone_id(cfg, variant),
-        seed=cfg.backbone.seed,
-        attn_implementation=cfg.backbone.attn_implementation,
+        backbone_id, seed=cfg.backbone.seed, attn_implementation=cfg.backbone.attn_implementation
     )
     if cfg.backbone.input_size is not None or cfg.backbone.pooling != "avg":
         backbone = backbone.reconfigured(input_size=cfg.backbone.input_size, pooling=cfg.backbone.pooling)
-    return place_backbone(cfg, backbone)
+    return backbone
 
 
 def place_backbone(cfg: RoadworkConfig, backbone: Any) -> Any:

@@ -1,0 +1,1 @@
+"""Shared test scaffolding (importable as ``helpers`` from the tests)."""
