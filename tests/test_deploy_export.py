@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -337,11 +338,29 @@ def test_hf_export_of_the_timm_backbone_matches_ours(effnet: Trained, tmp_path: 
     np.testing.assert_array_equal(scores > 0.5, effnet.decision)
 
 
-def test_hf_export_refuses_what_transformers_cannot_hold(effnet: Trained, tmp_path: Path) -> None:
-    maxed = effnet.backbone.reconfigured(input_size=None, pooling="max")
-    with pytest.raises(NotImplementedError, match=r"backbone\.pooling=avg"):
-        export_hf(maxed, effnet.head, effnet.policy, tmp_path / "maxed", model_card=CARD)
-    assert not (tmp_path / "maxed").exists()
+def test_hf_export_holds_max_pooling_and_refuses_gem(effnet: Trained, tmp_path: Path) -> None:
+    from roadwork.deploy.predictor import Predictor, PredictorSpec
+
+    maxed = effnet.backbone.reconfigured(input_size=224, pooling="max")
+    out = export_hf(maxed, effnet.head, effnet.policy, tmp_path / "maxed", model_card=CARD)
+    assert json.loads((out / "config.json").read_text())["pooling_type"] == "max"
+    squares = [image for image in effnet.images if image.size == (224, 224)]
+    assert squares
+    ours = Predictor(maxed, effnet.head, effnet.policy, PredictorSpec()).predict(
+        [_jpeg(image) for image in squares]
+    )
+    scores = hf_probabilities(out, [Image.open(io.BytesIO(_jpeg(image))) for image in squares])
+    assert np.max(np.abs(scores - ours["probability"].to_numpy())) < TOL
+    gem = effnet.backbone.reconfigured(input_size=None, pooling="gem")
+    with pytest.raises(ValueError, match=r"backbone\.pooling=avg or max"):
+        export_hf(gem, effnet.head, effnet.policy, tmp_path / "gem", model_card=CARD)
+    assert not (tmp_path / "gem").exists()
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
 
 
 def test_model_card_is_validated_field_by_field(tiny: Trained, tmp_path: Path) -> None:

@@ -34,7 +34,9 @@ _GATE_OPEN = 100.0
 _REPEATS = (1, 2, 2, 3, 3, 4, 1)
 
 
-def _lite0_config(id2label: Mapping[int, str], label2id: Mapping[str, int], image_size: int) -> Any:
+def _lite0_config(
+    id2label: Mapping[int, str], label2id: Mapping[str, int], image_size: int, pooling: str
+) -> Any:
     from transformers import EfficientNetConfig
 
     return EfficientNetConfig(
@@ -46,7 +48,7 @@ def _lite0_config(id2label: Mapping[int, str], label2id: Mapping[str, int], imag
         squeeze_expansion_ratio=0.0,
         dropout_rate=0.2,
         batch_norm_eps=1e-3,
-        pooling_type="mean",
+        pooling_type={"avg": "mean", "max": "max"}[pooling],
         num_labels=len(id2label),
         id2label=dict(id2label),
         label2id=dict(label2id),
@@ -107,15 +109,22 @@ def efficientnet_lite_classifier(
     """``EfficientNetForImageClassification`` holding ``timm_model``'s (tf_efficientnet_lite0) weights and the
     classifier ``(weight [C, 1280], bias [C])``, in eval mode, float32.
 
-    Raises ValueError when ``timm_model`` is not a Lite0 or its pooling is not the average (transformers'
-    ``pooling_type`` offers mean and max only, and the conversion keeps it to the mean the weights had).
+    Raises ValueError when ``timm_model`` is not a Lite0, or pools otherwise than by average or max (the two
+    ``pooling_type`` values transformers offers; GeM has none).
     """
     from transformers import EfficientNetForImageClassification
 
     architecture = getattr(timm_model, "pretrained_cfg", {}).get("architecture")
     if architecture not in LITE_ARCHITECTURES:
         raise ValueError(f"efficientnet_lite_classifier converts {LITE_ARCHITECTURES}, not {architecture!r}.")
-    config = _lite0_config(id2label, label2id, image_size)
+    pool = getattr(timm_model, "global_pool", None)
+    pooling = getattr(pool, "pool_type", type(pool).__name__)
+    if pooling not in ("avg", "max"):
+        raise ValueError(
+            f"the backbone pools its features by {pooling!r} (backbone.pooling); transformers' EfficientNet "
+            "pools by mean or max only. Use backbone.pooling=avg or max to export."
+        )
+    config = _lite0_config(id2label, label2id, image_size, pooling)
     with torch.random.fork_rng(devices=[]):  # initial weights are all overwritten
         model = EfficientNetForImageClassification(config)
     timm_state = {k: v.detach().to("cpu", torch.float32) for k, v in timm_model.state_dict().items()}

@@ -18,8 +18,8 @@ Per backbone family:
   handles this family.
 * ``timm`` (EfficientNet-Lite0) -> ``EfficientNetForImageClassification``: transformers' own EfficientNet
   configured as Lite0 holds the same network (:mod:`roadwork.deploy.effnet_hf`); the folded head becomes its
-  classifier. Other timm architectures, and pooling other than the average, are refused
-  (NotImplementedError): the miner's transformers 4.45 has no ``timm_wrapper`` model type.
+  classifier (average or max pooling). Other timm architectures are refused (NotImplementedError), and GeM
+  pooling (ValueError): the miner's transformers 4.45 has no ``timm_wrapper`` model type.
 
 Preprocessing. Every export carries the ``preprocessor_config.json`` of the backbone's
 :class:`~roadwork.models.backbone.PreprocessConfig` (:func:`roadwork.models.backbone._image_processor_for`),
@@ -221,16 +221,6 @@ def _timm_architecture(backbone: Backbone) -> Any:
     return getattr(backbone.model, "pretrained_cfg", {}).get("architecture")
 
 
-def _check_average_pooling(backbone: Backbone) -> None:
-    pool = getattr(backbone.model, "global_pool", None)
-    pooling = getattr(pool, "pool_type", type(pool).__name__)
-    if pooling != "avg":
-        raise NotImplementedError(
-            f"the backbone pools its features by {pooling!r} (backbone.pooling); the Hugging Face export "
-            "rebuilds the architecture with average pooling. Use backbone.pooling=avg to export."
-        )
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
@@ -373,7 +363,6 @@ def export_hf(
                 "convert to a transformers class (EfficientNetForImageClassification) that loads without "
                 "custom code in the miner's transformers 4.45."
             )
-        _check_average_pooling(backbone)
         model = efficientnet_lite_classifier(
             backbone.model,
             weight,
