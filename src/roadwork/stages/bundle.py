@@ -107,7 +107,8 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
             },
         },
     )
-    images = read_split(SPLITS_CSV, "bundle", ["val_select", "val_calib"]).sort_values("path")
+    # the export check: val_calib level-0 renders (the validator's 224 x 224 JPEGs)
+    images = read_split(SPLITS_CSV, "bundle", ["val_calib"]).sort_values("path")
     paths = rendered_bytes(images)
     with tracked("bundle", cfg, ("deploy",), overrides) as run:
         ours = predictor.predict(paths)
