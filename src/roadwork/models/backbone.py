@@ -262,27 +262,20 @@ class Backbone(torch.nn.Module):
             preprocess = PreprocessConfig(
                 input_size, input_size, preprocess.mean, preprocess.std, preprocess.interpolation, "squash"
             )
-        if self.family != "timm":
-            return Backbone(
-                model=self.model,
-                backbone_id=self.backbone_id,
-                family=self.family,
-                feature_dim=self.feature_dim,
-                preprocess=preprocess,
-                num_register_tokens=self.num_register_tokens,
-                arch_config=self._arch_config,
-            )
-        # the default pooling leaves the architecture (and so the fingerprint) as loaded
-        arch_config = {k: v for k, v in self._arch_config.items() if k != "global_pool"}
-        if pooling != "avg":
-            arch_config["global_pool"] = pooling
-        model = set_pooling(copy.deepcopy(self.model), pooling)
+        model, arch_config = self.model, self._arch_config
+        if self.family == "timm":
+            # the default pooling leaves the architecture (and so the fingerprint) as loaded
+            arch_config = {k: v for k, v in self._arch_config.items() if k != "global_pool"}
+            if pooling != "avg":
+                arch_config["global_pool"] = pooling
+            model = set_pooling(copy.deepcopy(self.model), pooling)
         return Backbone(
             model=model,
             backbone_id=self.backbone_id,
             family=self.family,
             feature_dim=self.feature_dim,
             preprocess=preprocess,
+            num_register_tokens=self.num_register_tokens,
             arch_config=arch_config,
         )
 
@@ -356,19 +349,11 @@ class Backbone(torch.nn.Module):
 def _image_processor_for(cfg: PreprocessConfig) -> Any:
     """The Hugging Face image processor that reproduces ``cfg`` (what ships with an exported model)."""
     resample = _NAME_TO_PIL_RESAMPLE[cfg.interpolation]
-    if cfg.resize_mode == "squash":
-        from transformers import ViTImageProcessor
+    if cfg.resize_mode in ("squash", "square"):
+        import transformers
 
-        return ViTImageProcessor(
-            size={"height": cfg.image_size, "width": cfg.image_size},
-            resample=resample,
-            image_mean=list(cfg.mean),
-            image_std=list(cfg.std),
-        )
-    if cfg.resize_mode == "square":
-        from transformers import DINOv3ViTImageProcessor
-
-        return DINOv3ViTImageProcessor(
+        name = "ViTImageProcessor" if cfg.resize_mode == "squash" else "DINOv3ViTImageProcessor"
+        return getattr(transformers, name)(
             size={"height": cfg.image_size, "width": cfg.image_size},
             resample=resample,
             image_mean=list(cfg.mean),
