@@ -492,3 +492,39 @@ def test_folded_none_logit_is_zero_so_softmax_and_sigmoid_decide_alike() -> None
     decision = policy.apply(z)["decision"]
     np.testing.assert_array_equal((softmax > 0.5)[away], decision[away])
     np.testing.assert_array_equal((sigmoid > 0.5)[away], decision[away])
+
+
+def test_probe_becomes_a_linear_head_with_the_probes_margin() -> None:
+    """The exportable stand-in: scikit-learn's own decision_function is the oracle for the folded
+    standardisation; the result folds and exports like any linear head, and only that form is accepted."""
+    from dataclasses import replace
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from roadwork.deploy.fallback import linear_head_from_probe, probe_head_config
+    from roadwork.train.head_config import HeadTrainConfig
+    from roadwork.train.probe import Probe
+
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(200, 16)) * rng.uniform(0.1, 20.0, 16) + rng.normal(size=16) * 7).astype(np.float32)
+    y = (x[:, :3].sum(axis=1) + rng.normal(size=200) > np.median(x[:, :3].sum(axis=1))).astype(int)
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000)).fit(x, y)
+    probe = Probe(pipeline, C=0.5, select_mcc=0.0, select_log_loss=0.0)
+    trained = HeadTrainConfig(head="mlp", feature_transform="sqrt_l2", dropout=0.3)
+    config = probe_head_config(trained)
+    assert (config.head, config.feature_transform, config.dropout) == ("linear", "none", 0.0)
+    head = linear_head_from_probe(probe, config)
+    with torch.inference_mode():
+        logits = head(torch.from_numpy(x[:, None, :])).double().numpy()
+    assert np.all(logits[:, 0] == 0.0)
+    np.testing.assert_allclose(logits[:, 1], pipeline.decision_function(x), atol=1e-4 * np.abs(logits).max())
+    policy = Policy(
+        calibrator=TemperatureScaling(1.0).to_dict(), threshold=0.5, decision_margin=0.0, scale=1.0,
+        split_hash="s",
+    )  # fmt: skip
+    weight, bias = folded_classifier(head, policy)  # the form export_hf writes
+    assert torch.equal(weight[0], torch.zeros(16, dtype=weight.dtype)) and float(bias[0]) == 0.0
+    with pytest.raises(ValueError, match="linear head on raw features"):
+        linear_head_from_probe(probe, replace(config, head="mlp"))

@@ -359,3 +359,48 @@ def test_export_submission_loads_in_the_miners_transformers(reproduced: tuple[Pa
     scores = np.asarray(result["scores"])
     np.testing.assert_allclose(scores, served["probability"].to_numpy(), atol=1e-4)
     np.testing.assert_array_equal((scores > 0.5).astype(int), served["decision"].to_numpy())
+
+
+def test_a_model_without_a_hugging_face_form_ships_its_probe(
+    reproduced: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A flip-averaged model has no image-classification form: bundle registers it, exports the chosen
+    variant's linear probe instead, and records what the folder holds and what it costs on val_calib."""
+    import mlflow
+
+    from helpers.miner import TEST_HOTKEY
+    from roadwork.deploy.hf_export import hf_probabilities
+    from roadwork.deploy.predictor import Predictor
+
+    repo = tmp_path / "repo"
+    shutil.copytree(reproduced[0], repo, symlinks=True)  # the module's repository stays as it was
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run(["roadwork", "bundle", "embed.tta_flip=true"], repo, tracking_uri=uri)
+    metrics = json.loads((repo / "outputs/bundle/metrics.json").read_text())
+    assert metrics["hf_exported"] == 1.0 and metrics["hf_holds_fallback"] == 1.0
+    cost = metrics["chosen_val_calib_validator_mcc"] - metrics["hf_fallback_val_calib_validator_mcc"]
+    assert metrics["hf_cost_val_calib_validator_mcc"] == pytest.approx(cost, abs=1e-12)
+    version = mlflow.MlflowClient(tracking_uri=uri).get_model_version_by_alias(
+        "roadwork-classifier", "challenger"
+    )
+    assert "linear probe" in version.tags["roadwork.hf_export_holds"]
+    assert "roadwork.hf_cost_val_calib_validator_mcc" in version.tags
+    registered = json.loads((repo / "outputs/bundle/model/predictor.json").read_text())
+    assert registered["tta_flip"] is True
+    fallback = Predictor.from_dir(repo / "outputs/bundle/fallback")
+    assert fallback.spec.tta_flip is False and fallback.spec.views == "global"
+    renders = sorted((repo / ".cache/renders/clean-v2").glob("*/*.jpg"))[:8]
+    ours = fallback.predict([p.read_bytes() for p in renders])
+    np.testing.assert_allclose(
+        hf_probabilities(repo / "outputs/bundle/hf", renders), ours["probability"], atol=1e-4
+    )
+    refused = subprocess.run(
+        ["roadwork", "export-submission", "--model-uri", "models:/roadwork-classifier@challenger",
+         "--hotkey", TEST_HOTKEY, "--model-name", "acme-roadwork-test", "--out", "outputs/flip"],
+        cwd=repo, capture_output=True, text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert refused.returncode == 2 and "outputs/bundle/fallback" in refused.stderr
+    run(["roadwork", "export-submission", "--model-uri", "outputs/bundle/fallback", "--hotkey", TEST_HOTKEY,
+         "--model-name", "acme-roadwork-test", "--out", "outputs/probe"], repo, tracking_uri=uri)  # fmt: skip
+    assert (repo / "outputs/probe/model_card.json").is_file()

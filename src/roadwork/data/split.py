@@ -26,7 +26,8 @@ STAGE_SPLITS: dict[str, frozenset[str]] = {
     "train": frozenset({"train", "val_select"}),
     "calibrate": frozenset({"val_calib"}),
     "evaluate": frozenset({"train", "val_select", "val_test"}),  # train + val_select: the probe baseline only
-    "bundle": frozenset({"val_select", "val_calib"}),
+    # train + val_select: the probe stand-in for a model the Hugging Face form cannot hold
+    "bundle": frozenset({"train", "val_select", "val_calib"}),
     "promote": frozenset({"val_test"}),
     "submission": frozenset({"val_calib"}),  # export-submission: images only, to check the export
 }

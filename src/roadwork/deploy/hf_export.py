@@ -305,6 +305,19 @@ def _readme(
     return "\n".join(lines)
 
 
+def hf_refusal(predictor: Any) -> str | None:
+    """Why the head and views of ``predictor`` (a :class:`~roadwork.deploy.predictor.Predictor`) have no
+    Hugging Face image-classification form, or None when they have one. The backbone is not judged here:
+    :func:`export_hf` refuses the families it cannot write."""
+    if predictor.spec.views != "global" or predictor.spec.tta_flip:
+        return "multi-view and flip-averaged models have no standard image-classification form"
+    try:
+        folded_classifier(predictor.head, predictor.policy)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def export_hf(
     backbone: Backbone,
     head: HeadModel,

@@ -4,12 +4,16 @@ The variant is chosen by **val_calib validator-mix MCC at its policy** (``val_ca
 ``outputs/calibrate/<variant>/metrics.json``: the clean render and the L1-L3 renders, levels 25 % each,
 labels 50/50; ties go to the earlier variant, base first); val_test never takes part. Outputs in
 ``outputs/bundle/``: ``model/`` (the :class:`~roadwork.deploy.predictor.Predictor` folder the pyfunc
-serves), ``hf/`` (the Hugging Face export with the policy folded into its classifier; absent only for heads
-it cannot express), ``choice.json`` and ``metrics.json``. The export must agree with the pyfunc on the
-validator's level-0 JPEG of every val_select and val_calib image (the same bytes to both; images only, no
-labels: val_test stays untouched for evaluate and promote); any disagreement fails the stage. The pyfunc is
-registered as a new version of ``deploy.registered_model``, tagged with the variant, git commit, data
-version and val metrics, and the ``challenger`` alias moves to it.
+serves), ``hf/`` (the Hugging Face export with the policy folded into its classifier), ``fallback/``,
+``choice.json`` and ``metrics.json``. A chosen model whose head or views the miner's pipeline cannot run
+(several views, flip averaging, an MLP or ``sqrt_l2`` head) is still registered, and ``hf/`` then holds its
+variant's linear probe (:mod:`roadwork.deploy.fallback`), saved as a model folder in ``fallback/`` (otherwise
+emptied), with its val_calib validator-mix MCC and the cost against the chosen model in ``metrics.json``; a
+backbone the export cannot write leaves ``hf/NOT_EXPORTED.txt``. The export must agree with the model it holds
+on the validator's level-0 JPEG of every val_calib image (the same bytes to both; images only: val_test stays
+untouched for evaluate and promote); any disagreement fails the stage. The pyfunc is registered as a new
+version of ``deploy.registered_model``, tagged with the variant, git commit, data version, val metrics and
+what ``hf/`` holds, and the ``challenger`` alias moves to it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
@@ -29,16 +34,15 @@ from roadwork.stages.common import (
     OUTPUTS,
     SPLITS_CSV,
     VARIANTS,
+    check_export_agreement,
     load_model,
+    load_variant_backbone,
     model_dir,
     rendered_bytes,
     stage_dir,
     tracked,
     write_json,
 )
-
-AGREEMENT_TOLERANCE = 1e-4
-
 
 SELECTION_METRIC = "val_calib_validator_mcc"
 
@@ -65,7 +69,6 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
     from roadwork.deploy.registry import CHALLENGER, log_pyfunc
     from roadwork.policy import Policy
     from roadwork.tracking import data_version, git_state, repo_root
-    from roadwork.train.embed import decode_render
 
     out = stage_dir("bundle")
     candidates = {}
@@ -86,7 +89,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
     backbone, head = load_model(cfg, variant)
     policy = Policy.from_json(OUTPUTS / "calibrate" / variant / "policy.json")
     predictor = Predictor(backbone, head, policy, spec)
-    for folder in (out / "model", out / "hf"):
+    for folder in (out / "model", out / "hf", out / "fallback"):
         shutil.rmtree(folder, ignore_errors=True)
     predictor.save(out / "model", head_dir=model_dir(variant))
     train_metrics = json.loads((OUTPUTS / "train" / variant / "metrics.json").read_text())
@@ -111,32 +114,9 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
     images = read_split(SPLITS_CSV, "bundle", ["val_calib"]).sort_values("path")
     paths = rendered_bytes(images)
     with tracked("bundle", cfg, ("deploy",), overrides) as run:
-        ours = predictor.predict(paths)
         metrics: dict[str, float] = {f"chosen_{k}": v for k, v in val_metrics.items()}
-        metrics["hf_exported"] = 0.0
-        hf_reason = _export_hf(cfg, predictor, out / "hf", val_metrics)
-        if hf_reason is None:
-            from roadwork.deploy.hf_export import hf_probabilities
-
-            theirs = hf_probabilities(out / "hf", [decode_render(data) for data in paths])
-            diff = np.abs(theirs - ours["probability"].to_numpy())
-            same_decision = (theirs > 0.5) == (ours["decision"].to_numpy() == 1)
-            metrics.update(
-                hf_exported=1.0,
-                hf_max_abs_diff=float(diff.max()),
-                hf_decision_agreement=float(same_decision.mean()),
-                hf_agreement_images=len(paths),
-            )
-            if not same_decision.all() or diff.max() > AGREEMENT_TOLERANCE:
-                raise RuntimeError(
-                    f"the Hugging Face export disagrees with the pyfunc on {int((~same_decision).sum())} of "
-                    f"{len(paths)} val images (max |dp| {diff.max():.2e} > {AGREEMENT_TOLERANCE}); "
-                    f"not registering. Compare {out / 'hf'} with {out / 'model'}."
-                )
-        else:
-            (out / "hf").mkdir(parents=True, exist_ok=True)
-            (out / "hf" / "NOT_EXPORTED.txt").write_text(f"No Hugging Face export: {hf_reason}\n")
-            print(f"bundle: no Hugging Face export: {hf_reason}")
+        holds, export = _hf_export(cfg, variant, predictor, out, val_metrics, paths)
+        metrics.update(export)
         write_json(out / "metrics.json", metrics)
         run.log_metrics(metrics)
         run.log_artifact(out / "choice.json")
@@ -148,24 +128,106 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
                 "roadwork.variant": variant,
                 "roadwork.git_commit": commit,
                 "roadwork.data_version": data_version(repo_root()),
+                "roadwork.hf_export_holds": holds,
                 **{f"roadwork.{k}": f"{v:.6f}" for k, v in val_metrics.items()},
+                **{f"roadwork.{k}": f"{v:.6f}" for k, v in export.items() if k.startswith("hf_cost")},
             },
         )
         version = str(info.registered_model_version)
         mlflow.MlflowClient().set_registered_model_alias(cfg.deploy.registered_model, CHALLENGER, version)
-        run.set_tags({"roadwork.registered_version": version})
+        run.set_tags({"roadwork.registered_version": version, "roadwork.hf_export_holds": holds})
     print(
         f"bundle: {variant} (val_calib validator-mix MCC {val_metrics['val_calib_validator_mcc']:.3f}) "
-        "registered as "
-        f"{cfg.deploy.registered_model} version {version}, alias '{CHALLENGER}'"
-        + (f"; HF export agrees on {len(paths)} images" if hf_reason is None else "")
+        f"registered as {cfg.deploy.registered_model} version {version}, alias '{CHALLENGER}'; "
+        f"Hugging Face export: {holds}"
     )
 
 
+def _hf_export(
+    cfg: RoadworkConfig, variant: str, predictor: Any, out: Path, val_metrics: dict, data: list[bytes]
+) -> tuple[str, dict[str, float]]:
+    """Write ``out/hf`` (the chosen model, or its probe stand-in when the model has no Hugging Face form)
+    and check it against the model it holds; (what it holds, metrics). ``NOT_EXPORTED.txt`` says why when
+    the backbone itself cannot be exported."""
+    from roadwork.deploy.hf_export import hf_refusal
+
+    metrics = {"hf_exported": 0.0, "hf_holds_fallback": 0.0}
+    refusal = hf_refusal(predictor)
+    holds = variant
+    if refusal is None:  # a declared output: say why it is empty
+        (out / "fallback").mkdir(parents=True, exist_ok=True)
+        (out / "fallback" / "UNUSED.txt").write_text(f"{variant}'s head and views export as they are.\n")
+    else:
+        print(f"bundle: {variant} has no Hugging Face form ({refusal}); exporting its linear probe instead")
+        predictor, fallback_mcc = _probe_fallback(cfg, variant, predictor, out / "fallback")
+        holds = f"{variant} linear probe ({out / 'fallback'}; the chosen model has no Hugging Face form)"
+        chosen_mcc = val_metrics["val_calib_validator_mcc"]
+        metrics.update(
+            hf_holds_fallback=1.0,
+            hf_fallback_val_calib_validator_mcc=fallback_mcc,
+            hf_cost_val_calib_validator_mcc=chosen_mcc - fallback_mcc,
+        )
+    reason = _export_hf(cfg, predictor, out / "hf", val_metrics)
+    if reason is not None:
+        (out / "hf").mkdir(parents=True, exist_ok=True)
+        (out / "hf" / "NOT_EXPORTED.txt").write_text(f"No Hugging Face export: {reason}\n")
+        print(f"bundle: no Hugging Face export: {reason}")
+        return f"nothing: {reason}", metrics
+    n_images, max_diff = check_export_agreement(predictor, out / "hf", data, "val_calib level-0 renders")
+    metrics.update(hf_exported=1.0, hf_max_abs_diff=max_diff, hf_agreement_images=n_images)
+    return holds, metrics
+
+
+def _probe_fallback(cfg: RoadworkConfig, variant: str, chosen: Any, directory: Path) -> tuple[Any, float]:
+    """The exportable stand-in (:mod:`roadwork.deploy.fallback`): the variant's probe (train + val_select
+    clean global-view features) as a linear head, with a policy fitted on val_calib's renders like
+    calibrate's; saved as a model folder in ``directory``. Returns (predictor, its val_calib validator-mix
+    MCC), the MCC comparable with the chosen model's ``val_calib_validator_mcc``."""
+    import tempfile
+    from dataclasses import replace
+
+    import torch
+
+    from roadwork.config import head_train_config
+    from roadwork.deploy.fallback import linear_head_from_probe, probe_head_config
+    from roadwork.deploy.predictor import Predictor
+    from roadwork.stages.calibrate import fit_validator_policy, validator_mix
+    from roadwork.stages.train import fit_variant_probe, load_features
+    from roadwork.train.head import save_head
+
+    probe = fit_variant_probe(cfg, variant, read_split(SPLITS_CSV, "bundle", ["train", "val_select"]))
+    config = probe_head_config(head_train_config(cfg.train))
+    head = linear_head_from_probe(probe, config)
+    arrays, rows = load_features(variant, "val_calib")
+    labels = read_split(SPLITS_CSV, "bundle", ["val_calib"]).set_index("sha256")["label"]
+    y = labels.loc[rows["sha256"]].to_numpy()
+    with torch.inference_mode():
+        logits = head(torch.from_numpy(arrays["features"][:, :1].astype(np.float32))).double().numpy()
+    margin = logits[:, 1] - logits[:, 0]
+    images, levels = rows["sha256"].to_numpy(), rows["level"].to_numpy()
+    policy = fit_validator_policy(cfg, margin, y, images)
+    mix = validator_mix(y, policy.apply(margin)["decision"].astype(int), levels, images)
+    # the embed stage's backbone: the probe's features came from it (a finetuned variant's did not)
+    spec = replace(chosen.spec, views="global", tta_flip=False)
+    predictor = Predictor(load_variant_backbone(cfg, variant), head, policy, spec)
+    shutil.rmtree(directory, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as head_dir:
+        empty = pd.DataFrame({"epoch": []})
+        save_head(
+            Path(head_dir),
+            head,
+            config,
+            history=empty,
+            best_epoch=0,
+            best_metric=probe.select_mcc,
+            optimizer_steps=0,
+        )
+        predictor.save(directory, head_dir=Path(head_dir))
+    return predictor, float(mix.get("validator_mcc", np.nan))
+
+
 def _export_hf(cfg: RoadworkConfig, predictor: Any, directory: Path, val_metrics: dict) -> str | None:
-    """Write the Hugging Face export; returns why not when the model cannot be expressed as one."""
-    if predictor.spec.views != "global" or predictor.spec.tta_flip:
-        return "multi-view and flip-averaged models have no standard image-classification form"
+    """Write the Hugging Face export; returns why not when the backbone cannot be expressed as one."""
     from roadwork.deploy.hf_export import export_hf, validate_model_card
     from roadwork.tracking import repo_root, source_time
 
@@ -183,6 +245,6 @@ def _export_hf(cfg: RoadworkConfig, predictor: Any, directory: Path, val_metrics
     card = validate_model_card(card)  # a bad card is an error, never a silently skipped export
     try:
         export_hf(predictor.backbone, predictor.head, predictor.policy, directory, model_card=card)
-    except (NotImplementedError, ValueError) as exc:
+    except (NotImplementedError, ValueError) as exc:  # the backbone family or its pooling
         return str(exc)
     return None

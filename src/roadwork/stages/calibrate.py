@@ -13,6 +13,7 @@ DVC plot), ``reliability.png`` (before / after), ``threshold_sweep.png`` and ``m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,12 +42,45 @@ def labelled_margins(variant: str, split: str, labels: pd.DataFrame) -> pd.DataF
     return joined.astype({"label": int})
 
 
+def fit_validator_policy(cfg: RoadworkConfig, z: np.ndarray, y: np.ndarray, images: np.ndarray) -> Any:
+    """The policy ``calibrate.*`` describes, fitted on val_calib margins ``z`` (labels ``y``; ``images``
+    groups the renders of one image so they are resampled together)."""
+    from roadwork.policy import fit_policy
+
+    params = cfg.calibrate
+    guarantee = None
+    if params.guarantee_alpha is not None:
+        guarantee = (params.guarantee_alpha, params.guarantee_delta)
+    return fit_policy(
+        z,
+        y,
+        calibrator=params.method,
+        max_fnr=params.max_fnr,
+        guarantee=guarantee,
+        conformal_alpha=params.conformal_alpha,
+        split_hash=file_hash(SPLITS_CSV),
+        target_prior=params.target_prior,
+        threshold_rule=params.threshold_rule,
+        groups=images,
+    )
+
+
+def validator_mix(y: np.ndarray, decision: np.ndarray, levels: np.ndarray, images: np.ndarray) -> dict:
+    """The validator-mix figures (:func:`roadwork.metrics.validator_metrics`) of val_calib decisions; {}
+    when the renders do not cover levels 0-3 (``embed.val_renders_per_level=0``)."""
+    from roadwork import metrics as M
+
+    if set(np.unique(levels)) != {0, 1, 2, 3}:
+        return {}
+    return M.validator_metrics(y, decision, levels, groups=images)
+
+
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
     from scipy.special import expit
 
     from roadwork import metrics as M
     from roadwork.plots import reliability_plot, threshold_sweep_plot
-    from roadwork.policy import fit_policy, mcc_sweep, prediction_sets
+    from roadwork.policy import mcc_sweep, prediction_sets
 
     out = stage_dir("calibrate", variant)
     params = cfg.calibrate
@@ -54,21 +88,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     z, y = cal["margin"].to_numpy(dtype=np.float64), cal["label"].to_numpy()
     images, levels = cal["sha256"].to_numpy(), cal["level"].to_numpy()
     with tracked("calibrate", cfg, ("calibrate",), overrides, variant=variant) as run:
-        guarantee = (
-            (params.guarantee_alpha, params.guarantee_delta) if params.guarantee_alpha is not None else None
-        )
-        policy = fit_policy(
-            z,
-            y,
-            calibrator=params.method,
-            max_fnr=params.max_fnr,
-            guarantee=guarantee,
-            conformal_alpha=params.conformal_alpha,
-            split_hash=file_hash(SPLITS_CSV),
-            target_prior=params.target_prior,
-            threshold_rule=params.threshold_rule,
-            groups=images,
-        )
+        policy = fit_validator_policy(cfg, z, y, images)
         policy.to_json(out / "policy.json")
         applied = policy.apply(z)
         p_raw, p_cal = expit(z), applied["calibrated_probability"]
@@ -95,10 +115,8 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         for key in ("mcc", "accuracy", "fnr", "fpr", "precision", "recall"):
             metrics[f"val_calib_{key}"] = after[key]
         metrics["val_calib_mcc_at_0.5_uncalibrated"] = before["mcc"]
-        decision = applied["decision"].astype(int)
-        if set(np.unique(levels)) == {0, 1, 2, 3}:
-            mix = M.validator_metrics(y, decision, levels, groups=images)
-            metrics.update({f"val_calib_{k}": v for k, v in mix.items()})
+        mix = validator_mix(y, applied["decision"].astype(int), levels, images)
+        metrics.update({f"val_calib_{k}": v for k, v in mix.items()})
         if policy.conformal is not None:
             sets = prediction_sets(p_cal, policy.conformal)
             metrics["conformal_coverage"] = M.set_coverage(y, sets)

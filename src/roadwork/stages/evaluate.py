@@ -128,22 +128,6 @@ def answers(
     return render_predictions(frame, evaluation_renders(cfg), predict)
 
 
-def fit_variant_probe(cfg: RoadworkConfig, variant: str) -> Any:
-    """The plain baseline: standardised logistic regression on the variant's clean train features (the
-    global view), C chosen on val_select's clean features."""
-    from roadwork.stages.train import load_features
-    from roadwork.train.probe import fit_probe
-
-    labelled = read_split(SPLITS_CSV, "evaluate", ["train", "val_select"])
-    data = {}
-    for split in ("train", "val_select"):
-        arrays, rows = load_features(variant, split)
-        clean = (rows["level"] == 0).to_numpy()
-        labels = labelled[labelled["split"] == split].set_index("sha256")["label"]
-        data[split] = (arrays["features"][clean, 0], labels.loc[rows.loc[clean, "sha256"]].to_numpy())
-    return fit_probe(*data["train"], *data["val_select"], seed=cfg.evaluate.seed)
-
-
 INTERVAL_FIGURES = (
     "expected_reward",
     "validator_mcc",
@@ -313,6 +297,7 @@ HEADLINE = ("validator_mcc", "validator_accuracy", "predicted_positive_rate", "e
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
     from roadwork import metrics as M
     from roadwork.policy import Policy
+    from roadwork.stages.train import fit_variant_probe
 
     out = stage_dir("evaluate", variant)
     frame = read_split(SPLITS_CSV, "evaluate", ["val_test"]).sort_values("path").reset_index(drop=True)
@@ -320,7 +305,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     backbone, head = load_model(cfg, variant)
     fingerprint = backbone.fingerprint()
     with tracked("evaluate", cfg, ("evaluate",), overrides, variant=variant) as run:
-        probe = fit_variant_probe(cfg, variant)
+        probe = fit_variant_probe(cfg, variant, read_split(SPLITS_CSV, "evaluate", ["train", "val_select"]))
         predictions = answers(cfg, variant, frame, (backbone, head, policy), probe, fingerprint)
         figures = validator_figures(predictions, cfg)
         clean = predictions[predictions["level"] == 0].reset_index(drop=True)

@@ -15,13 +15,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
-from roadwork.stages.common import OUTPUTS, SPLITS_CSV, rendered_bytes
+from roadwork.stages.common import OUTPUTS, SPLITS_CSV, check_export_agreement, rendered_bytes
 
-AGREEMENT_TOLERANCE = 1e-4
 HEADLINE = ("validator_mcc", "validator_accuracy", "predicted_positive_rate", "expected_reward")
 
 
@@ -71,29 +68,16 @@ def evaluation_metrics(variant: str | None) -> dict[str, float]:
 
 
 def check_agreement(predictor: Any, folder: Path) -> tuple[int, float]:
-    """(images, max |dp|) of the export against the model on val_calib's level-0 renders; ValueError if a
-    decision differs or a score moves more than :data:`AGREEMENT_TOLERANCE`."""
-    from roadwork.deploy.hf_export import hf_probabilities
-    from roadwork.train.embed import decode_render
-
+    """(images, max |dp|) of the export against the model on val_calib's level-0 renders
+    (:func:`~roadwork.stages.common.check_export_agreement`)."""
     images = read_split(SPLITS_CSV, "submission", ["val_calib"]).sort_values("path")
-    data = rendered_bytes(images)
-    ours = predictor.predict(data)
-    theirs = hf_probabilities(folder, [decode_render(item) for item in data])
-    diff = np.abs(theirs - ours["probability"].to_numpy())
-    differ = int(((theirs > 0.5) != (ours["decision"].to_numpy() == 1)).sum())
-    if differ or diff.max() > AGREEMENT_TOLERANCE:
-        raise ValueError(
-            f"the export in {folder} disagrees with the model on {differ} of {len(data)} val_calib images "
-            f"(max |dp| {diff.max():.2e}, tolerance {AGREEMENT_TOLERANCE}); it was removed."
-        )
-    return len(data), float(diff.max())
+    return check_export_agreement(predictor, folder, rendered_bytes(images), "val_calib images")
 
 
 def main(
     cfg: RoadworkConfig, *, hotkey: str, model_name: str, version: str | None, out: Path, model_uri: str
 ) -> int:
-    from roadwork.deploy.hf_export import export_hf
+    from roadwork.deploy.hf_export import export_hf, hf_refusal
     from roadwork.deploy.submission import submission_card
 
     card = submission_card(
@@ -105,10 +89,13 @@ def main(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not empty; pass a new --out folder (nothing was written).")
     predictor, variant = load_predictor(model_uri)
-    if predictor.spec.views != "global" or predictor.spec.tta_flip:
+    refusal = hf_refusal(predictor)
+    if refusal is not None:
         raise ValueError(
-            f"{model_uri} is a multi-view or flip-averaged model, which has no standard image-classification "
-            "form; train with embed.views=global and embed.tta_flip=false to submit it."
+            f"{model_uri} cannot be submitted: {refusal}. bundle exported its linear probe instead: submit "
+            f"that with --model-uri {OUTPUTS / 'bundle' / 'fallback'} (its cost on val_calib is "
+            f"hf_cost_val_calib_validator_mcc in {OUTPUTS / 'bundle' / 'metrics.json'}), or train with "
+            "embed.views=global, embed.tta_flip=false, train.head=linear, train.feature_transform=none."
         )
     metrics = evaluation_metrics(variant)
     export_hf(
@@ -116,6 +103,9 @@ def main(
     )
     try:
         n_images, max_diff = check_agreement(predictor, out)
+    except ValueError as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        raise ValueError(f"{exc} {out} was removed.") from None
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise

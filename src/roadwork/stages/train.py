@@ -68,6 +68,21 @@ def load_features(variant: str, split: str) -> tuple[dict[str, np.ndarray], pd.D
     return arrays, rows
 
 
+def fit_variant_probe(cfg: RoadworkConfig, variant: str, labelled: pd.DataFrame) -> Any:
+    """The plain baseline: standardised logistic regression on the variant's clean train features (the
+    global view), C chosen on val_select's clean features; ``labelled``: the train and val_select rows of
+    the split file, read by the calling stage (the split contract)."""
+    from roadwork.train.probe import fit_probe
+
+    data = {}
+    for split in ("train", "val_select"):
+        arrays, rows = load_features(variant, split)
+        clean = (rows["level"] == 0).to_numpy()
+        labels = labelled[labelled["split"] == split].set_index("sha256")["label"]
+        data[split] = (arrays["features"][clean, 0], labels.loc[rows.loc[clean, "sha256"]].to_numpy())
+    return fit_probe(*data["train"], *data["val_select"], seed=cfg.evaluate.seed)
+
+
 def _labels_for(rows: pd.DataFrame, labelled: pd.DataFrame, split: str) -> np.ndarray:
     by_sha = labelled.drop_duplicates("sha256").set_index("sha256")["label"]
     missing = ~rows["sha256"].isin(by_sha.index)
