@@ -421,13 +421,18 @@ _INTERPOLATION = re.compile(r"(?<!\\)\$\{")
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
+@functools.cache
+def _type_hints(section: type) -> dict[str, Any]:
+    return typing.get_type_hints(section)
+
+
 def _expected_type(key: str) -> Any:
     """The schema's type of dotted ``key`` (a dataclass for a section), or None for a key it lacks."""
     expected: Any = RoadworkConfig
     for part in key.split("."):
         if not is_dataclass(expected):
             return None
-        expected = typing.get_type_hints(expected).get(part)
+        expected = _type_hints(expected).get(part)
     return expected
 
 
