@@ -14,7 +14,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 .PHONY: demo test test-all lint bench venv clean-outputs help
 
 help:
-	@echo "make demo      synthetic data -> dvc repro (whole pipeline) -> where to look"
+	@echo "make demo      synthetic data -> check-data -> dvc repro (whole pipeline) -> where to look"
 	@echo "make test      fast test suite (what CI runs first)"
 	@echo "make test-all  every test, slow ones included"
 	@echo "make lint      ruff check + format check"
@@ -29,8 +29,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# check-data before dvc repro hashes data/: what DVC cannot take (link loops, FIFOs, unreadable files, links
+# out of data/) stops here with its fix instead of failing, hanging or being copied inside dvc repro
 demo: $(STAMP)
 	@test -d data || roadwork synth data
+	roadwork check-data data
 	dvc repro
 	roadwork promote
 	@echo

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -165,3 +169,101 @@ def test_vocabularies_the_schema_checks_are_the_libraries_own() -> None:
 
     assert config.THRESHOLD_RULES == THRESHOLD_RULES and set(config.VIEW_MODES) == set(VIEW_MODES)
     assert config.POOLINGS == POOLINGS
+
+
+# Issue 18: values are taken as written (never converted), seeds and counts have ranges, no interpolation.
+
+
+def _params_text(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ('ingest:\n  workers: "2"\n', "ingest.workers", "expected an integer"),
+        ("ingest:\n  workers: 2.0\n", "ingest.workers", "expected an integer"),
+        ('embed:\n  tta_flip: "yes"\n', "embed.tta_flip", "expected true or false"),
+        ("embed:\n  tta_flip: 1\n", "embed.tta_flip", "expected true or false"),
+        ('calibrate:\n  max_fnr: "0.1"\n', "calibrate.max_fnr", "expected a number or null"),
+        (
+            "embed:\n  augment:\n    level_probs: [0.25, 0.25, 0.25, '0.25']\n",
+            "embed.augment.level_probs",
+            "expected a list whose items are each a number",
+        ),
+        ("split: 3\n", "split", "expected a section"),
+    ],
+)
+def test_file_values_are_never_converted(tmp_path: Path, text: str, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=rf"invalid value for '{key}': {re.escape(expected)}") as caught:
+        load_config(_params_text(tmp_path, text))
+    assert "never converted" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ('ingest.workers="2"', "ingest.workers"),
+        ("embed.tta_flip=yes", "embed.tta_flip"),
+        ("embed.tta_flip=1", "embed.tta_flip"),
+    ],
+)
+def test_override_values_are_never_converted(tmp_path: Path, override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"override: invalid value for '{key}'"):
+        load_config(write(tmp_path, {}), [override])
+
+
+def test_lossless_forms_still_load(tmp_path: Path) -> None:
+    """An integer where a float goes, a number where a string goes and null where null is allowed."""
+    text = "train:\n  lr: 1\nembed:\n  precision: 32\ncalibrate:\n  max_fnr: null\n"
+    cfg = load_config(_params_text(tmp_path, text))
+    assert (cfg.train.lr, cfg.embed.precision, cfg.calibrate.max_fnr) == (1.0, "32", None)
+    assert isinstance(cfg.train.lr, float)
+
+
+def test_negative_split_seed_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'split\.seed' is -5; expected an integer >= 0"):
+        load_config(_params_text(tmp_path, "split:\n  seed: -5\n"))
+
+
+def _int_keys(cls: type, prefix: str = "") -> list[str]:
+    hints = typing.get_type_hints(cls)
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            keys += _int_keys(kind, f"{prefix}{f.name}.")
+        elif kind is int or kind == typing.Optional[int]:  # noqa: UP045
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def test_every_seed_and_count_has_a_range() -> None:
+    """Every integer of the schema (seeds, counts, sizes) refuses -1, naming the key."""
+    keys = _int_keys(RoadworkConfig)
+    assert {"split.seed", "data.synth.seed", "ingest.workers", "train.seed", "adapt.seed"} <= set(keys)
+    for key in keys:
+        with pytest.raises(ConfigError, match=rf"(?<![\w.]){re.escape(key)}'? is -1"):
+            load_config(REPO_PARAMS, [f"{key}=-1"])
+
+
+@pytest.mark.parametrize("value", ["${oc.env:HOME}", "${oc.env:ROADWORK_TEST_SECRET,x}", "v-${oc.env:HOME}"])
+def test_environment_interpolation_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("ROADWORK_TEST_SECRET", "hunter2-secret")
+    path = _params_text(tmp_path, f"data:\n  dir: '{value}'\n")
+    for call in (
+        lambda: load_config(path),
+        lambda: load_config(REPO_PARAMS, [f"data.dir={value}"]),
+    ):
+        with pytest.raises(ConfigError, match=r"'data\.dir' is the interpolation .*environment") as caught:
+            call()
+        assert "hunter2-secret" not in str(caught.value) and os.environ["HOME"] not in str(caught.value)
+
+
+def test_reference_interpolation_is_refused_too(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'embed\.seed' is the interpolation '\$\{split\.seed\}'"):
+        load_config(_params_text(tmp_path, "embed:\n  seed: ${split.seed}\n"))

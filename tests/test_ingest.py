@@ -6,8 +6,10 @@ and pixel checks compare against numpy / plain Pillow computations of the same q
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import struct
 import warnings
 import zlib
@@ -640,3 +642,172 @@ def test_symlinks_inside_followed_cycles_quarantined(tmp_path: Path) -> None:
         "roadwork/alias.jpg",
     ]
     assert result.n_inputs == 4
+
+
+# ------------------------------------------------------------------------------------ hostile data (issue 18)
+
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+ROOT_IGNORES_MODES = "running as root: chmod cannot make a file unreadable to root"
+
+
+def _quarantine_reasons(out: Path) -> dict[str, str]:
+    quarantine = _read_csv(out / "quarantine.csv")
+    return dict(zip(quarantine["path"], quarantine["reason"], strict=True))
+
+
+def _assert_reconciled(result: IngestResult) -> None:
+    assert result.n_inputs == result.n_kept + result.n_quarantined
+
+
+def test_unreadable_subfolder_is_quarantined_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack raised PermissionError out of ingest; root reads everything, so listing is refused here."""
+    data = _minimal(tmp_path)
+    locked = data / "roadwork/locked"
+    locked.mkdir()
+    (locked / "x.jpg").write_bytes(_jpeg(2))
+    listing = os.scandir
+
+    def refuse_locked(path: object) -> object:
+        if Path(str(path)) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return listing(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", refuse_locked)
+    result = ingest(data, tmp_path / "out", show_progress=False)
+    assert _quarantine_reasons(tmp_path / "out") == {"roadwork/locked": "unreadable_folder"}
+    detail = _read_csv(tmp_path / "out/quarantine.csv")["detail"][0]
+    assert "Permission denied" in detail
+    assert _read_csv(tmp_path / "out/manifest.csv")["path"].tolist() == ["roadwork/a.jpg"]
+    assert (result.n_kept, result.n_quarantined, result.reason_counts["unreadable_folder"]) == (1, 1, 1)
+    _assert_reconciled(result)
+
+
+@pytest.mark.skipif(AS_ROOT, reason=ROOT_IGNORES_MODES)
+def test_unreadable_subfolder_by_mode_is_quarantined(tmp_path: Path) -> None:
+    data = _minimal(tmp_path)
+    locked = data / "no_roadwork"
+    locked.mkdir()
+    (locked / "x.jpg").write_bytes(_jpeg(2))
+    locked.chmod(0)
+    try:
+        result = ingest(data, tmp_path / "out", show_progress=False)
+    finally:
+        locked.chmod(0o755)
+    assert _quarantine_reasons(tmp_path / "out") == {"no_roadwork": "unreadable_folder"}
+    _assert_reconciled(result)
+
+
+def test_fifo_and_link_loop_are_quarantined_without_blocking(tmp_path: Path) -> None:
+    data = _minimal(tmp_path)
+    os.mkfifo(data / "roadwork/pipe.jpg")
+    (data / "roadwork/l1.jpg").symlink_to("l2.jpg")
+    (data / "roadwork/l2.jpg").symlink_to("l1.jpg")
+    result = ingest(data, tmp_path / "out", show_progress=False)
+    assert _quarantine_reasons(tmp_path / "out") == {
+        "roadwork/l1.jpg": "symlink_cycle",
+        "roadwork/l2.jpg": "symlink_cycle",
+        "roadwork/pipe.jpg": "unreadable_file",
+    }
+    _assert_reconciled(result)
+
+
+def _snappy_stream_start(raw: bytes, chunk: pq.ColumnChunkMetaData) -> int:
+    """Offset of the snappy stream of a column chunk's only data page.
+
+    The chunk is a page header (thrift) of unknown length H, then the snappy stream, which begins with the
+    varint of its uncompressed length; header bytes count in both the chunk's compressed and uncompressed
+    totals, so that length is ``total_uncompressed_size - H``. Exactly one H must fit.
+    """
+
+    def varint(value: int) -> bytes:
+        out = bytearray()
+        while True:
+            low, value = value & 0x7F, value >> 7
+            out.append(low | (0x80 if value else 0))
+            if not value:
+                return bytes(out)
+
+    page = chunk.data_page_offset
+    fits = [
+        page + h + len(varint(chunk.total_uncompressed_size - h))
+        for h in range(1, 256)
+        if raw[page + h :].startswith(varint(chunk.total_uncompressed_size - h))
+    ]
+    assert len(fits) == 1, fits
+    return fits[0]
+
+
+def test_corrupt_parquet_page_names_file_and_row_group_and_goes_on(tmp_path: Path) -> None:
+    data = _minimal(tmp_path)
+    labels = [1, 0, 1, 0, 1, 0, 1, 0, 1]
+    table = pa.table(
+        {
+            "image": pa.array([_jpeg(40 + i) for i in range(9)], type=pa.binary()),
+            "label": pa.array(labels, type=pa.int64()),
+            "scene_description": pa.array(["cones" if label else None for label in labels], type=pa.string()),
+        }
+    )
+    path = data / "natix/part.parquet"
+    path.parent.mkdir()
+    pq.write_table(
+        table, path, row_group_size=3, compression="snappy", use_dictionary=False, write_statistics=False
+    )
+    chunk = pq.ParquetFile(path).metadata.row_group(1).column(0)  # row group 1's image column
+    raw = bytearray(path.read_bytes())
+    start = _snappy_stream_start(bytes(raw), chunk)
+    raw[start : start + 16] = b"\xff" * 16  # copy tags with impossible offsets; the footer is untouched
+    path.write_bytes(bytes(raw))
+    with pytest.raises(OSError, match="Corrupt snappy"):  # the attack: what a plain read raised
+        pq.read_table(path)
+
+    result = ingest(data, tmp_path / "out", show_progress=False)
+    quarantine = _read_csv(tmp_path / "out/quarantine.csv")
+    assert quarantine["path"].tolist() == [f"natix/part.parquet#{row}" for row in (3, 4, 5)]
+    assert set(quarantine["reason"]) == {"corrupt_row_group"}
+    assert all(
+        "natix/part.parquet: row group 1 (rows 3-5)" in detail and "Corrupt snappy" in detail
+        for detail in quarantine["detail"]
+    )
+    kept = _read_csv(tmp_path / "out/manifest.csv")["path"].tolist()
+    assert kept == ["natix/part.parquet#0", "natix/part.parquet#1", "natix/part.parquet#2"] + [
+        f"natix/part.parquet#{row}" for row in (6, 7, 8)
+    ] + ["roadwork/a.jpg"]
+    assert result.n_inputs == 10
+    _assert_reconciled(result)
+
+
+def test_bad_parquet_labels_are_quarantined_and_ingest_goes_on(tmp_path: Path) -> None:
+    """The one rule: a row whose label is not 0 or 1 is quarantined unknown_label; the rest is used."""
+    data = _minimal(tmp_path)
+    labels = [1, 2, -1, None, 0]
+    _write_parquet(
+        data / "natix/labels.parquet",
+        pa.table(
+            {
+                "image": pa.array([_jpeg(60 + i) for i in range(5)], type=pa.binary()),
+                "label": pa.array(labels, type=pa.int64()),
+                "scene_description": pa.array(["cones", "cones", "cones", "cones", None], type=pa.string()),
+            }
+        ),
+    )
+    (data / "misc").mkdir()
+    (data / "misc/b.jpg").write_bytes(_jpeg(3))
+    result = ingest(data, tmp_path / "out", show_progress=False)
+    assert _quarantine_reasons(tmp_path / "out") == {
+        "misc/b.jpg": "unknown_label",
+        "natix/labels.parquet#1": "unknown_label",
+        "natix/labels.parquet#2": "unknown_label",
+        "natix/labels.parquet#3": "unknown_label",
+    }
+    details = _read_csv(tmp_path / "out/quarantine.csv").set_index("path")["detail"]
+    assert "label is -1" in details["natix/labels.parquet#2"]
+    assert "label is None" in details["natix/labels.parquet#3"]
+    manifest = _read_csv(tmp_path / "out/manifest.csv")
+    assert dict(zip(manifest["path"], manifest["label"], strict=True)) == {
+        "natix/labels.parquet#0": "1",
+        "natix/labels.parquet#4": "0",
+        "roadwork/a.jpg": "1",
+    }
+    _assert_reconciled(result)

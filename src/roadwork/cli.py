@@ -95,6 +95,36 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    check = subparsers.add_parser(
+        "check-data",
+        help="find what in the data folder DVC cannot take or should not copy; --fix moves it aside",
+        description="List every entry of DIR that `dvc add` cannot take or should not copy: symlink loops, "
+        "dangling links, links pointing outside DIR, folder links, FIFOs, sockets, devices, unreadable "
+        "files and folders, each with its fix. Exits 1 when there are any (and no --fix). Nothing is "
+        "opened but regular files. Run it before `dvc add`.",
+    )
+    check.add_argument(
+        "dir",
+        type=Path,
+        nargs="?",
+        default=None,
+        metavar="DIR",
+        help="data folder (default: params data.dir)",
+    )
+    check.add_argument(
+        "--fix",
+        action="store_true",
+        help="move each listed entry to the quarantine folder (same relative path, by rename: nothing lost)",
+    )
+    check.add_argument(
+        "--quarantine",
+        type=Path,
+        default=None,
+        metavar="QDIR",
+        help="quarantine folder, outside DIR (default: DIR-quarantine beside DIR)",
+    )
+    check.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
+
     for name, description in STAGES.items():
         _add_stage_parser(subparsers, name, description)
 
@@ -212,6 +242,41 @@ def _synth(args: argparse.Namespace) -> None:
     )
 
 
+def _check_data(args: argparse.Namespace) -> int:
+    from roadwork.data.check import check_quarantine_dir, default_quarantine_dir, find_problems, move_aside
+
+    if args.dir is not None:
+        data_dir = args.dir
+    else:
+        from roadwork.config import DataParams, load_config
+
+        data_dir = Path(load_config(args.params).data.dir if args.params.is_file() else DataParams().dir)
+    quarantine = args.quarantine or default_quarantine_dir(data_dir)
+    check_quarantine_dir(data_dir, quarantine)
+    problems = find_problems(data_dir)
+    for problem in problems:
+        print(f"{data_dir / problem.path}: {problem.kind}: {problem.detail}\n    fix: {problem.fix}")
+    if not problems:
+        print(f"check-data: nothing in {data_dir} that DVC cannot take")
+        return 0
+    if not args.fix:
+        print(
+            f"check-data: {len(problems)} problem(s) in {data_dir}; fix each as shown, or run "
+            f"`roadwork check-data {data_dir} --fix` to move them to {quarantine}",
+            file=sys.stderr,
+        )
+        return 1
+    for outcome in move_aside(data_dir, problems, quarantine):
+        where = outcome.destination if outcome.destination is not None else f"not moved: {outcome.error}"
+        print(f"check-data: {data_dir / outcome.problem.path} -> {where}")
+    left = find_problems(data_dir)
+    if left:
+        print(f"check-data: {len(left)} problem(s) remain in {data_dir}; fix them by hand", file=sys.stderr)
+        return 1
+    print(f"check-data: moved {len(problems)} entr{'y' if len(problems) == 1 else 'ies'} to {quarantine}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from roadwork.config import ConfigError
@@ -221,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "synth":
             _synth(args)
             return 0
+        if args.command == "check-data":
+            return _check_data(args)
         if args.command == "predict":
             from roadwork.stages import predict
 

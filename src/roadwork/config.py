@@ -5,6 +5,12 @@ the structured schema below. An unknown or misspelt key, a value of the wrong ty
 allowed range fails with a :class:`ConfigError` that names the file, the full dotted key and the fix —
 the earlier pipeline silently ignored keys it did not know.
 
+Types are strict: a value is never converted (``workers: "2"``, ``tta_flip: "yes"`` and ``tta_flip: 1``
+fail); only an integer may stand for a float and a number for a string. Values must be literal: an
+interpolation (``${...}``) is refused, because it is resolved when the stage runs while DVC records the
+literal text, and ``${oc.env:...}`` would copy environment variables (secrets included) into the MLflow
+run's params.
+
 Every section is a frozen-by-convention dataclass; library code receives plain values taken from it and
 never reads this module's files itself.
 """
@@ -16,6 +22,8 @@ import functools
 import hashlib
 import json
 import re
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
@@ -260,6 +268,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     ),
     "ingest.min_side": (lambda v: v >= 1, "a positive integer"),
     "ingest.workers": (lambda v: v >= 1, "a positive integer"),
+    "data.synth.seed": (lambda v: v >= 0, "an integer >= 0"),
+    "split.seed": (lambda v: v >= 0, "an integer >= 0"),
     "dedupe.phash_radius": (lambda v: 0 <= v <= 64, "an integer in [0, 64]"),
     "dedupe.hash_size": (lambda v: v == 8, "8 (hashes are stored as 64-bit integers)"),
     "dedupe.embedding_cosine": (
@@ -407,6 +417,89 @@ def _check_library_config(build: Any, section: Any, name: str, source: str) -> N
         raise ConfigError(f"{source}: {message}") from None
 
 
+_INTERPOLATION = re.compile(r"(?<!\\)\$\{")
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+@functools.cache
+def _type_hints(section: type) -> dict[str, Any]:
+    return typing.get_type_hints(section)
+
+
+def _expected_type(key: str) -> Any:
+    """The schema's type of dotted ``key`` (a dataclass for a section), or None for a key it lacks."""
+    expected: Any = RoadworkConfig
+    for part in key.split("."):
+        if not is_dataclass(expected):
+            return None
+        expected = _type_hints(expected).get(part)
+    return expected
+
+
+def _type_mismatch(value: Any, expected: Any) -> str | None:
+    """What ``expected`` accepts, when ``value`` (as written, before any conversion) is not of it."""
+    args = typing.get_args(expected)
+    if typing.get_origin(expected) in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None:
+            return None
+        inner = _type_mismatch(value, next(a for a in args if a is not type(None)))
+        return None if inner is None else f"{inner} or null"
+    if typing.get_origin(expected) is list:
+        ok = isinstance(value, list) and all(_type_mismatch(item, args[0]) is None for item in value)
+        return None if ok else f"a list whose items are each {_TYPE_NAMES[args[0]]}"
+    if is_dataclass(expected):
+        return None if isinstance(value, Mapping) else "a section (a mapping of keys)"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: number,
+        str: isinstance(value, str) or number,
+    }[expected]
+    return None if ok else _TYPE_NAMES[expected]
+
+
+def _refuse_interpolation(key: str, value: Any, source: str) -> None:
+    """Refuse an interpolation anywhere in ``value`` (sections and lists included)."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            _refuse_interpolation(f"{key}.{name}", item, source)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_interpolation(key, item, source)
+    elif isinstance(value, str) and _INTERPOLATION.search(value):
+        raise ConfigError(
+            f"{source}: '{key}' is the interpolation {value!r}; params must be literal values. An "
+            "interpolation is resolved when the stage runs, so ${oc.env:...} would copy environment "
+            "variables (secrets included) into the MLflow run's params, and DVC, which records the literal "
+            "text, would not notice when the resolved value changes. Write the value itself."
+        )
+
+
+def _check_type(key: str, value: Any, source: str) -> None:
+    """Refuse a value ``key``'s schema type would have to convert; sections recurse. A key the schema
+    lacks is left to the merge, which names it with suggestions."""
+    expected = _expected_type(key)
+    if expected is None:
+        return
+    mismatch = _type_mismatch(value, expected)
+    if mismatch is not None:
+        raise ConfigError(
+            f"{source}: invalid value for '{key}': expected {mismatch}, got {value!r} "
+            f"({type(value).__name__}); values are never converted (write numbers without quotes and "
+            "true/false for switches)."
+        )
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            _check_type(f"{key}.{name}", item, source)
+
+
+def _check_literal(key: str, value: Any, source: str) -> None:
+    """``value`` for ``key`` as written, before OmegaConf's merge converts it: literal and of its type."""
+    _refuse_interpolation(key, value, source)
+    _check_type(key, value, source)
+
+
 def _valid_keys(node: Any, prefix: str = "") -> list[str]:
     keys: list[str] = []
     for f in fields(node):
@@ -475,12 +568,15 @@ def load_config(
         raise ConfigError(f"{params_file}: not valid YAML: {exc}") from None
     if not isinstance(from_file, DictConfig):
         raise ConfigError(f"{params_file}: the top level must be a mapping of sections, got a list.")
+    for key, value in OmegaConf.to_container(from_file, resolve=False).items():
+        _check_literal(str(key), value, str(params_file))
     schema = OmegaConf.structured(RoadworkConfig)
     try:
         merged = OmegaConf.merge(schema, from_file)
     except OmegaConfBaseException as exc:
         raise _explain(exc, str(params_file)) from None
     for key, value in parse_overrides(overrides):
+        _check_literal(key, value, "override")
         try:
             if OmegaConf.select(merged, key, default="__missing__") == "__missing__":
                 raise ConfigKeyError(f"Key '{key}' not in config")

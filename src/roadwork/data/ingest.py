@@ -19,8 +19,16 @@ and ``*.dvc``. Everything else found is an input and ends up either kept (``mani
 (``quarantine.csv``, with a reason code from :data:`QUARANTINE_REASONS`), never silently skipped.
 
 Symlinks are resolved: one that resolves outside ``data_dir`` is never followed (``symlink_outside_data``),
-a dangling one is ``unreadable_file``, a folder link back into its own ancestry is ``symlink_cycle``; links
-staying inside ``data_dir`` are followed, so their files appear under the link's path as well.
+a dangling one is ``unreadable_file``, a folder link back into its own ancestry or a chain of links that
+never ends is ``symlink_cycle``; links staying inside ``data_dir`` are followed, so their files appear under
+the link's path as well. FIFOs, sockets and devices are ``unreadable_file`` and never opened; a sub-folder
+that cannot be listed is one input, ``unreadable_folder`` (its files cannot be counted).
+
+Labels follow one rule: an input whose label is not 0 or 1 (a parquet label of 2, -1 or null; a file outside
+the class folders) is quarantined ``unknown_label`` and ingest goes on. What stops ingest is a problem of a
+whole file: a parquet file that cannot be opened, lacks a column or has a column of the wrong type (a
+``label`` column that is not integer). A parquet row group whose pages cannot be decoded quarantines its
+rows as ``corrupt_row_group`` (the detail names the file and the row group); the other row groups are used.
 
 Checks run in a fixed order and the first failure is the reason recorded: symlink, location/label,
 extension, then (parquet) label value and description consistency, then decoding.
@@ -29,6 +37,7 @@ extension, then (parquet) label value and description consistency, then decoding
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import multiprocessing
@@ -77,6 +86,8 @@ QUARANTINE_REASONS: tuple[str, ...] = (
     "symlink_outside_data",
     "symlink_cycle",
     "unreadable_file",
+    "unreadable_folder",
+    "corrupt_row_group",
 )
 IMAGES_DIR = "images"
 
@@ -166,45 +177,74 @@ def _scan(data_dir: Path, root_real: Path) -> _Scan:
     scan = _Scan()
 
     def visit(directory: Path, rel_parts: tuple[str, ...], ancestry: tuple[Path, ...]) -> None:
-        with os.scandir(directory) as iterator:
-            entries = sorted(iterator, key=lambda entry: entry.name)
+        try:
+            with os.scandir(directory) as iterator:
+                entries = sorted(iterator, key=lambda entry: entry.name)
+        except OSError as error:
+            if not rel_parts:
+                raise ValueError(
+                    f"data_dir {data_dir} cannot be listed ({error.strerror or error}); make it readable "
+                    "(chmod u+rx)"
+                ) from None
+            rel = "/".join(rel_parts)
+            detail = f"folder cannot be listed ({error.strerror or error}); its files are not counted"
+            scan.quarantined.append(_Quarantined(rel, "unreadable_folder", detail))
+            return
         for entry in entries:
-            rel = "/".join((*rel_parts, entry.name))
-            path = Path(entry.path)
+            rel_entry = (*rel_parts, entry.name)
             if not rel_parts and _is_root_sidecar(entry.name):
                 continue
-            if entry.is_symlink():
-                target = Path(os.path.realpath(path))
-                if not target.is_relative_to(root_real):
-                    scan.quarantined.append(
-                        _Quarantined(
-                            rel, "symlink_outside_data", "symlink resolves outside data_dir; not followed"
-                        )
-                    )
-                    continue
-                if not target.exists():
-                    scan.quarantined.append(_Quarantined(rel, "unreadable_file", "dangling symlink"))
-                    continue
-                if target.is_dir():
-                    if target in ancestry:
-                        scan.quarantined.append(
-                            _Quarantined(rel, "symlink_cycle", "folder symlink points to its own ancestor")
-                        )
-                    else:
-                        visit(path, (*rel_parts, entry.name), (*ancestry, target))
-                    continue
-            elif entry.is_dir(follow_symlinks=False):
-                visit(path, (*rel_parts, entry.name), (*ancestry, Path(os.path.realpath(path))))
+            try:
+                subfolder = _classify(scan, entry, "/".join(rel_entry), root_real, ancestry)
+            except OSError as error:  # e.g. a folder that lists its names but cannot be entered
+                detail = f"cannot be examined: {error.strerror or error}"
+                scan.quarantined.append(_Quarantined("/".join(rel_entry), "unreadable_file", detail))
                 continue
-            if not path.is_file():
-                scan.quarantined.append(_Quarantined(rel, "unreadable_file", "not a regular file"))
-            elif entry.name.lower().endswith(".parquet"):
-                scan.parquets.append((rel, path))
-            else:
-                scan.files.append((rel, path))
+            if subfolder is not None:
+                visit(Path(entry.path), rel_entry, (*ancestry, subfolder))
 
     visit(data_dir, (), (root_real,))
     return scan
+
+
+def _classify(
+    scan: _Scan, entry: os.DirEntry[str], rel: str, root_real: Path, ancestry: tuple[Path, ...]
+) -> Path | None:
+    """Record ``entry`` in ``scan``; return its real path when it is a folder to walk into."""
+    path = Path(entry.path)
+    if entry.is_symlink():
+        target = Path(os.path.realpath(path))
+        if not target.is_relative_to(root_real):
+            detail = "symlink resolves outside data_dir; not followed"
+            scan.quarantined.append(_Quarantined(rel, "symlink_outside_data", detail))
+            return None
+        try:
+            path.stat()
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                detail = "symlink loop (too many levels of symbolic links)"
+                scan.quarantined.append(_Quarantined(rel, "symlink_cycle", detail))
+            elif error.errno in (errno.ENOENT, errno.ENOTDIR):
+                scan.quarantined.append(_Quarantined(rel, "unreadable_file", "dangling symlink"))
+            else:
+                raise
+            return None
+        if target.is_dir():
+            if target in ancestry:
+                detail = "folder symlink points to its own ancestor"
+                scan.quarantined.append(_Quarantined(rel, "symlink_cycle", detail))
+                return None
+            return target
+    elif entry.is_dir(follow_symlinks=False):
+        return Path(os.path.realpath(path))
+    if not path.is_file():
+        # FIFOs, sockets and devices: never opened (reading a FIFO blocks until a writer comes)
+        scan.quarantined.append(_Quarantined(rel, "unreadable_file", "not a regular file"))
+    elif entry.name.lower().endswith(".parquet"):
+        scan.parquets.append((rel, path))
+    else:
+        scan.files.append((rel, path))
+    return None
 
 
 def _read_metadata(data_dir: Path, root_real: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
@@ -214,7 +254,11 @@ def _read_metadata(data_dir: Path, root_real: Path) -> tuple[list[str], dict[str
         return [], {}
     if not Path(os.path.realpath(path)).is_relative_to(root_real):
         raise ValueError(f"{path}: is a symlink that resolves outside data_dir; refusing to read it")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror or error}); make it readable") from None
+    with handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
@@ -317,42 +361,59 @@ def _contradiction(label: int, description: str | None) -> str | None:
 
 
 def _parquet_items(rel: str, path: Path, metadata_columns: list[str]) -> Iterator[_Task | _Quarantined]:
-    """Rows of one parquet file, read in batches of :data:`_PARQUET_BATCH_ROWS` so memory stays bounded."""
+    """Rows of one parquet file, row group by row group in batches of :data:`_PARQUET_BATCH_ROWS` (memory
+    stays bounded). A row group that cannot be decoded (a corrupt page; the footer is intact, or the file
+    would not have opened) quarantines its remaining rows, and the next row group is read."""
     with pq.ParquetFile(path) as parquet:
-        yield from _parquet_rows(rel, parquet, metadata_columns)
+        row = 0
+        for group in range(parquet.num_row_groups):
+            end = row + parquet.metadata.row_group(group).num_rows
+            batches = parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=[group])
+            while True:
+                try:
+                    batch = next(batches, None)
+                except (OSError, pa.ArrowException) as error:
+                    detail = (
+                        f"{rel}: row group {group} (rows {row}-{end - 1}) cannot be decoded ({error}); "
+                        "the file's other row groups are used"
+                    )
+                    yield from (
+                        _Quarantined(f"{rel}#{r}", "corrupt_row_group", detail) for r in range(row, end)
+                    )
+                    break
+                if batch is None:
+                    break
+                yield from _batch_rows(rel, batch, row, metadata_columns)
+                row += batch.num_rows
+            row = end
 
 
-def _parquet_rows(
-    rel: str, parquet: pq.ParquetFile, metadata_columns: list[str]
+def _batch_rows(
+    rel: str, batch: pa.RecordBatch, first_row: int, metadata_columns: list[str]
 ) -> Iterator[_Task | _Quarantined]:
-    row = 0
-    for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-        image_column = batch.column("image")
-        if pa.types.is_struct(image_column.type):
-            image_column = image_column.field("bytes")
-        images = image_column.to_pylist()
-        labels = batch.column("label").to_pylist()
-        extra = {name: batch.column(name).to_pylist() for name in metadata_columns}
-        for i, (data, label) in enumerate(zip(images, labels, strict=True)):
-            key = f"{rel}#{row}"
-            row += 1
-            if label not in (0, 1):
-                yield _Quarantined(
-                    key, "unknown_label", f"label is {label!r}; expected 0 (none) or 1 (roadwork)"
-                )
-                continue
-            description = extra["scene_description"][i]
-            conflict = _contradiction(label, description)
-            if conflict is not None:
-                yield _Quarantined(key, "description_contradicts_label", conflict)
-                continue
-            if not data:
-                yield _Quarantined(key, "empty_file", "image cell holds no bytes (null or empty)")
-                continue
-            values = tuple(
-                (name, "" if extra[name][i] is None else str(extra[name][i])) for name in metadata_columns
-            )
-            yield _Task(path=key, label=label, source="parquet", metadata=values, data=data)
+    image_column = batch.column("image")
+    if pa.types.is_struct(image_column.type):
+        image_column = image_column.field("bytes")
+    images = image_column.to_pylist()
+    labels = batch.column("label").to_pylist()
+    extra = {name: batch.column(name).to_pylist() for name in metadata_columns}
+    for i, (data, label) in enumerate(zip(images, labels, strict=True)):
+        key = f"{rel}#{first_row + i}"
+        if label not in (0, 1):
+            yield _Quarantined(key, "unknown_label", f"label is {label!r}; expected 0 (none) or 1 (roadwork)")
+            continue
+        description = extra["scene_description"][i]
+        conflict = _contradiction(label, description)
+        if conflict is not None:
+            yield _Quarantined(key, "description_contradicts_label", conflict)
+            continue
+        if not data:
+            yield _Quarantined(key, "empty_file", "image cell holds no bytes (null or empty)")
+            continue
+        values = tuple(
+            (name, "" if extra[name][i] is None else str(extra[name][i])) for name in metadata_columns
+        )
+        yield _Task(path=key, label=label, source="parquet", metadata=values, data=data)
 
 
 def _file_item(rel: str, path: Path, metadata: Mapping[str, Mapping[str, str]]) -> _Task | _Quarantined:
@@ -508,10 +569,11 @@ def ingest(
         show_progress: show a tqdm progress bar over inputs.
 
     Raises:
-        ValueError: ``data_dir`` is missing, not a folder, or holds neither a class folder nor a parquet
-            file; ``out_dir`` is inside ``data_dir``; ``metadata.csv`` is malformed (no ``path`` column,
-            duplicate key, a key naming no file, a column clashing with the manifest's); a parquet file
-            cannot be read, lacks a required column or has a wrong column type; or arguments are out of range.
+        ValueError: ``data_dir`` is missing, not a folder, cannot be listed, or holds neither a class folder
+            nor a parquet file; ``out_dir`` is inside ``data_dir``; ``metadata.csv`` is unreadable or
+            malformed (no ``path`` column, duplicate key, a key naming no file, a column clashing with the
+            manifest's); a parquet file cannot be opened, lacks a required column or has a wrong column
+            type; or arguments are out of range. Bad rows and files never raise: they are quarantined.
         TypeError: an argument has the wrong type.
     """
     if not isinstance(data_dir, Path) or not isinstance(out_dir, Path):
