@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,27 @@ def _unpin_mlflow_uris() -> None:
 
     tracking_utils._tracking_uri = None
     registry_utils._registry_uri = None
+
+
+@pytest.fixture(scope="module")
+def adapt_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 images with a shrunk ExPLoRA, no augmented train copies, a 3-epoch head (the adapt-stage tests)."""
+    from helpers.project import SHRUNK_ADAPT, prepare_project
+
+    return prepare_project(
+        tmp_path_factory.mktemp("project"),
+        n=60,
+        seed=7,
+        updates={"embed": {"train_copies": 0}, "train": {"max_epochs": 3}, "adapt": SHRUNK_ADAPT},
+    )
+
+
+@pytest.fixture()
+def adapt_work(adapt_project: Path, tmp_path: Path) -> Iterator[Path]:
+    """A private copy of :func:`adapt_project`, entered as the working directory."""
+    from helpers.project import inside
+
+    copy = tmp_path / "work"
+    shutil.copytree(adapt_project, copy)
+    with inside(copy):
+        yield copy

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,43 +15,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from helpers.project import run
 from roadwork.cli import main as cli
-from test_stages import inside, prepare_project, run
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-SHRUNK_ADAPT = {
-    "max_steps": 3,
-    "batch_size": 8,
-    "local_crop_size": 48,
-    "out_dim": 64,
-    "head_hidden_dim": 32,
-    "head_bottleneck_dim": 16,
-    "checkpoint_every_steps": 1,
-}
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare_project(
-        tmp_path_factory.mktemp("project"),
-        n=60,
-        seed=7,
-        updates={"embed": {"train_copies": 0}, "train": {"max_epochs": 3}, "adapt": SHRUNK_ADAPT},
-    )
-
-
-@pytest.fixture()
-def work(project: Path, tmp_path: Path) -> Iterator[Path]:
-    copy = tmp_path / "work"
-    shutil.copytree(project, copy)
-    with inside(copy):
-        yield copy
 
 
 def test_adapt_trains_on_train_images_only_and_feeds_the_adapted_variant(
-    work: Path, monkeypatch: pytest.MonkeyPatch
+    adapt_work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from roadwork.adapt import explora
 
@@ -96,15 +68,15 @@ def test_adapt_trains_on_train_images_only_and_feeds_the_adapted_variant(
     assert meta["base_backbone"]["fingerprint"] == record["backbone_fingerprint"]
 
 
-def test_unlabeled_pool_is_used_and_validation_copies_are_excluded(work: Path) -> None:
-    pool = work / "pool"
+def test_unlabeled_pool_is_used_and_validation_copies_are_excluded(adapt_work: Path) -> None:
+    pool = adapt_work / "pool"
     pool.mkdir()
     rng = np.random.default_rng(0)
     for k in range(2):
         Image.fromarray((rng.random((80, 96, 3)) * 255).astype(np.uint8)).save(pool / f"new{k}.png")
     splits = pd.read_csv("outputs/split/splits.csv")
     held_out = splits[splits["split"] == "val_test"]["path"].iloc[0]
-    shutil.copy(work / "data" / held_out, pool / "copy_of_a_test_image.jpg")
+    shutil.copy(adapt_work / "data" / held_out, pool / "copy_of_a_test_image.jpg")
     (pool / "notes.txt").write_text("not an image")
     (pool / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 10)
     (pool / "link.png").symlink_to(pool / "new0.png")
@@ -123,7 +95,7 @@ def test_unlabeled_pool_is_used_and_validation_copies_are_excluded(work: Path) -
     assert metrics["unlabeled_images"] == 2 and metrics["unlabeled_excluded"] == 4
 
 
-def test_missing_unlabeled_dir_is_a_clear_error(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_unlabeled_dir_is_a_clear_error(adapt_work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["adapt", "adapt.unlabeled_dir=no/such/folder"]) == 2
     err = capsys.readouterr().err
     assert "adapt.unlabeled_dir" in err and "no/such/folder" in err

@@ -104,7 +104,7 @@ def test_two_clean_runs_give_identical_splits_and_metrics(tmp_path: Path) -> Non
     from roadwork.data.synth import generate_dataset
 
     params = OmegaConf.load(REPO / "params.yaml")
-    params.backbone.id = "tiny"
+    params.backbone.id = params.dedupe.backbone = "tiny"
     params.embed.train_copies = 1
     params.train.max_epochs = 3
     params.evaluate.bootstrap_resamples = 100

@@ -72,7 +72,7 @@ def shrink_params(params_file: Path) -> None:
     from omegaconf import OmegaConf
 
     params = OmegaConf.load(params_file)
-    params.backbone.id = "tiny"
+    params.backbone.id = params.dedupe.backbone = "tiny"
     params.embed.train_copies = 1
     params.train.max_epochs = 3
     params.evaluate.update({"renders_per_level": 2, "reward_streams": 200, "bootstrap_resamples": 200})
@@ -175,6 +175,28 @@ def test_second_repro_runs_nothing(reproduced: tuple[Path, str]) -> None:
     assert "Running stage" not in again.stdout + again.stderr
     status = run(["dvc", "status"], repo)
     assert "up to date" in status.stdout
+
+
+def test_another_backbone_or_embedding_setting_leaves_dedupe_and_split_alone(
+    reproduced: tuple[Path, str],
+) -> None:
+    """Trying another model keeps the split, so every run is scored on the same val_test: no ``backbone.*``
+    or ``embed.*`` value is a param of dedupe or split (``dvc status`` is the oracle)."""
+    from omegaconf import OmegaConf
+
+    repo, _ = reproduced
+    params_file = repo / "params.yaml"
+    before = params_file.read_text()
+    try:
+        params = OmegaConf.load(params_file)
+        params.backbone.id, params.embed.batch_size = "efficientnet_lite0", params.embed.batch_size + 1
+        OmegaConf.save(params, params_file)
+        status = run(["dvc", "status"], repo).stdout
+    finally:
+        params_file.write_text(before)
+    changed = {line.rstrip(":").strip() for line in status.splitlines() if line.endswith(":")}
+    assert {"embed@base", "adapt"} <= changed
+    assert not changed & {"ingest", "dedupe", "split"}, status
 
 
 def test_stage_runs_are_tracked_and_grouped(reproduced: tuple[Path, str]) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_adapt_stage import project, run, work  # noqa: F401 (fixtures)
+from helpers.project import run
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def stage_runs(stage: str) -> list:
     return client.search_runs([experiment.experiment_id], filter_string=f"tags.`roadwork.stage` = '{stage}'")
 
 
-def test_adapt_and_train_in_two_processes_equal_one_process(work: Path) -> None:  # noqa: F811
+def test_adapt_and_train_in_two_processes_equal_one_process(adapt_work: Path) -> None:
     run("adapt")
     single_adapt = json.loads(Path("outputs/adapt/metrics.json").read_text())
     single_history = pd.read_csv("outputs/adapt/history.csv")

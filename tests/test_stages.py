@@ -8,53 +8,21 @@ Marked slow (about a minute on 2 cores).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 from safetensors.numpy import load_file
 
+from helpers.project import inside, prepare_project, run
 from roadwork.cli import main as cli
-from roadwork.data.synth import generate_dataset
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@contextmanager
-def inside(path: Path) -> Iterator[None]:
-    before = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
-def run(*argv: str) -> None:
-    assert cli(list(argv)) == 0
-
-
-def prepare_project(root: Path, *, n: int, seed: int, updates: dict[str, dict]) -> Path:
-    """params.yaml with the tiny backbone and ``updates`` (section -> values), ``n`` synthetic images, and
-    ingest, dedupe and split run once in ``root``."""
-    params = OmegaConf.load(REPO / "params.yaml")
-    params.backbone.id = "tiny"
-    for section, values in updates.items():
-        params[section].update(values)
-    OmegaConf.save(params, root / "params.yaml")
-    generate_dataset(root / "data", n=n, seed=seed, show_progress=False)
-    with inside(root):
-        for stage in ("ingest", "dedupe", "split"):
-            run(stage)
-    return root
 
 
 @pytest.fixture(scope="module")

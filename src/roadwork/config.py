@@ -67,9 +67,15 @@ class IngestParams:
 class DedupeParams:
     phash_radius: int = 10
     hash_size: int = 8
-    # Cosine similarity of base-backbone global features above which two images join one group; null turns
-    # the embedding check off.
+    # Cosine similarity of global features (dedupe.backbone's) above which two images join one group; null
+    # turns the embedding check off.
     embedding_cosine: Optional[float] = 0.97  # noqa: UP045 (OmegaConf structured configs need Optional)
+    # The embedding check's own backbone (seed 0, average pooling, float32), pinned apart from `backbone` and
+    # `embed` so that trying another model never re-runs dedupe and split: every run is scored on one
+    # val_test. With the defaults it is embed@base's network, whose feature cache it fills.
+    backbone: str = "efficientnet_lite0"
+    input_size: Optional[int] = 224  # noqa: UP045
+    batch_size: int = 16
 
 
 @dataclass
@@ -276,6 +282,11 @@ _RANGES: dict[str, tuple[Any, str]] = {
         lambda v: v is None or 0 < v <= 1,
         "a cosine similarity in (0, 1], or null to turn the embedding check off",
     ),
+    "dedupe.input_size": (
+        lambda v: v is None or 32 <= v <= 1024,
+        "null (the backbone's own preprocessing) or an input side in pixels, 32-1024",
+    ),
+    "dedupe.batch_size": (lambda v: v >= 1, "a positive integer"),
     "backbone.seed": (lambda v: v >= 0, "an integer >= 0"),
     "backbone.attn_implementation": (lambda v: v in ("sdpa", "eager"), "'sdpa' or 'eager'"),
     "backbone.input_size": (

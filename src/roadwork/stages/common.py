@@ -84,13 +84,24 @@ def load_variant_backbone(cfg: RoadworkConfig, variant: str) -> Any:
 def configured_backbone(cfg: RoadworkConfig, backbone_id: str) -> Any:
     """``load_backbone(backbone_id)`` with ``backbone.input_size`` / ``backbone.pooling`` applied: the
     network every stage runs (adapt adapts it, embed and the exports use it)."""
+    return build_backbone(
+        backbone_id,
+        seed=cfg.backbone.seed,
+        attn_implementation=cfg.backbone.attn_implementation,
+        input_size=cfg.backbone.input_size,
+        pooling=cfg.backbone.pooling,
+    )
+
+
+def build_backbone(
+    backbone_id: str, *, seed: int, attn_implementation: str, input_size: int | None, pooling: str
+) -> Any:
+    """``load_backbone(backbone_id)`` reconfigured to ``input_size`` and ``pooling`` (None, "avg": as is)."""
     from roadwork.models.backbone import load_backbone
 
-    backbone = load_backbone(
-        backbone_id, seed=cfg.backbone.seed, attn_implementation=cfg.backbone.attn_implementation
-    )
-    if cfg.backbone.input_size is not None or cfg.backbone.pooling != "avg":
-        backbone = backbone.reconfigured(input_size=cfg.backbone.input_size, pooling=cfg.backbone.pooling)
+    backbone = load_backbone(backbone_id, seed=seed, attn_implementation=attn_implementation)
+    if input_size is not None or pooling != "avg":
+        backbone = backbone.reconfigured(input_size=input_size, pooling=pooling)
     return backbone
 
 
@@ -102,22 +113,33 @@ def place_backbone(cfg: RoadworkConfig, backbone: Any) -> Any:
     """
     import torch
 
-    device = cfg.embed.device
-    if device == "gpu" and not torch.cuda.is_available():
-        raise ValueError("embed.device is 'gpu' but no CUDA device is available; use auto or cpu.")
-    if device in ("auto", "gpu") and torch.cuda.is_available():
-        backbone.to("cuda")
+    place_on_device(cfg, backbone)
     if cfg.embed.compile:
         backbone.model.forward = torch.compile(backbone.model.forward)
     return backbone
 
 
-def feature_cache(cfg: RoadworkConfig, backbone: Any, fingerprint: str | None = None) -> Any:
-    """The shared feature cache for ``backbone`` as this configuration runs it (device and precision)."""
+def place_on_device(cfg: RoadworkConfig, backbone: Any) -> Any:
+    """Move ``backbone`` to ``embed.device`` ("auto": CUDA when there is one)."""
+    import torch
+
+    device = cfg.embed.device
+    if device == "gpu" and not torch.cuda.is_available():
+        raise ValueError("embed.device is 'gpu' but no CUDA device is available; use auto or cpu.")
+    if device in ("auto", "gpu") and torch.cuda.is_available():
+        backbone.to("cuda")
+    return backbone
+
+
+def feature_cache(
+    cfg: RoadworkConfig, backbone: Any, fingerprint: str | None = None, *, precision: str | None = None
+) -> Any:
+    """The shared feature cache for ``backbone`` as this configuration runs it (device and precision:
+    ``embed.precision`` unless given)."""
     from roadwork.models.inference import FeatureCache, numerics_key
 
     device_type = next(backbone.parameters()).device.type
-    key = numerics_key(fingerprint or backbone.fingerprint(), device_type, cfg.embed.precision)
+    key = numerics_key(fingerprint or backbone.fingerprint(), device_type, precision or cfg.embed.precision)
     return FeatureCache(Path(cfg.embed.cache_dir), key)
 
 

@@ -9,8 +9,9 @@ from roadwork.config import RoadworkConfig
 from roadwork.data.dedupe import compute_phashes, cosine_pairs, find_duplicate_groups
 from roadwork.stages.common import (
     INGEST,
+    build_backbone,
     feature_cache,
-    load_variant_backbone,
+    place_on_device,
     render_store,
     stage_dir,
     tracked,
@@ -27,16 +28,26 @@ def pair_recall(groups: pd.DataFrame, pairs: pd.DataFrame) -> tuple[int, int]:
     return int(same), len(present)
 
 
-def embedding_edges(cfg: RoadworkConfig, manifest: pd.DataFrame, threshold: float) -> np.ndarray:
-    """Index pairs whose base-backbone global features (clean render) have cosine >= ``threshold``.
+# float32 on whatever device embed uses: the device changes no decision of a 0.97 cosine check in practice,
+# while a bf16 run would, so precision is pinned and the device is not a dedupe param
+DEDUPE_PRECISION = "32"
 
-    The features go to the shared feature cache, where ``embed@base`` finds them again.
+
+def embedding_edges(cfg: RoadworkConfig, manifest: pd.DataFrame, threshold: float) -> np.ndarray:
+    """Index pairs whose global features (clean render, ``dedupe.backbone``) have cosine >= ``threshold``.
+
+    ``dedupe.*`` alone pins the network (seed 0, average pooling, float32), never ``backbone.*``/``embed.*``.
+    The features go to the shared feature cache, where ``embed@base`` finds them again when it runs the same
+    network the same way.
     """
     from roadwork.models.inference import ViewSpec
     from roadwork.train.embed import Render, embed_images
 
-    backbone = load_variant_backbone(cfg, "base")
-    cache = feature_cache(cfg, backbone)
+    params = cfg.dedupe
+    backbone = build_backbone(
+        params.backbone, seed=0, attn_implementation="sdpa", input_size=params.input_size, pooling="avg"
+    )
+    cache = feature_cache(cfg, place_on_device(cfg, backbone), precision=DEDUPE_PRECISION)
     features, _ = embed_images(
         backbone,
         [INGEST / p for p in manifest["working_path"]],
@@ -45,9 +56,9 @@ def embedding_edges(cfg: RoadworkConfig, manifest: pd.DataFrame, threshold: floa
         spec=ViewSpec("global"),
         cache=cache,
         store=render_store(),
-        batch_size=cfg.embed.batch_size,
+        batch_size=params.batch_size,
         desc="dedupe embeddings",
-        precision=cfg.embed.precision,
+        precision=DEDUPE_PRECISION,
     )
     return cosine_pairs(features[:, 0], threshold)
 
@@ -56,8 +67,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
     out = stage_dir("dedupe")
     manifest = pd.read_csv(INGEST / "manifest.csv", dtype={"path": str, "sha256": str})
     threshold = cfg.dedupe.embedding_cosine
-    sections = ("dedupe", "backbone") if threshold is not None else ("dedupe",)
-    with tracked("dedupe", cfg, sections, overrides) as run:
+    with tracked("dedupe", cfg, ("dedupe",), overrides) as run:
         hashes = compute_phashes(
             [INGEST / p for p in manifest["working_path"]], hash_size=cfg.dedupe.hash_size
         )
