@@ -247,8 +247,9 @@ class FeatureCache:
             raise CacheEntryRejected(f"{path}: no checksum beside it") from None
         if _entry_digest(data) != recorded:
             raise CacheEntryRejected(f"{path}: checksum mismatch (the file changed after it was written)")
+        stream = io.BytesIO(data)
         try:
-            array = np.load(io.BytesIO(data), allow_pickle=False)
+            array = np.load(stream, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise CacheEntryRejected(f"{path}: not a readable .npy ({exc})") from None
         wanted = "[views, D]" if shape is None else str(list(shape))
