@@ -253,3 +253,99 @@ def test_bf16_forward_is_close_to_float32_but_not_equal(backbone, images) -> Non
     np.testing.assert_allclose(half, full, atol=0.1 * float(np.abs(full).max()))
     with pytest.raises(ValueError, match="precision"):
         forward_views(backbone, views, precision="fp16")
+
+
+class CountingForward:
+    """Counts the backbone's forward passes (the expensive call a cache hit must avoid)."""
+
+    def __init__(self, backbone, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        original = type(backbone).forward
+
+        def counting(module, pixel_values):
+            self.calls += 1
+            return original(module, pixel_values)
+
+        monkeypatch.setattr(type(backbone), "forward", counting)
+
+
+def _entry(cache: FeatureCache, store: RenderStore, path: Path, sha: str) -> Path:
+    return cache.path(input_key(store.get(path, sha, Render())), "global")
+
+
+@pytest.mark.parametrize("poison", ["zeroed", "nan"])
+def test_tampered_cache_entry_is_recomputed_with_a_warning_naming_it(
+    tmp_path, backbone, images, monkeypatch, poison
+) -> None:
+    """The attack: an entry replaced by a zeroed or NaN-filled ``.npy`` of the right shape."""
+    import warnings
+
+    paths, shas = images
+    cache = cache_for(tmp_path, backbone)
+    spec = ViewSpec("global")
+    first, _ = embed(backbone, paths, shas, tmp_path, spec=spec, cache=cache)
+    entry = _entry(cache, RenderStore(tmp_path / "renders"), paths[3], shas[3])
+    shape = np.load(entry).shape
+    np.save(entry, np.zeros(shape, np.float32) if poison == "zeroed" else np.full(shape, np.nan, np.float32))
+
+    # an independent oracle for image 3: the one-image-at-a-time reference, not the cache
+    expected = reference_features(backbone, paths[3], shas[3], Render(), spec)
+
+    forwards = CountingForward(backbone, monkeypatch)
+    with pytest.warns(UserWarning, match="feature cache") as caught:
+        again, stats = embed(backbone, paths, shas, tmp_path, spec=spec, cache=cache)
+    assert str(entry) in str(caught[0].message) and "checksum mismatch" in str(caught[0].message)
+    assert stats.n_computed == 1 and forwards.calls == 1
+    np.testing.assert_allclose(again[3], expected, atol=1e-5)
+    np.testing.assert_allclose(again, first, atol=1e-5)
+    # the recomputed entry is whole again: a third run reads everything, no forward, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        third, stats = embed(backbone, paths, shas, tmp_path, spec=spec, cache=cache)
+    assert stats.n_computed == 0 and forwards.calls == 1
+    np.testing.assert_array_equal(third, again)
+
+
+def test_non_finite_entry_is_rejected_even_with_a_matching_checksum(tmp_path, backbone, images) -> None:
+    import io
+
+    from roadwork.models.inference import CacheEntryRejected
+
+    paths, shas = images
+    cache = cache_for(tmp_path, backbone)
+    embed(backbone, paths[:2], shas[:2], tmp_path, spec=ViewSpec("global"), cache=cache)
+    entry = _entry(cache, RenderStore(tmp_path / "renders"), paths[0], shas[0])
+    poisoned = np.load(entry)
+    poisoned[0, 0] = np.inf
+    buffer = io.BytesIO()
+    np.save(buffer, poisoned)
+    entry.write_bytes(buffer.getvalue())
+    cache.digest_path(entry).write_text(hashlib.blake2b(buffer.getvalue(), digest_size=32).hexdigest())
+    with pytest.raises(CacheEntryRejected, match="NaN or infinite"):
+        cache.get(entry.stem, "global")
+    with pytest.warns(UserWarning, match=str(entry)):
+        _, stats = embed(backbone, paths[:2], shas[:2], tmp_path, spec=ViewSpec("global"), cache=cache)
+    assert stats.n_computed == 1
+
+
+def test_entry_without_checksum_or_of_the_wrong_shape_is_recomputed(tmp_path, backbone, images) -> None:
+    paths, shas = images
+    cache = cache_for(tmp_path, backbone)
+    embed(backbone, paths[:2], shas[:2], tmp_path, spec=ViewSpec("global"), cache=cache)
+    store = RenderStore(tmp_path / "renders")
+    unsigned, wrong = (_entry(cache, store, p, s) for p, s in zip(paths[:2], shas[:2], strict=True))
+    cache.digest_path(unsigned).unlink()
+    features = np.load(wrong)
+    cache.put(wrong.stem, "global", np.concatenate([features, features]))  # two views where one belongs
+    with pytest.warns(UserWarning) as caught:
+        _, stats = embed(backbone, paths[:2], shas[:2], tmp_path, spec=ViewSpec("global"), cache=cache)
+    message = str(caught[0].message)
+    assert f"{unsigned}: no checksum" in message and f"{wrong}: holds float32 [2, " in message
+    assert stats.n_computed == 2
+
+
+def test_non_finite_features_are_never_cached(tmp_path, backbone) -> None:
+    cache = cache_for(tmp_path, backbone)
+    with pytest.raises(ValueError, match="NaN or infinite features"):
+        cache.put("ab" * 32, "global", np.full((1, backbone.feature_dim), np.nan, np.float32))
+    assert not cache.has("ab" * 32, "global")

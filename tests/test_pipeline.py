@@ -241,6 +241,33 @@ def test_stage_runs_are_tracked_and_grouped(reproduced: tuple[Path, str]) -> Non
     assert adapt.data.metrics["merge_max_abs_diff"] <= 1e-4
     assert [m.step for m in client.get_metric_history(adapt.info.run_id, "ssl_loss")] == [1, 2]
     assert by_dvc_stage["train@adapted"].data.tags["roadwork.variant"] == "adapted"
+    assert stages["evaluate"].data.params["train.lr"] == "0.001"  # upstream params on evaluate's run
+
+
+def test_pipeline_run_shows_what_the_pipeline_shipped(reproduced: tuple[Path, str]) -> None:
+    import mlflow
+
+    repo, _ = reproduced
+    client = mlflow.MlflowClient(tracking_uri=TRACKING_URI["uri"])
+    experiment = client.get_experiment_by_name("roadwork")
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`roadwork.run_kind` = 'pipeline'"
+    )
+    # the copy's git repository has a branch but no commit yet
+    assert parent.info.run_name.endswith("@unknown") and parent.info.status == "FINISHED"
+    assert parent.data.tags["roadwork.failed_stages"] == ""
+    assert parent.data.tags["roadwork.changed_params"].startswith("unknown: no committed params.yaml")
+    chosen = json.loads((repo / "outputs/bundle/choice.json").read_text())["chosen"]
+    assert parent.data.tags["roadwork.chosen_variant"] == chosen
+    calibrated = json.loads((repo / f"outputs/calibrate/{chosen}/metrics.json").read_text())
+    assert parent.data.metrics["chosen_val_calib_mcc"] == pytest.approx(calibrated["val_calib_mcc"])
+    for variant in ("base", "adapted"):
+        evaluated = json.loads((repo / f"outputs/evaluate/{variant}/metrics.json").read_text())
+        assert parent.data.metrics[f"{variant}.validator_mcc"] == pytest.approx(evaluated["validator_mcc"])
+    version = client.get_model_version("roadwork-classifier", parent.data.tags["roadwork.registered_version"])
+    data_md5 = version.tags["roadwork.data_version"]
+    assert version.description.startswith(f"{chosen} variant; data {data_md5}; commit ")
+    assert f"val_calib_mcc {calibrated['val_calib_mcc']:.4f}" in version.description
 
 
 def test_adapted_variant_runs_on_the_adapted_backbone(reproduced: tuple[Path, str]) -> None:

@@ -6,7 +6,14 @@ MLflow params (``section.key``, so they never collide with keys that autologging
 
 The runs of one ``dvc repro`` share a *pipeline id*: a hash of the git commit, the data version and the
 whole resolved configuration, so every stage that one reproduction executes lands under the same parent
-run (``ROADWORK_PIPELINE_ID`` overrides it, for example to group an ``mlflow run`` invocation).
+run (``ROADWORK_PIPELINE_ID`` overrides it, for example to group an ``mlflow run`` invocation). The parent
+is what a user compares pipelines by: it is named ``<experiment>@<short commit>`` (the DVC experiment under
+``dvc exp run``, else the git branch), carries as params the resolved parameters that differ from
+``params.yaml`` as committed (and a tag listing them), the headline figures stages log to it, and a status
+that follows its stages: RUNNING while one runs, FAILED while any stage that ran under it last failed,
+FINISHED otherwise. Runs are opened by separate stage processes, so each stage updates the parent when it
+starts and ends; a stage run left RUNNING by a killed process is ended as KILLED by the next run of that
+stage, which marks its parent FAILED until the stage succeeds.
 
 The tracking store defaults to ``sqlite:///<repo root>/mlflow.db`` (anchored on ``DVC_ROOT`` inside DVC
 stages); ``MLFLOW_TRACKING_URI`` points it anywhere else. ``mlflow`` is imported lazily: it costs seconds.
@@ -23,8 +30,10 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -37,6 +46,12 @@ import yaml
 
 PIPELINE_TAG = "roadwork.pipeline_id"
 KIND_TAG = "roadwork.run_kind"
+DVC_STAGE_TAG = "roadwork.dvc_stage"
+# on a pipeline run: the stages whose last run under it failed (space-separated); none -> FINISHED
+FAILED_STAGES_TAG = "roadwork.failed_stages"
+CHANGED_PARAMS_TAG = "roadwork.changed_params"
+# on a stage run: the process that opened it, so a later run can tell whether it is still alive
+HOST_TAG, PID_TAG = "roadwork.host", "roadwork.pid"
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -147,6 +162,7 @@ class StageRun:
     run_id: str
     experiment_id: str
     failures: list[str] = field(default_factory=list)
+    parent_id: str = ""
 
     def call(self, what: str, fn: Any) -> None:
         retries, backoff = _retry_settings()
@@ -168,6 +184,22 @@ class StageRun:
 
         clean = {k: float(v) for k, v in metrics.items() if v is not None}
         self.call("log_metrics", lambda: mlflow.log_metrics(clean, step=step, run_id=self.run_id))
+
+    def log_parent_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Log ``metrics`` on the pipeline's parent run: the headline figures pipelines are compared by."""
+        import mlflow
+
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        self.call("log_metrics (pipeline run)", lambda: mlflow.log_metrics(clean, run_id=self.parent_id))
+
+    def set_parent_tags(self, tags: Mapping[str, str]) -> None:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        for key, value in tags.items():
+            self.call(
+                f"set_tag {key} (pipeline run)", lambda k=key, v=value: client.set_tag(self.parent_id, k, v)
+            )
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         import mlflow
@@ -256,7 +288,57 @@ def _ensure_experiment(client: Any, name: str, root: Path, uri: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def _parent_run(client: Any, experiment_id: str, pipeline_id: str, tags: Mapping[str, str]) -> str:
+def experiment_label(root: Path) -> str:
+    """What a pipeline run is named after: the DVC experiment (``DVC_EXP_NAME``, which ``dvc exp run`` sets),
+    else the git branch ('detached' on a detached HEAD, 'no-git' without a repository)."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    try:
+        branch = subprocess.run(
+            ["git", "symbolic-ref", "--short", "-q", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "no-git"
+    if branch.returncode == 0:
+        return branch.stdout.strip()
+    # symbolic-ref exits 1 on a detached HEAD, 128 outside a repository
+    return "detached" if branch.returncode == 1 else "no-git"
+
+
+def changed_params(root: Path, resolved_config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The resolved parameters (``section.key``) whose values differ from ``params.yaml`` as committed at
+    HEAD (both through the schema, so defaults fill the same keys), and the text of the tag listing them:
+    their names, 'none', or why there is nothing to compare with."""
+    from roadwork.atomic import atomic_write_text
+    from roadwork.config import flatten, load_config, to_dict
+
+    try:
+        text = subprocess.run(
+            ["git", "show", "HEAD:params.yaml"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}, "unknown: no committed params.yaml to compare with"
+    with tempfile.TemporaryDirectory() as folder:
+        path = atomic_write_text(Path(folder) / "params.yaml", text, durable=False)
+        try:
+            committed = flatten(to_dict(load_config(path)))
+        except ValueError as exc:  # ConfigError, or a value the schema's own checks refuse
+            reason = str(exc).replace(str(path), "HEAD:params.yaml")
+            return {}, f"unknown: the committed params.yaml does not load ({reason})"[:5000]
+    changed = {k: v for k, v in flatten(resolved_config).items() if k not in committed or committed[k] != v}
+    return changed, (" ".join(sorted(changed)) or "none")[:5000]
+
+
+def _parent_run(client: Any, experiment_id: str, pipeline_id: str, name: str, tags: Mapping[str, str]) -> str:
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_id}' and tags.`{KIND_TAG}` = 'pipeline'",
@@ -264,11 +346,65 @@ def _parent_run(client: Any, experiment_id: str, pipeline_id: str, tags: Mapping
     )
     if found:
         return found[0].info.run_id
-    run = client.create_run(
-        experiment_id, run_name=f"pipeline-{pipeline_id[:8]}", tags={**tags, KIND_TAG: "pipeline"}
+    # left RUNNING: its stages set its status as they start and end (_parent_outcome)
+    return client.create_run(experiment_id, run_name=name, tags={**tags, KIND_TAG: "pipeline"}).info.run_id
+
+
+def _describe_parent(client: Any, parent_id: str, changed: Mapping[str, Any], listing: str) -> None:
+    """Log the changed parameters on the pipeline run; only those it lacks, so a repeat never conflicts."""
+    from mlflow.entities import Param
+
+    logged = client.get_run(parent_id).data.params
+    client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in changed.items() if k not in logged])
+    client.set_tag(parent_id, CHANGED_PARAMS_TAG, listing)
+
+
+def _parent_outcome(client: Any, parent_id: str, dvc_stage: str, succeeded: bool) -> None:
+    """Record how ``dvc_stage`` ended under the pipeline run and set the pipeline's status from all of them:
+    FAILED while any stage's last run under it failed, else FINISHED (the end time is the last stage's)."""
+    tags = client.get_run(parent_id).data.tags
+    failed = set(tags.get(FAILED_STAGES_TAG, "").split())
+    failed = failed - {dvc_stage} if succeeded else failed | {dvc_stage}
+    client.set_tag(parent_id, FAILED_STAGES_TAG, " ".join(sorted(failed)))
+    client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+
+
+def _opener_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the process that opened a stage run is gone. Only a process on this host can be checked; a
+    run from another host (or from before runs recorded their process) counts as gone: ending a live one
+    is undone when it ends, as it sets its own status then."""
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return True
+    try:
+        os.kill(int(tags[PID_TAG]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. another user's live process
+        return False
+    return False
+
+
+def _end_abandoned_runs(client: Any, experiment_id: str, dvc_stage: str, keep: str) -> None:
+    """End as KILLED the runs of ``dvc_stage`` left RUNNING by a killed process, and mark their pipeline
+    runs FAILED (until the stage succeeds under them)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`{DVC_STAGE_TAG}` = '{dvc_stage}' and tags.`{KIND_TAG}` = 'stage' "
+            "and attributes.status = 'RUNNING'"
+        ),
     )
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+    for run in runs:
+        if run.info.run_id == keep or not _opener_gone(run.data.tags):
+            continue
+        client.set_terminated(run.info.run_id, "KILLED")
+        print(
+            f"roadwork: ended run {run.info.run_id} of {dvc_stage} as KILLED (its process is gone)",
+            file=sys.stderr,
+        )
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent and client.get_run(parent).data.tags.get(KIND_TAG) == "pipeline":
+            _parent_outcome(client, parent, dvc_stage, succeeded=False)
 
 
 def limit_http_retries() -> None:
@@ -296,6 +432,21 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
+def _on_start(
+    handle: StageRun, client: Any, dvc_stage: str, *, own_parent: bool, changed: tuple[dict[str, Any], str]
+) -> None:
+    """What a starting stage does to the runs around its own: end its runs that a killed process left
+    RUNNING, mark its pipeline run RUNNING (unless ``mlflow run``'s launcher owns it) and log on that the
+    parameters that differ from ``params.yaml``'s committed values (:func:`changed_params`)."""
+    handle.call(
+        "end abandoned runs",
+        lambda: _end_abandoned_runs(client, handle.experiment_id, dvc_stage, handle.run_id),
+    )
+    if own_parent:
+        handle.call("reopen pipeline run", lambda: client.update_run(handle.parent_id, status="RUNNING"))
+    handle.call("describe pipeline run", lambda: _describe_parent(client, handle.parent_id, *changed))
+
+
 @contextmanager
 def stage_run(
     stage: str,
@@ -308,8 +459,9 @@ def stage_run(
 ) -> Iterator[StageRun]:
     """Open the MLflow run of one stage execution (nested under its pipeline's parent run).
 
-    ``params`` are the stage's own parameters, flattened to ``section.key``; ``resolved_config`` is the
-    whole configuration and only feeds the pipeline id.
+    ``params`` are the parameters to log on the stage's run, flattened to ``section.key``;
+    ``resolved_config`` is the whole configuration: it feeds the pipeline id and the parent's changed
+    parameters.
     """
     if not is_rank_zero():
         yield OffRankRun(run_id="", experiment_id="")
@@ -333,20 +485,28 @@ def stage_run(
         PIPELINE_TAG: pipeline_id,
     }
     experiment_id = _ensure_experiment(client, experiment, root, uri)
-    # Under `mlflow run` the launcher's run is the parent; left in the environment, start_run would resume it.
-    parent = os.environ.pop("MLFLOW_RUN_ID", None) or _parent_run(client, experiment_id, pipeline_id, common)
+    # Under `mlflow run` the launcher's run is the parent (and the launcher sets its status); left in the
+    # environment, start_run would resume it.
+    launcher = os.environ.pop("MLFLOW_RUN_ID", None)
+    name = f"{experiment_label(root)}@{commit[:7]}"
+    parent = launcher or _parent_run(client, experiment_id, pipeline_id, name, common)
     tags = {
         **common,
         KIND_TAG: "stage",
         "roadwork.stage": stage,
-        "roadwork.dvc_stage": dvc_stage,
+        DVC_STAGE_TAG: dvc_stage,
         "roadwork.variant": variant or "",
         "roadwork.overrides": " ".join(overrides),
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
         # The tag the UI nests by; start_run(parent_run_id=...) would insist the parent is still active.
         "mlflow.parentRunId": parent,
     }
     run = mlflow.start_run(experiment_id=experiment_id, run_name=dvc_stage, tags=tags)
-    handle = StageRun(run_id=run.info.run_id, experiment_id=experiment_id)
+    handle = StageRun(run_id=run.info.run_id, experiment_id=experiment_id, parent_id=parent)
+    _on_start(
+        handle, client, dvc_stage, own_parent=not launcher, changed=changed_params(root, resolved_config)
+    )
     handle.call("log_params", lambda: mlflow.log_params({k: str(v) for k, v in params.items()}))
     status = "FAILED"
     try:
@@ -357,6 +517,10 @@ def stage_run(
         # end_run pops the local active run first; its own server call may fail again and adds nothing
         with contextlib.suppress(Exception):
             mlflow.end_run(status=status)
+        if not launcher:
+            handle.call(
+                "pipeline status", lambda: _parent_outcome(client, parent, dvc_stage, status == "FINISHED")
+            )
     if handle.failures:
         where = f"outputs/{stage}" + (f"/{variant}" if variant else "")
         raise TrackingLostError(

@@ -39,10 +39,17 @@ def _example_jpeg() -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def log_pyfunc(model_dir: Path, *, registered_model_name: str | None, tags: Mapping[str, str] = ()) -> Any:
+def log_pyfunc(
+    model_dir: Path,
+    *,
+    registered_model_name: str | None,
+    tags: Mapping[str, str] = (),
+    description: str | None = None,
+) -> Any:
     """Log ``model_dir`` (a :class:`~roadwork.deploy.predictor.Predictor` folder) as a pyfunc in the active
     run, from code (``pyfunc_model.py``) with the ``roadwork`` package as code path; register it as a new
-    version of ``registered_model_name`` when given, tagged with ``tags``. Returns MLflow's ``ModelInfo``."""
+    version of ``registered_model_name`` when given, tagged with ``tags`` and described by ``description``
+    (the text the registry's version page shows). Returns MLflow's ``ModelInfo``."""
     import mlflow
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema
@@ -80,6 +87,8 @@ def log_pyfunc(model_dir: Path, *, registered_model_name: str | None, tags: Mapp
         version = str(info.registered_model_version)
         for key, value in dict(tags).items():
             client.set_model_version_tag(registered_model_name, version, key, str(value))
+        if description:
+            client.update_model_version(registered_model_name, version, description=description)
     return info
 
 

@@ -23,9 +23,11 @@ The :class:`FeatureCache` is keyed by the sha256 of the **encoded input bytes**,
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from tqdm.auto import tqdm
 
-from roadwork.atomic import atomic_write, atomic_write_text
+from roadwork.atomic import atomic_write_bytes, atomic_write_text
 from roadwork.data.preprocess import (
     VALIDATOR_IMAGE_SIZE,
     ValidatorParams,
@@ -117,7 +119,11 @@ class ViewSpec:
 
     @property
     def num_views(self) -> int:
-        return 1 if self.views == "global" else 1 + self.grid * self.grid
+        return sum(self.part_views(part) for part in self.parts)
+
+    def part_views(self, part: str) -> int:
+        """How many views the cache part ``part`` holds: 1 for ``global``, ``grid x grid`` tiles."""
+        return 1 if part == "global" else self.grid * self.grid
 
 
 def _view_images(image: Image.Image, part: str, spec: ViewSpec) -> list[Image.Image]:
@@ -171,6 +177,10 @@ def forward_views(
     return [features[a:b] for a, b in itertools.pairwise(bounds)]
 
 
+class CacheEntryRejected(ValueError):
+    """A feature-cache entry failed verification; the message names the file and what is wrong."""
+
+
 class FeatureCache:
     """Features on disk, one ``float32 [views, D]`` ``.npy`` per (backbone numerics, input bytes, flip, part).
 
@@ -178,6 +188,12 @@ class FeatureCache:
     sha256 of the encoded input (:func:`input_key`), plus ``backbone.json`` recording the full numerics key.
     Files are written through a temp file and ``os.replace``, so a killed run leaves only whole files and the
     next run resumes from them.
+
+    Every entry is verified when read: beside ``<key>.npy`` sits ``<key>.npy.b2``, the BLAKE2b digest of the
+    ``.npy`` file's bytes, written first; an entry whose bytes do not match it, that has no digest, that is
+    not a float32 ``[views, D]`` array or that holds a NaN or an infinity is rejected
+    (:class:`CacheEntryRejected`) and recomputed, never returned. A digest guards against corruption and
+    careless edits, not against someone who can rewrite both files.
     """
 
     def __init__(self, root: Path, fingerprint: str) -> None:
@@ -201,25 +217,114 @@ class FeatureCache:
         folder = f"{GEOMETRY_KEY}-flip" if flip else GEOMETRY_KEY
         return self.root / folder / part / key[:2] / f"{key}.npy"
 
+    @staticmethod
+    def digest_path(path: Path) -> Path:
+        """Where the digest of the entry at ``path`` is kept."""
+        return path.with_name(path.name + ".b2")
+
     def has(self, key: str, part: str, *, flip: bool = False) -> bool:
+        """Whether an entry exists (unverified: :meth:`get` verifies)."""
         return self.path(key, part, flip=flip).is_file()
 
-    def get(self, key: str, part: str, *, flip: bool = False) -> NDArray[np.float32]:
+    def get(
+        self, key: str, part: str, *, flip: bool = False, shape: tuple[int, int] | None = None
+    ) -> NDArray[np.float32] | None:
+        """The verified entry (of ``shape`` ``(views, D)`` when given), or None when there is none.
+
+        Raises:
+            CacheEntryRejected: the entry exists but fails verification (the message names the file).
+        """
         path = self.path(key, part, flip=flip)
         try:
-            return np.load(path, allow_pickle=False)
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CacheEntryRejected(f"{path}: unreadable ({exc})") from None
+        try:
+            recorded = self.digest_path(path).read_text().strip()
+        except OSError:
+            raise CacheEntryRejected(f"{path}: no checksum beside it") from None
+        if _entry_digest(data) != recorded:
+            raise CacheEntryRejected(f"{path}: checksum mismatch (the file changed after it was written)")
+        stream = io.BytesIO(data)
+        try:
+            array = np.load(stream, allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: unreadable cache entry ({exc}); delete it to recompute.") from None
+            raise CacheEntryRejected(f"{path}: not a readable .npy ({exc})") from None
+        wanted = "[views, D]" if shape is None else str(list(shape))
+        if array.dtype != np.float32 or array.ndim != 2 or (shape is not None and array.shape != shape):
+            raise CacheEntryRejected(f"{path}: holds {array.dtype} {list(array.shape)}, not float32 {wanted}")
+        if not np.isfinite(array).all():
+            raise CacheEntryRejected(f"{path}: holds NaN or infinite values")
+        return array
 
     def put(self, key: str, part: str, features: NDArray[np.float32], *, flip: bool = False) -> None:
+        """Store ``features`` with their digest.
+
+        Raises:
+            ValueError: ``features`` hold a NaN or an infinity (a broken backbone or precision, never cached).
+        """
         array = np.ascontiguousarray(features, dtype=np.float32)
-
-        def write(tmp: Path) -> None:
-            with tmp.open("wb") as handle:  # a handle: np.save would append ".npy" to a bare path
-                np.save(handle, array, allow_pickle=False)
-
+        path = self.path(key, part, flip=flip)
+        if not np.isfinite(array).all():
+            raise ValueError(
+                f"the backbone gave NaN or infinite features for input {key[:16]} ({part}); not caching "
+                f"{path}. Check embed.precision and the backbone's weights."
+            )
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        data = buffer.getvalue()
+        # digest first: a run killed between the two writes leaves a digest without an entry, which reads
+        # as missing; the other order would leave an entry that fails verification
         # not durable: a cache entry lost in a power cut is only recomputed, and fsyncs per file are slow
-        atomic_write(self.path(key, part, flip=flip), write, durable=False)
+        atomic_write_text(self.digest_path(path), _entry_digest(data) + "\n", durable=False)
+        atomic_write_bytes(path, data, durable=False)
+
+
+def _entry_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=32).hexdigest()
+
+
+def _cached_features(
+    cache: FeatureCache | None, keys: Sequence[str | None], shapes: dict[str, tuple[int, int]], flip: bool
+) -> tuple[dict[tuple[str, str], NDArray[np.float32]], dict[int, list[str]]]:
+    """(verified cache entries by (key, part), the parts each input still needs computed).
+
+    ``shapes``: each part's ``(views, D)``.
+
+    An input given as a decoded image (key None) needs every part; a repeated key is computed once. Entries
+    that fail verification are recomputed, with one warning naming the files.
+    """
+    found: dict[tuple[str, str], NDArray[np.float32]] = {}
+    missing: dict[int, list[str]] = {}
+    seen: set[str] = set()
+    rejected: list[str] = []
+    for i, key in enumerate(keys):
+        if key is None or cache is None:
+            missing[i] = list(shapes)
+            continue
+        if key in seen:
+            continue
+        seen.add(key)
+        for part, shape in shapes.items():
+            try:
+                entry = cache.get(key, part, flip=flip, shape=shape)
+            except CacheEntryRejected as exc:
+                rejected.append(str(exc))
+                entry = None
+            if entry is None:
+                missing.setdefault(i, []).append(part)
+            else:
+                found[(key, part)] = entry
+    if rejected:
+        shown = "; ".join(rejected[:10]) + (f"; and {len(rejected) - 10} more" if len(rejected) > 10 else "")
+        warnings.warn(
+            f"feature cache: {len(rejected)} entr{'y' if len(rejected) == 1 else 'ies'} failed verification "
+            f"and will be recomputed: {shown}",
+            stacklevel=3,
+        )
+    return found, missing
 
 
 @dataclass(frozen=True)
@@ -285,18 +390,10 @@ def embed_inputs(
     keys = [
         input_key(bytes(x)) if cache is not None and not isinstance(x, Image.Image) else None for x in inputs
     ]
-    missing: dict[int, list[str]] = {}
-    pending: set[str] = set()  # keys already scheduled: a repeated input is computed once
-    for i, key in enumerate(keys):
-        if key is None:
-            missing[i] = list(spec.parts)
-        elif key not in pending:
-            parts = [p for p in spec.parts if not cache.has(key, p, flip=flip)]
-            if parts:
-                missing[i] = parts
-                pending.add(key)
+    shapes = {part: (spec.part_views(part), backbone.feature_dim) for part in spec.parts}
+    cached, missing = _cached_features(cache, keys, shapes, flip)
     todo = list(missing)
-    computed: dict[int, dict[str, NDArray[np.float32]]] = {}
+    computed: dict[tuple[str | int, str], NDArray[np.float32]] = dict(cached)
     views_computed = 0
 
     def prepare(i: int) -> list[list[Image.Image]]:
@@ -317,19 +414,14 @@ def embed_inputs(
             for (i, part), part_features in zip(slots, features, strict=True):
                 if keys[i] is not None:
                     cache.put(keys[i], part, part_features, flip=flip)
-                computed.setdefault(i, {})[part] = part_features
+                computed[(keys[i] or i, part)] = part_features
                 views_computed += len(part_features)
             bar.update(len(batch))
 
-    def row(i: int) -> NDArray[np.float32]:
-        mine = computed.get(i, {})
-        return np.concatenate(
-            [mine[p] if p in mine else cache.get(keys[i], p, flip=flip) for p in spec.parts]
-        )
-
-    rows = [row(i) for i in range(len(inputs))]
-    empty = np.zeros((0, spec.num_views, backbone.feature_dim), np.float32)
-    out = np.stack(rows).astype(np.float32, copy=False) if rows else empty
+    out = np.empty((len(inputs), spec.num_views, backbone.feature_dim), np.float32)
+    for i in range(len(inputs)):
+        # a repeated input was computed (or read) once, under its key
+        out[i] = np.concatenate([computed[(keys[i] or i, p)] for p in spec.parts])
     stats = EmbedStats(len(inputs), len(todo), views_computed, time.perf_counter() - start)
     return out, stats
 

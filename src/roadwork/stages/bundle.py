@@ -121,21 +121,33 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         run.log_metrics(metrics)
         run.log_artifact(out / "choice.json")
         commit, _ = git_state(repo_root())
+        data_ver = data_version(repo_root())
         info = log_pyfunc(
             out / "model",
             registered_model_name=cfg.deploy.registered_model,
             tags={
                 "roadwork.variant": variant,
                 "roadwork.git_commit": commit,
-                "roadwork.data_version": data_version(repo_root()),
+                "roadwork.data_version": data_ver,
                 "roadwork.hf_export_holds": holds,
                 **{f"roadwork.{k}": f"{v:.6f}" for k, v in val_metrics.items()},
                 **{f"roadwork.{k}": f"{v:.6f}" for k, v in export.items() if k.startswith("hf_cost")},
             },
+            description=f"{variant} variant; data {data_ver}; commit {commit}; "
+            + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()),
         )
         version = str(info.registered_model_version)
         mlflow.MlflowClient().set_registered_model_alias(cfg.deploy.registered_model, CHALLENGER, version)
         run.set_tags({"roadwork.registered_version": version, "roadwork.hf_export_holds": holds})
+        # the pipeline run shows what this pipeline shipped, beside the other pipelines
+        run.log_parent_metrics({f"chosen_{k}": v for k, v in val_metrics.items()})
+        run.set_parent_tags(
+            {
+                "roadwork.chosen_variant": variant,
+                "roadwork.registered_version": version,
+                "roadwork.hf_export_holds": holds,
+            }
+        )
     print(
         f"bundle: {variant} (val_calib validator-mix MCC {val_metrics['val_calib_validator_mcc']:.3f}) "
         f"registered as {cfg.deploy.registered_model} version {version}, alias '{CHALLENGER}'; "

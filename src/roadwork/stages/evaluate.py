@@ -320,6 +320,8 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         }
         write_json(out / "metrics.json", ordered, sort_keys=False)
         run.log_metrics(ordered)
+        # both variants' headline side by side on the pipeline run, where pipelines are compared
+        run.log_parent_metrics({f"{variant}.{k}": figures[k] for k in HEADLINE})
         run.log_artifact(out / "plots", "plots")
         for name in ("metrics.json", "slices.csv", "robustness.csv", "errors.csv", "hard_negatives.csv"):
             run.log_artifact(out / name)
