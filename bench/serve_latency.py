@@ -18,7 +18,7 @@ seeded random-noise 224x224 JPEGs (the validator always sends 224x224), written 
      import and model loading, so the per-image way is timed on the first ``--per-process`` images only
      (0 = all) and its rate is images / total wall time.
    * In-process (model loaded once with ``mlflow.pyfunc.load_model``, not timed): ``model.predict`` of one
-     DataFrame holding all paths vs a loop of ``model.predict`` on one-row DataFrames; best of ``--repeats``,
+     DataFrame of all the images vs a loop of ``model.predict`` on one-row DataFrames; best of ``--repeats``,
      the two ways alternating, after one warm-up call of each. This isolates the pyfunc's batching from
      process start-up.
    Probabilities of all four ways must agree to 1e-5 (batching only changes float summation order).
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         import mlflow
 
         model = mlflow.pyfunc.load_model(MODEL_URI)
-        frame = pd.DataFrame({"path": [str(p) for p in paths]})
+        frame = pd.DataFrame({"image": [p.read_bytes() for p in paths]})  # the served model reads no files
         model.predict(frame.iloc[:1])
         model.predict(frame)
         in_batch_s, in_loop_s = float("inf"), float("inf")
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             in_loop_s = min(in_loop_s, time.perf_counter() - start)
 
-        reference = in_batch["probability"].to_numpy()
+        reference = in_batch["probability"].to_numpy(dtype=float)
         checks = {
             "roadwork predict FOLDER": batched.set_index("path").loc[[str(p) for p in paths], "probability"],
             "roadwork predict FILE": single["probability"],

@@ -97,6 +97,25 @@ def test_max_pixels_above_pillows_hard_limit_is_refused(tmp_path: Path) -> None:
         load_config(write(tmp_path, {"ingest": {"max_pixels": 10_000_000_000}}))
 
 
+def test_request_budgets_must_hold_one_image_of_the_largest_size(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from roadwork.config import DeployParams
+    from roadwork.deploy.predictor import PredictorSpec
+
+    with pytest.raises(
+        ConfigError, match=r"'deploy\.request_max_pixels' is 1000, below 'deploy\.max_pixels'"
+    ):
+        load_config(write(tmp_path, {"deploy": {"request_max_pixels": 1000}}))
+    with pytest.raises(ConfigError, match=r"'deploy\.request_max_bytes' is 0; expected a positive"):
+        load_config(write(tmp_path, {"deploy": {"request_max_bytes": 0}}))
+    # the served model's defaults are the params' defaults
+    spec = {f.name: f.default for f in fields(PredictorSpec)}
+    for f in fields(DeployParams):
+        if f.name in spec:
+            assert f.default == spec[f.name], f.name
+
+
 def test_train_section_mirrors_head_train_config_names_and_defaults() -> None:
     from dataclasses import fields
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -96,18 +97,19 @@ def test_bad_inputs_get_a_reason_and_do_not_disturb_the_others(tmp_path: Path) -
         b"",
         plain.getvalue(),
         b"\xff" * 60_000,
-        tmp_path / "nope.jpg",
     ]
     out = predictor.predict(sources)
-    assert out["error"].iloc[0] == "" and out["error"].iloc[-3] != ""
+    assert out["error"].iloc[0] == ""
     assert "not_an_image" in out["error"].iloc[1]
     assert "empty_file" in out["error"].iloc[2]
     assert "too_many_pixels" in out["error"].iloc[3]
     assert "max_bytes" in out["error"].iloc[4]
-    assert "nope.jpg" in out["error"].iloc[5]
     assert out.loc[1:, "decision"].eq(-1).all() and out.loc[1:, "probability"].isna().all()
     alone = predictor.predict([jpeg(0)])
     assert alone["probability"].iloc[0] == pytest.approx(out["probability"].iloc[0], abs=1e-7)
+    (tmp_path / "x.jpg").write_bytes(jpeg(0))
+    with pytest.raises(TypeError, match="opens no file"):
+        predictor.predict([tmp_path / "x.jpg"])
 
 
 def test_model_folder_round_trip(tmp_path: Path) -> None:
@@ -122,6 +124,276 @@ def test_model_folder_round_trip(tmp_path: Path) -> None:
     (folder / "predictor.json").write_text('{"views": "global", "bogus": 1}')
     with pytest.raises(ValueError, match=r"predictor\.json"):
         Predictor.from_dir(folder)
+
+
+def solid_png(side: int) -> bytes:
+    """A one-colour PNG: a few hundred bytes that decode to ``side * side`` pixels."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 120, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_request_budgets_refuse_a_request_on_its_headers_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from roadwork.deploy.predictor import RequestTooLarge
+
+    big = solid_png(300)  # 90 000 pixels, ~1 kB
+    predictor = make_predictor(
+        max_bytes=40_000, max_pixels=100_000, request_max_pixels=200_000, request_max_bytes=60_000
+    )
+    pixels = Image.open(io.BytesIO(big)).size
+    assert pixels[0] * pixels[1] * 2 <= 200_000 < pixels[0] * pixels[1] * 3
+    assert predictor.predict([big, big])["error"].eq("").all()
+
+    def no_decoding(data: bytes) -> Image.Image:
+        raise AssertionError("a refused request must not decode anything")
+
+    monkeypatch.setattr(predictor, "decode", no_decoding)
+    with pytest.raises(RequestTooLarge, match=r"270000 pixels.*request_max_pixels=200000"):
+        predictor.predict([big, big, big])
+    photos = [jpeg(i, size=(224, 224)) for i in range(3)]  # ~31 kB each
+    assert sum(map(len, photos[:2])) > 60_000
+    with pytest.raises(RequestTooLarge, match=r"request_max_bytes=60000"):
+        predictor.predict(photos[:2])
+    monkeypatch.undo()
+    # inputs refused one by one (over max_pixels, not an image) are not decoded, so they cost nothing
+    out = predictor.predict([solid_png(400)] * 5 + [b"text"] * 3 + [big, big])
+    assert out["error"].iloc[:5].str.contains("too_many_pixels").all()
+    assert out["error"].iloc[5:8].str.contains("not_an_image").all() and out["error"].iloc[8:].eq("").all()
+    with pytest.raises(ValueError, match="request_max_pixels=1000 is below max_pixels"):
+        PredictorSpec(max_pixels=2000, request_max_pixels=1000)
+
+
+def test_requests_group_inputs_in_order_within_the_batch_size_and_budgets() -> None:
+    predictor = make_predictor(batch_size=3, max_pixels=100_000, request_max_pixels=200_000)
+    sources = [solid_png(300), jpeg(1), solid_png(300), solid_png(300), b"junk", solid_png(400)] * 3
+    requests = list(predictor.requests(iter(sources)))
+    assert [x for request in requests for x in request] == sources
+    for request in requests:
+        assert len(request) <= 3
+        declared = [Image.open(io.BytesIO(x)).size for x in request if x != b"junk"]
+        assert sum(w * h for w, h in declared if w * h <= 100_000) <= 200_000
+        predictor.predict(request)  # accepted: never RequestTooLarge
+
+
+def test_a_request_is_decoded_and_predicted_batch_by_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    predictor = make_predictor(batch_size=2)
+    events: list[str] = []
+    decode, margins = predictor.decode, predictor.margins
+    monkeypatch.setattr(predictor, "decode", lambda data: events.append("decode") or decode(data))
+    monkeypatch.setattr(predictor, "margins", lambda images: events.append(len(images)) or margins(images))
+    out = predictor.predict([jpeg(i) for i in range(5)])
+    assert events == ["decode", "decode", 2, "decode", "decode", 2, "decode", 1]
+    whole = make_predictor(batch_size=8).predict([jpeg(i) for i in range(5)])
+    np.testing.assert_allclose(out["probability"], whole["probability"], atol=1e-6)
+
+
+def classifier(predictor: Predictor) -> object:
+    """The pyfunc's Python model around ``predictor``, as MLflow's load_context would leave it."""
+    from roadwork.deploy.pyfunc_model import RoadworkClassifier
+
+    model = RoadworkClassifier()
+    model.predictor = predictor
+    return model
+
+
+def error_within(call: Callable[[], object], seconds: float = 20) -> BaseException:
+    """What ``call()`` raises, failing if it has not returned within ``seconds``: it runs in a daemon thread,
+    so a call blocked on a FIFO fails the test instead of hanging the run."""
+    import threading
+
+    caught: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the test thread
+            caught.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=seconds)
+    assert not worker.is_alive(), f"still blocked after {seconds} s"
+    assert caught, "returned without an error"
+    return caught[0]
+
+
+def test_pyfunc_refuses_a_path_column_without_touching_the_file(tmp_path: Path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes
+    model = classifier(make_predictor())
+    error = error_within(lambda: model.predict(None, pd.DataFrame({"path": [str(fifo), "/etc/shadow"]})))
+    assert isinstance(error, MlflowException) and error.get_http_status_code() == 400
+    assert "column 'path' is refused" in error.message and "base64" in error.message
+
+
+def test_pyfunc_names_the_expected_column_and_answers_strict_json(tmp_path: Path) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    model = classifier(make_predictor(max_pixels=100_000, request_max_pixels=100_000))
+    with pytest.raises(MlflowException, match="needs a column 'image'") as caught:
+        model.predict(None, pd.DataFrame({"picture": ["x"]}))
+    assert caught.value.get_http_status_code() == 400
+    with pytest.raises(MlflowException, match="request_max_pixels=100000") as caught:
+        model.predict(None, pd.DataFrame({"image": [base64.b64encode(solid_png(300)).decode()] * 2}))
+    assert caught.value.get_http_status_code() == 400
+
+    frame = pd.DataFrame({"image": [base64.b64encode(jpeg(0)).decode(), "%%%", b"not an image", 7]})
+    out = model.predict(None, frame)
+    buffer = io.StringIO()
+    predictions_to_json(out, buffer)  # what the scoring server writes
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"{token} is not JSON")
+
+    rows = json.loads(buffer.getvalue(), parse_constant=refuse)["predictions"]
+    assert rows[0]["error"] == "" and 0 <= rows[0]["probability"] <= 1
+    for row in rows[1:]:
+        assert row["probability"] is None and row["calibrated_probability"] is None
+        assert row["decision"] == -1 and row["error"]
+    assert "base64" in rows[1]["error"] and "not_an_image" in rows[2]["error"] and "int" in rows[3]["error"]
+
+
+def test_scoring_server_answers_json_nested_too_deeply_with_400() -> None:
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    from roadwork.deploy.pyfunc_model import answer_deep_json_with_400
+
+    body = '{"dataframe_split": {"columns": ["image"], "data": ' + "[" * 100_000 + "]" * 100_000 + "}}"
+    no_model = SimpleNamespace(metadata=None)  # the body is refused before the model is looked at
+    answer_deep_json_with_400()
+    answer_deep_json_with_400()  # idempotent: one wrapper
+    with pytest.raises(MlflowException, match="nested too deeply") as caught:
+        scoring_server.invocations(body.encode(), "application/json", no_model, None)
+    assert caught.value.get_http_status_code() == 400
+    with pytest.raises(MlflowException, match="valid JSON") as caught:  # what MLflow itself refuses
+        scoring_server.invocations(b'{"dataframe_split": [', "application/json", no_model, None)
+    assert caught.value.get_http_status_code() == 400
+
+
+def hostile_folder(root: Path) -> list[tuple[str, str]]:
+    """A folder of what `roadwork predict` must report rather than skip or hang on: (name, reason fragment)
+    per entry, in sorted order ("" for a file that is read)."""
+    import socket as sockets
+
+    root.mkdir()
+    (root / "a.jpg").write_bytes(jpeg(1))
+    (root / "b.txt").write_text("not an image")
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / ".thumbs").mkdir()
+    (root / ".thumbs" / "c.jpg").write_bytes(jpeg(2))
+    (root / "dangling.jpg").symlink_to(root / "gone.jpg")
+    (root / "loop").symlink_to(root / "loop")
+    (root / "pair1").symlink_to(root / "pair2")
+    (root / "pair2").symlink_to(root / "pair1")
+    (root / "link_to_dir").symlink_to(root / "sub")
+    (root / "link_to_file.jpg").symlink_to(root / "a.jpg")
+    os.mkfifo(root / "pipe.jpg")
+    sock = sockets.socket(sockets.AF_UNIX)
+    sock.bind(str(root / "sock"))
+    sock.close()
+    (root / "sub").mkdir()
+    (root / "sub" / "d.jpg").write_bytes(jpeg(3))
+    return [
+        (".DS_Store", "hidden"),
+        (".thumbs", "hidden"),
+        ("a.jpg", ""),
+        ("b.txt", ""),
+        ("dangling.jpg", "dangling symbolic link"),
+        ("link_to_dir", "symbolic link to a folder"),
+        ("link_to_file.jpg", ""),
+        ("loop", "symbolic link loop"),
+        ("pair1", "symbolic link loop"),
+        ("pair2", "symbolic link loop"),
+        ("pipe.jpg", "FIFO"),
+        ("sock", "socket"),
+        ("sub/d.jpg", ""),
+    ]
+
+
+def test_predict_collects_one_row_per_entry_in_order_and_opens_nothing_special(tmp_path: Path) -> None:
+    from roadwork.stages.predict import collect
+
+    expected = hostile_folder(tmp_path / "photos")
+    (tmp_path / "one.jpg").write_bytes(jpeg(4))
+    args = [tmp_path / "missing.jpg", tmp_path / "photos", tmp_path / "one.jpg", tmp_path / "photos" / "loop"]
+    entries = collect(args)
+    names = [str(e.path.relative_to(tmp_path)) for e in entries]
+    assert names == ["missing.jpg", *[f"photos/{n}" for n, _ in expected], "one.jpg", "photos/loop"]
+    reasons = [e.reason for e in entries]
+    assert "no such file" in reasons[0] and reasons[-2] == "" and "loop" in reasons[-1]
+    for (name, fragment), reason in zip(expected, reasons[1:-2], strict=True):
+        assert (fragment in reason) if fragment else reason == "", (name, reason)
+
+
+def test_predict_never_blocks_on_a_fifo_it_is_asked_to_read(tmp_path: Path) -> None:
+    from roadwork.stages.predict import read_image_file
+
+    os.mkfifo(tmp_path / "pipe.jpg")  # e.g. swapped in after the folder was listed
+    predictor = make_predictor()
+    error = error_within(lambda: read_image_file(tmp_path / "pipe.jpg", predictor))
+    assert isinstance(error, ValueError) and "FIFO" in str(error)
+
+
+class InProcessModel:
+    """What ``mlflow.pyfunc.load_model`` returns for a roadwork model, without a registry: the pyfunc's
+    Python model (its schema check aside) and the output schema the registered model declares."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        from types import SimpleNamespace
+
+        from mlflow.types import ColSpec, Schema
+
+        from roadwork.deploy.predictor import OUTPUT_COLUMNS
+
+        self.python_model = classifier(predictor)
+        schema = Schema([ColSpec("string", name) for name in OUTPUT_COLUMNS])
+        self.metadata = SimpleNamespace(get_output_schema=lambda: schema)
+
+    def unwrap_python_model(self) -> object:
+        return self.python_model
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return self.python_model.predict(None, frame)
+
+
+def test_predict_gives_every_entry_a_row_in_input_order_with_the_model_columns(tmp_path: Path) -> None:
+    from roadwork.deploy.predictor import OUTPUT_COLUMNS
+    from roadwork.stages.predict import collect, predict_paths
+
+    expected = hostile_folder(tmp_path / "photos")
+    (tmp_path / "big.jpg").write_bytes(jpeg(5, size=(600, 600)))
+    predictor = make_predictor(batch_size=2, max_bytes=64_000, request_max_bytes=64_000)
+    args = [tmp_path / "big.jpg", tmp_path / "photos", tmp_path / "nope.jpg", tmp_path / "photos" / "a.jpg"]
+    out = predict_paths(InProcessModel(predictor), collect(args))
+    assert list(out.columns) == ["path", *OUTPUT_COLUMNS]
+    names = [str(Path(p).relative_to(tmp_path)) for p in out["path"]]
+    assert names == ["big.jpg", *[f"photos/{n}" for n, _ in expected], "nope.jpg", "photos/a.jpg"]
+    scored = out["error"].eq("")
+    assert [n for n, ok in zip(names, scored, strict=True) if ok] == [
+        "photos/a.jpg",
+        "photos/link_to_file.jpg",
+        "photos/sub/d.jpg",
+        "photos/a.jpg",
+    ]
+    failed = out[~scored]
+    assert failed["decision"].eq(-1).all() and failed["probability"].isna().all()
+    assert failed["calibrated_probability"].isna().all() and failed["error"].str.len().gt(0).all()
+    assert (
+        "max_bytes" in out["error"].iloc[0]
+        and "not_an_image" in out["error"].iloc[names.index("photos/b.txt")]
+    )
+    assert "no such file" in out["error"].iloc[names.index("nope.jpg")]
+    direct = predictor.predict([jpeg(1), jpeg(1), jpeg(3), jpeg(1)])
+    np.testing.assert_allclose(out.loc[scored, "probability"], direct["probability"], atol=1e-6)
+    np.testing.assert_array_equal(out.loc[scored, "decision"], direct["decision"])
 
 
 def test_promotion_rule() -> None:
@@ -207,24 +479,29 @@ def register(folder: Path, name: str = "roadwork-classifier") -> str:
 
 
 @pytest.mark.slow
-def test_pyfunc_from_code_takes_base64_or_paths_and_loads_without_pickles(
+def test_pyfunc_from_code_takes_base64_refuses_paths_and_loads_without_pickles(
     tmp_path: Path, registry: str
 ) -> None:
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    folder = save_model(make_predictor(), tmp_path)
-    version = register(folder)
+    predictor = make_predictor()
+    version = register(save_model(predictor, tmp_path))
     model = mlflow.pyfunc.load_model(f"models:/roadwork-classifier/{version}")
-    paths = []
-    for i in range(3):
-        paths.append(tmp_path / f"{i}.jpg")
-        paths[-1].write_bytes(jpeg(i))
-    by_path = model.predict(pd.DataFrame({"path": [str(p) for p in paths]}))
+    images = [jpeg(i) for i in range(3)]
     by_bytes = model.predict(
-        pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in paths] + ["%%%"]})
+        pd.DataFrame({"image": [base64.b64encode(x).decode() for x in images] + ["%%%"]})
     )
-    np.testing.assert_allclose(by_bytes["probability"][:3], by_path["probability"], atol=1e-7)
-    assert "base64" in by_bytes["error"].iloc[3]
+    probabilities = by_bytes["probability"][:3].astype(float)  # object: None where a row has none
+    np.testing.assert_allclose(probabilities, predictor.predict(images)["probability"], atol=1e-7)
+    assert "base64" in by_bytes["error"].iloc[3] and by_bytes["probability"].iloc[3] is None
+    (tmp_path / "0.jpg").write_bytes(images[0])
+    # through MLflow's own schema enforcement: 'path' reaches the model and is refused by name; an
+    # undeclared column is dropped before it, and the answer names the column expected
+    with pytest.raises(MlflowException, match="column 'path' is refused"):
+        model.predict(pd.DataFrame({"path": [str(tmp_path / "0.jpg")]}))
+    with pytest.raises(MlflowException, match="needs a column 'image'"):
+        model.predict(pd.DataFrame({"picture": [base64.b64encode(images[0]).decode()]}))
     stored = Path(mlflow.artifacts.download_artifacts(f"models:/roadwork-classifier/{version}"))
     assert not list(stored.rglob("*.pkl")) and not list(stored.rglob("*.pickle"))
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in (stored / "MLmodel").read_text()

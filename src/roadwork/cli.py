@@ -131,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict = subparsers.add_parser(
         "predict",
         help="score image files / folders with a registered model",
-        description="Score image files and folders (searched recursively) with an MLflow model. Unreadable "
-        "or non-image files get a reason in the error column and never stop the rest.",
+        description="Score image files and folders (searched recursively) with an MLflow model. Every "
+        "argument and folder entry gets a row, in order; one that is not scored (missing, not an image, a "
+        "link loop, a FIFO, a hidden file...) gets decision -1 and the reason in the error column.",
     )
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
     predict.add_argument(

@@ -223,6 +223,8 @@ class DeployParams:
     submitted_by: str = ""
     max_bytes: int = 20_000_000
     max_pixels: int = 50_000_000
+    request_max_bytes: int = 40_000_000
+    request_max_pixels: int = 50_000_000
     batch_size: int = 32
     promote_metric: str = "expected_reward"
     promote_min_delta: float = 0.0
@@ -361,6 +363,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
         lambda v: 0 < v <= (_pillow_limit() or v),
         "a positive integer no larger than Pillow's own hard limit",
     ),
+    "deploy.request_max_bytes": (lambda v: v >= 1, "a positive integer (bytes per served request)"),
+    "deploy.request_max_pixels": (lambda v: v >= 1, "a positive integer (pixels per served request)"),
     "deploy.batch_size": (lambda v: v >= 1, "a positive integer"),
     "deploy.promote_metric": (
         lambda v: v in PROMOTE_METRICS,
@@ -389,6 +393,12 @@ def _check_ranges(cfg: RoadworkConfig, source: str) -> None:
             f"{source}: 'calibrate.guarantee_alpha' and 'calibrate.guarantee_delta' go together "
             "(FNR <= alpha with probability >= 1 - delta): set both, or both to null."
         )
+    for one, total in (("max_bytes", "request_max_bytes"), ("max_pixels", "request_max_pixels")):
+        if getattr(cfg.deploy, total) < getattr(cfg.deploy, one):
+            raise ConfigError(
+                f"{source}: 'deploy.{total}' is {getattr(cfg.deploy, total)}, below 'deploy.{one}' "
+                f"({getattr(cfg.deploy, one)}): a request could not carry one image of the largest size."
+            )
     fractions = cfg.split.fractions
     values = {f.name: getattr(fractions, f.name) for f in fields(fractions)}
     bad = [name for name, v in values.items() if not 0 < v < 1]

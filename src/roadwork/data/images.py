@@ -166,6 +166,22 @@ def _declared_checks(size: tuple[int, int], *, max_pixels: int, min_side: int) -
         )
 
 
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """The width and height an encoded image's header declares, without decoding a pixel.
+
+    ``None`` when the header is not one of :data:`ACCEPTED_FORMATS` or cannot be parsed (decoding would
+    reject it) or declares more than Pillow's own hard limit.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+                return image.size
+        except Exception:
+            # every failure here is one decode_image reports with its own reason code
+            return None
+
+
 def _decode_handle(
     handle: BinaryIO, *, max_pixels: int, min_side: int, draft_size: int | None
 ) -> DecodedImage:

@@ -4,10 +4,15 @@ The MLflow pyfunc (and so ``mlflow models serve``), ``roadwork predict`` and ``r
 its margins come from :func:`roadwork.models.inference.infer_margins`, the one inference path that training,
 evaluation and the exports use too. A model folder holds ``backbone/`` (:meth:`Backbone.save`),
 ``head.safetensors`` + ``head.json``, ``policy.json`` and ``predictor.json`` (views, test-time flip, input
-limits). Images are
-decoded by :func:`roadwork.data.images.decode_image` (limits on bytes and pixels checked before any pixel
-is decoded), then the inference path applies the validator's level-0 geometry (the identity on the 224x224
-JPEG the validator sends) and the backbone's own preprocessing.
+limits). Inputs are encoded image bytes only: the predictor opens no file (``roadwork predict`` reads paths).
+
+Limits, all checked before a pixel is decoded: per image ``max_bytes`` and ``max_pixels`` (its declared
+width x height; :func:`roadwork.data.images.decode_image`); per call (a served request) the images to
+decode may total at most ``request_max_bytes`` encoded bytes and ``request_max_pixels`` declared pixels,
+or the call is refused whole (:class:`RequestTooLarge`). A call is decoded and predicted ``batch_size``
+images at a time, each batch dropped before the next is decoded, so memory follows the batch, not the
+call. The inference path then applies the validator's level-0 geometry (the identity on the 224x224 JPEG
+the validator sends) and the backbone's own preprocessing.
 
 Per image the output is ``probability`` (the policy folded in: > 0.5 exactly when the decision is
 roadwork), ``calibrated_probability``, ``decision`` (0/1), ``abstain`` and ``error`` (empty, or why the
@@ -17,8 +22,8 @@ input could not be used: such rows carry NaN / -1 and never stop the others).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +31,17 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-__all__ = ["OUTPUT_COLUMNS", "Predictor", "PredictorSpec"]
+__all__ = [
+    "OUTPUT_COLUMNS",
+    "PROBABILITY_COLUMNS",
+    "Predictor",
+    "PredictorSpec",
+    "RequestTooLarge",
+    "unscored_rows",
+]
 
 OUTPUT_COLUMNS = ("probability", "calibrated_probability", "decision", "abstain", "error")
+PROBABILITY_COLUMNS = ("probability", "calibrated_probability")  # NaN where a row has no prediction
 SPEC_FILE = "predictor.json"
 POLICY_FILE = "policy.json"
 BACKBONE_DIR = "backbone"
@@ -43,7 +56,9 @@ class PredictorSpec:
         tta_flip: average the logits of the image and its mirror image.
         max_bytes: largest accepted encoded input, in bytes.
         max_pixels: largest accepted declared width x height.
-        batch_size: images per backbone forward pass.
+        request_max_bytes: most encoded bytes the images of one call (a served request) may total.
+        request_max_pixels: most declared pixels the images of one call may total.
+        batch_size: images decoded, then run through the backbone, at a time.
     """
 
     views: str = "global"
@@ -52,13 +67,39 @@ class PredictorSpec:
     tta_flip: bool = False
     max_bytes: int = 20_000_000
     max_pixels: int = 50_000_000
+    request_max_bytes: int = 40_000_000
+    request_max_pixels: int = 50_000_000
     batch_size: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "max_pixels", "batch_size"):
+        for name in ("max_bytes", "max_pixels", "request_max_bytes", "request_max_pixels", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"PredictorSpec.{name} must be a positive int, got {value!r}.")
+        for one, total in (("max_bytes", "request_max_bytes"), ("max_pixels", "request_max_pixels")):
+            if getattr(self, total) < getattr(self, one):
+                raise ValueError(
+                    f"PredictorSpec.{total}={getattr(self, total)} is below {one}={getattr(self, one)}: a "
+                    "request could not carry one image of the largest accepted size."
+                )
+
+
+class RequestTooLarge(ValueError):
+    """A call whose images exceed ``request_max_bytes`` or ``request_max_pixels``; nothing was decoded."""
+
+
+def unscored_rows(errors: Sequence[str]) -> pd.DataFrame:
+    """:data:`OUTPUT_COLUMNS` rows without a prediction: NaN probabilities, decision -1, and ``errors``."""
+    n = len(errors)
+    return pd.DataFrame(
+        {
+            "probability": np.full(n, np.nan),
+            "calibrated_probability": np.full(n, np.nan),
+            "decision": np.full(n, -1, dtype=np.int64),
+            "abstain": np.zeros(n, dtype=bool),
+            "error": list(errors),
+        }
+    )
 
 
 class Predictor:
@@ -86,7 +127,12 @@ class Predictor:
         if not spec_path.is_file():
             raise FileNotFoundError(f"{spec_path}: missing; {directory} is not a roadwork model folder.")
         try:
-            spec = PredictorSpec(**json.loads(spec_path.read_text()))
+            values = json.loads(spec_path.read_text())
+            # a folder bundled before the request budgets existed: they default to at least its own limits
+            for one, total in (("max_bytes", "request_max_bytes"), ("max_pixels", "request_max_pixels")):
+                default = next(f.default for f in fields(PredictorSpec) if f.name == total)
+                values.setdefault(total, max(default, values.get(one, 0)))
+            spec = PredictorSpec(**values)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{spec_path}: invalid predictor spec ({exc}).") from None
         return cls(
@@ -108,14 +154,50 @@ class Predictor:
         self.policy.to_json(directory / POLICY_FILE)
         (directory / SPEC_FILE).write_text(json.dumps(asdict(self.spec), indent=2, sort_keys=True) + "\n")
 
-    def decode(self, source: bytes | Path) -> Image.Image:
-        """One input as an RGB image, or ImageRejected / ValueError / OSError saying why not."""
-        from roadwork.data.images import decode_image
-
-        size = len(source) if isinstance(source, (bytes, bytearray)) else Path(source).stat().st_size
+    def check_size(self, size: int) -> None:
+        """ValueError when an input of ``size`` bytes is over ``max_bytes``."""
         if size > self.spec.max_bytes:
             raise ValueError(f"input is {size} bytes; the limit is max_bytes={self.spec.max_bytes}")
-        return decode_image(source, max_pixels=self.spec.max_pixels, min_side=1).image
+
+    def decode(self, data: bytes) -> Image.Image:
+        """One input as an RGB image, or ImageRejected / ValueError saying why not."""
+        from roadwork.data.images import decode_image
+
+        self.check_size(len(data))
+        return decode_image(data, max_pixels=self.spec.max_pixels, min_side=1).image
+
+    def cost(self, data: bytes) -> tuple[int, int]:
+        """The encoded bytes and declared pixels decoding ``data`` takes from a call's budgets, read from
+        its header: (0, 0) for an input refused undecoded (over ``max_bytes``, a header that is not an
+        image, more than ``max_pixels``)."""
+        from roadwork.data.images import declared_size
+
+        if len(data) > self.spec.max_bytes:
+            return 0, 0
+        size = declared_size(data)
+        if size is None or size[0] * size[1] > self.spec.max_pixels:
+            return 0, 0
+        return len(data), size[0] * size[1]
+
+    def requests(self, sources: Iterable[bytes]) -> Iterator[list[bytes]]:
+        """``sources``, in order, as calls :meth:`predict` accepts: at most ``batch_size`` inputs each and
+        within the request budgets (an input costs at most one image's limits, so every input fits one)."""
+        spec = self.spec
+        request: list[bytes] = []
+        used_bytes = used_pixels = 0
+        for data in sources:
+            nbytes, pixels = self.cost(data)
+            full = len(request) == spec.batch_size
+            over = (
+                used_bytes + nbytes > spec.request_max_bytes or used_pixels + pixels > spec.request_max_pixels
+            )
+            if request and (full or over):
+                yield request
+                request, used_bytes, used_pixels = [], 0, 0
+            request.append(data)
+            used_bytes, used_pixels = used_bytes + nbytes, used_pixels + pixels
+        if request:
+            yield request
 
     def margins(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Margins ``z1 - z0`` of decoded images through :func:`roadwork.models.inference.infer_margins`."""
@@ -130,33 +212,50 @@ class Predictor:
             batch_size=self.spec.batch_size,
         )
 
-    def predict(self, sources: Sequence[bytes | Path]) -> pd.DataFrame:
-        """One row per source, in order, with :data:`OUTPUT_COLUMNS`; bad inputs get an ``error``."""
+    def predict(self, sources: Sequence[bytes]) -> pd.DataFrame:
+        """One row per encoded image, in order, with :data:`OUTPUT_COLUMNS`; bad inputs get an ``error``.
+
+        Raises:
+            TypeError: an input is not bytes (the predictor reads no files).
+            RequestTooLarge: the images exceed the request budgets (checked on their headers).
+        """
+        for k, source in enumerate(sources):
+            if not isinstance(source, (bytes, bytearray)):
+                raise TypeError(
+                    f"inputs[{k}] is a {type(source).__name__}; the predictor takes encoded image bytes "
+                    "and opens no file (roadwork predict reads paths)"
+                )
+        costs = np.array([self.cost(s) for s in sources], dtype=np.int64).reshape(-1, 2).sum(axis=0)
+        for total, name in zip(costs.tolist(), ("request_max_bytes", "request_max_pixels"), strict=True):
+            if total > getattr(self.spec, name):
+                unit = name.rsplit("_", 1)[1]
+                raise RequestTooLarge(
+                    f"the request's {len(sources)} images total {total} {unit} to decode; the limit is "
+                    f"{name}={getattr(self.spec, name)}: send fewer or smaller images per request"
+                )
+        frame = unscored_rows([""] * len(sources))
+        for begin in range(0, len(sources), self.spec.batch_size):
+            self._predict_batch(sources, range(begin, min(begin + self.spec.batch_size, len(sources))), frame)
+        return frame
+
+    def _predict_batch(self, sources: Sequence[bytes], batch: range, frame: pd.DataFrame) -> None:
+        """Decode, predict and fill ``frame``'s rows ``batch``; the decoded images die with this call."""
         from roadwork.data.images import ImageRejected
 
-        images, ok, errors = [], [], [""] * len(sources)
-        for i, source in enumerate(sources):
+        images, ok = [], []
+        for i in batch:
             try:
-                images.append(self.decode(source))
+                images.append(self.decode(sources[i]))
                 ok.append(i)
-            except (ImageRejected, OSError, ValueError) as exc:
-                errors[i] = f"{type(exc).__name__}: {exc}"
-        frame = pd.DataFrame(
-            {
-                "probability": np.full(len(sources), np.nan),
-                "calibrated_probability": np.full(len(sources), np.nan),
-                "decision": np.full(len(sources), -1, dtype=np.int64),
-                "abstain": np.zeros(len(sources), dtype=bool),
-                "error": errors,
-            }
-        )
-        if ok:
-            applied = self.policy.apply(self.margins(images).astype(np.float64))
-            frame.loc[ok, "probability"] = applied["probability"]
-            frame.loc[ok, "calibrated_probability"] = applied["calibrated_probability"]
-            frame.loc[ok, "decision"] = applied["decision"].astype(np.int64)
-            frame.loc[ok, "abstain"] = applied["abstain"]
-        return frame
+            except (ImageRejected, ValueError) as exc:
+                frame.loc[i, "error"] = f"{type(exc).__name__}: {exc}"
+        if not ok:
+            return
+        applied = self.policy.apply(self.margins(images).astype(np.float64))
+        frame.loc[ok, "probability"] = applied["probability"]
+        frame.loc[ok, "calibrated_probability"] = applied["calibrated_probability"]
+        frame.loc[ok, "decision"] = applied["decision"].astype(np.int64)
+        frame.loc[ok, "abstain"] = applied["abstain"]
 
 
 ONNX_TOLERANCE = 1e-4

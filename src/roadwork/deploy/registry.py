@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,8 @@ def log_pyfunc(
         python_model=pyfunc_model.__file__,
         artifacts={pyfunc_model.MODEL_ARTIFACT: str(model_dir)},
         code_paths=[str(Path(roadwork.__file__).parent)],
-        # either column may be given: base64 bytes over HTTP, file paths for local batch prediction
+        # 'path' is declared only so that the server can refuse it by name: MLflow drops undeclared
+        # columns before the model sees them
         signature=ModelSignature(
             inputs=Schema(
                 [ColSpec("string", "image", required=False), ColSpec("string", "path", required=False)]
@@ -149,30 +150,26 @@ def alias_version(client: Any, name: str, alias: str) -> Any | None:
 
 
 def predict_with(
-    model: Any, sources: list[bytes | Path], progress: Callable[[int], None] | None = None
+    model: Any, sources: Iterable[bytes], progress: Callable[[int], None] | None = None
 ) -> pd.DataFrame:
-    """Predict ``sources`` (encoded image bytes, or paths) with a loaded pyfunc, in chunks
-    (``progress(n_done)`` after each); ``model`` may also be a model URI, loaded here.
+    """Predict encoded images ``sources`` with a loaded pyfunc, one call per request the model's
+    :meth:`~roadwork.deploy.predictor.Predictor.requests` forms (``progress(n)`` after each), so no call
+    goes over its batch size or request budgets; ``model`` may also be a model URI, loaded here.
 
-    A chunk is one backbone batch of the model (its ``PredictorSpec.batch_size``, set from
-    ``deploy.batch_size`` when it was bundled): the pyfunc decodes a call's images before its forwards, so
-    chunking bounds memory, and the progress bar moves once per forward. Bytes go in the ``image`` column,
-    exactly as the served model receives them; paths in ``path``.
+    The bytes go in the ``image`` column, exactly as the served model receives them. ``sources`` is read as
+    the calls go (a generator reading files keeps one request in memory). The probability columns come back
+    as floats, NaN where the served JSON says null.
     """
     import mlflow
 
+    from roadwork.deploy.predictor import OUTPUT_COLUMNS, PROBABILITY_COLUMNS
+
     if isinstance(model, str):
         model = mlflow.pyfunc.load_model(model)
-    chunk = model.unwrap_python_model().predictor.spec.batch_size
     chunks = []
-    for begin in range(0, len(sources), chunk):
-        part = sources[begin : begin + chunk]
-        if all(isinstance(x, (bytes, bytearray)) for x in part):
-            frame = pd.DataFrame({"image": [bytes(x) for x in part]})
-        else:
-            frame = pd.DataFrame({"path": [str(p) for p in part]})
-        chunks.append(model.predict(frame))
+    for request in model.unwrap_python_model().predictor.requests(sources):
+        chunks.append(model.predict(pd.DataFrame({"image": request})))
         if progress:
-            progress(len(part))
-    columns = ["probability", "calibrated_probability", "decision", "abstain", "error"]
-    return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=columns)
+            progress(len(request))
+    frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=list(OUTPUT_COLUMNS))
+    return frame.astype({column: float for column in PROBABILITY_COLUMNS if column in frame})

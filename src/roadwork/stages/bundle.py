@@ -84,6 +84,8 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         tta_flip=cfg.embed.tta_flip,
         max_bytes=cfg.deploy.max_bytes,
         max_pixels=cfg.deploy.max_pixels,
+        request_max_bytes=cfg.deploy.request_max_bytes,
+        request_max_pixels=cfg.deploy.request_max_pixels,
         batch_size=cfg.deploy.batch_size,
     )
     backbone, head = load_model(cfg, variant)
