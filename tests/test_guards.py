@@ -127,7 +127,8 @@ def test_two_clean_runs_give_identical_splits_and_metrics(tmp_path: Path) -> Non
                     "splits": (root / "outputs/split/splits.csv").read_bytes(),
                     "metrics": {
                         str(p.relative_to(root)): json.loads(p.read_text())
-                        for p in sorted((root / "outputs").rglob("metrics.json"))
+                        for p in sorted((root / "outputs").rglob("*.json"))
+                        if p.name in ("metrics.json", "report.json")
                     },
                     "policy": (root / "outputs/calibrate/base/policy.json").read_bytes(),
                     "head": (root / "outputs/train/base/model/head.safetensors").read_bytes(),
@@ -137,7 +138,8 @@ def test_two_clean_runs_give_identical_splits_and_metrics(tmp_path: Path) -> Non
         os.chdir(before)
     a, b = results
     assert a["splits"] == b["splits"]
-    assert len(a["metrics"]) == 7 and a["metrics"] == b["metrics"]
+    # every stage's metrics.json; ingest's, calibrate's and evaluate's report.json
+    assert len(a["metrics"]) == 7 + 3 and a["metrics"] == b["metrics"]
     assert a["head"] == b["head"] and a["policy"] == b["policy"]
 
 

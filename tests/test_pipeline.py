@@ -153,10 +153,15 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced: tuple[Path, str])
     assert logits[0] == "sha256,path,render,level,margin" and len(logits) - 1 == 4 * split["val_calib_n"]
     policy = json.loads((repo / "outputs/calibrate/base/policy.json").read_text())
     assert policy["calibrator"]["name"] == "temperature" and len(policy["split_hash"]) == 64
-    evaluate = json.loads((repo / "outputs/evaluate/base/metrics.json").read_text())
+    evaluate = json.loads((repo / "outputs/evaluate/base/report.json").read_text())
     assert evaluate["test_n"] == split["val_test_n"]
     headline = ("validator_mcc", "validator_accuracy", "predicted_positive_rate", "expected_reward")
     assert list(evaluate)[:4] == list(headline)
+    # DVC's metrics: each stage's headline only, every figure in its report.json
+    for stage in ("ingest", "calibrate/base", "evaluate/base"):
+        shown = json.loads((repo / "outputs" / stage / "metrics.json").read_text())
+        full = json.loads((repo / "outputs" / stage / "report.json").read_text())
+        assert len(shown) <= 16 and shown == {k: full[k] for k in shown}
     for name in ("validator_mcc", "expected_reward", "lift_over_probe"):
         assert evaluate[f"{name}_low"] <= evaluate[name] <= evaluate[f"{name}_high"]
     assert evaluate["lift_over_probe"] == pytest.approx(
@@ -167,6 +172,8 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced: tuple[Path, str])
     assert {f"L{level}_mcc" for level in range(4)} <= set(evaluate)
     for plot in ("roc", "pr", "reliability", "threshold_sweep", "confusion", "risk_coverage", "worst_errors"):
         assert (repo / f"outputs/evaluate/base/plots/{plot}.png").stat().st_size > 1000
+    for curve in ("roc", "pr", "reliability"):  # a header and at least one point
+        assert len((repo / f"outputs/evaluate/base/plots/{curve}.csv").read_text().splitlines()) > 1
 
 
 def test_second_repro_runs_nothing(reproduced: tuple[Path, str]) -> None:
@@ -284,7 +291,7 @@ def test_adapted_variant_runs_on_the_adapted_backbone(reproduced: tuple[Path, st
     assert embedded["base"]["fingerprint"] == saved["base_backbone"]["fingerprint"]
     assert embedded["adapted"]["fingerprint"] != embedded["base"]["fingerprint"]
     for variant in ("base", "adapted"):
-        assert json.loads((repo / f"outputs/evaluate/{variant}/metrics.json").read_text())["test_n"] > 0
+        assert json.loads((repo / f"outputs/evaluate/{variant}/report.json").read_text())["test_n"] > 0
     choice = json.loads((repo / "outputs/bundle/choice.json").read_text())
     assert set(choice["candidates"]) == {"base", "adapted"}
     best = max(

@@ -218,6 +218,42 @@ def test_reliability_legend_is_ece_per_set_and_points_are_bins(n_bins: int) -> N
     assert sum(heights[:n_bins]) == N and sum(heights[n_bins:]) == N
 
 
+def test_roc_and_pr_tables_are_the_rule_score_above_threshold() -> None:
+    y, score = Y, MARGIN
+    roc, pr = plots.roc_table(y, score), plots.pr_table(y, score)
+    assert list(roc.columns) == ["threshold", "fpr", "tpr"]
+    assert list(pr.columns) == ["threshold", "recall", "precision"]
+    positive, negative = score[y == 1], score[y == 0]
+    for t, fpr, tpr in roc.itertuples(index=False):
+        assert (fpr, tpr) == pytest.approx((np.mean(negative > t), np.mean(positive > t)), abs=1e-12)
+    for t, recall, precision in pr.itertuples(index=False):
+        called = y[score > t]
+        assert recall == pytest.approx(np.mean(positive > t), abs=1e-12)
+        assert precision == pytest.approx(called.mean() if len(called) else 1.0, abs=1e-12)
+    assert roc["fpr"].is_monotonic_increasing and pr["recall"].is_monotonic_increasing
+    fpr, tpr, _ = skm.roc_curve(Y, MARGIN, drop_intermediate=False)
+    np.testing.assert_allclose(roc[["fpr", "tpr"]].to_numpy(), np.c_[fpr, tpr])
+    # what the figure draws is the table
+    line = plots.pr_figure(Y, MARGIN).axes[0].get_lines()[-1]
+    np.testing.assert_array_equal(line.get_xdata(), pr["recall"])
+
+
+@pytest.mark.parametrize("n_bins", [15, 4])
+def test_reliability_table_is_the_non_empty_bins(n_bins: int) -> None:
+    table = plots.reliability_table(Y, P_CAL, n_bins=n_bins)
+    assert list(table.columns) == ["bin_center", "mean_predicted", "observed_fraction", "count"]
+    rows, p = [], P_CAL
+    for b in range(n_bins):
+        inside = (p >= b / n_bins) & ((p < (b + 1) / n_bins) if b < n_bins - 1 else (p <= 1))
+        if inside.any():
+            rows.append(((b + 0.5) / n_bins, p[inside].mean(), Y[inside].mean(), inside.sum()))
+    np.testing.assert_allclose(table.to_numpy(), np.array(rows), rtol=0, atol=1e-12)
+    assert table["count"].sum() == N
+    # empty bins are left out
+    sparse = plots.reliability_table([0, 1, 1], [0.05, 0.9, 0.95], n_bins=10)
+    np.testing.assert_allclose(sparse.to_numpy(), [[0.05, 0.05, 0.0, 1], [0.95, 0.925, 1.0, 2]], atol=1e-12)
+
+
 def test_sweep_marks_chosen_threshold_with_its_mcc() -> None:
     threshold, best_mcc = SWEEP.best()
     fig = plots.threshold_sweep_figure(SWEEP.to_frame(), chosen_threshold=threshold)
@@ -385,3 +421,18 @@ def test_bad_inputs_raise_naming_the_argument(
     with pytest.raises(error, match=match):
         call(target)
     assert not os.listdir(tmp_path)  # nothing written, not even a temp file
+
+
+def test_dvc_yaml_draws_the_curve_tables_columns() -> None:
+    import yaml
+
+    tables = {
+        "roc.csv": plots.roc_table(Y, MARGIN),
+        "pr.csv": plots.pr_table(Y, MARGIN),
+        "reliability.csv": plots.reliability_table(Y, P_CAL),
+    }
+    declared = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate"]["do"]["plots"]
+    props = {Path(k).name: v for entry in declared if isinstance(entry, dict) for k, v in entry.items()}
+    assert set(props) == set(tables)
+    for name, table in tables.items():
+        assert {props[name]["x"], props[name]["y"]} <= set(table.columns), name

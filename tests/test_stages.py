@@ -54,8 +54,8 @@ def embedded(split: str) -> dict[str, np.ndarray]:
     return load_file(f"outputs/embed/base/features/{split}.safetensors")
 
 
-def metrics(stage: str) -> dict:
-    return json.loads(Path(f"outputs/{stage}/base/metrics.json").read_text())
+def metrics(stage: str, name: str = "metrics.json") -> dict:
+    return json.loads(Path(f"outputs/{stage}/base/{name}").read_text())
 
 
 def test_views_copies_and_flip_shape_the_features(work: Path) -> None:
@@ -150,16 +150,27 @@ def test_calibrate_and_evaluate_follow_their_parameters(work: Path) -> None:
     assert cli(["calibrate", "calibrate.guarantee_alpha=0.01", "calibrate.guarantee_delta=0.01"]) == 2
 
     run("evaluate")
-    m = metrics("evaluate")
+    m = metrics("evaluate", "report.json")
     predictions = pd.read_csv("outputs/evaluate/base/predictions.csv")
     clean = predictions[predictions["level"] == 0]
     assert m["test_n"] == len(clean) and len(predictions) == 4 * len(clean)  # L0 + 1 render at L1-L3
-    assert list(m)[:4] == [
+    headline = metrics("evaluate")
+    assert list(headline)[:4] == [
         "validator_mcc",
         "validator_accuracy",
         "predicted_positive_rate",
         "expected_reward",
     ]
+    # DVC's metrics file: the headline of the report, which holds every figure
+    assert 10 <= len(headline) <= 16 < len(m) and headline == {k: m[k] for k in headline}
+    assert list(m)[: len(headline)] == list(headline)
+    for name, x, y in (
+        ("roc", "fpr", "tpr"),
+        ("pr", "recall", "precision"),
+        ("reliability", "mean_predicted", "observed_fraction"),
+    ):
+        curve = pd.read_csv(f"outputs/evaluate/base/plots/{name}.csv")  # the x and y dvc.yaml declares
+        assert {x, y} <= set(curve.columns) and len(curve) and curve.notna().all().all()
     assert ((predictions["probability"] > 0.5) == (predictions["decision"] == 1)).all()
     slices = pd.read_csv("outputs/evaluate/base/slices.csv")
     assert {"time_of_day", "weather", "camera"} <= set(slices["column"])
@@ -169,7 +180,7 @@ def test_calibrate_and_evaluate_follow_their_parameters(work: Path) -> None:
     errors = pd.read_csv("outputs/evaluate/base/errors.csv")
     assert len(errors) == int((clean["decision"] != clean["label"]).sum())
     run("evaluate", "evaluate.ci_level=0.5")
-    narrow = metrics("evaluate")
+    narrow = metrics("evaluate", "report.json")
     assert narrow["test_mcc_high"] - narrow["test_mcc_low"] <= m["test_mcc_high"] - m["test_mcc_low"]
 
 
@@ -188,7 +199,7 @@ def test_finetune_mode_trains_its_own_backbone_that_evaluate_then_uses(work: Pat
     assert not np.allclose(tuned["margin"], head_only["margin"])
     run("calibrate")
     run("evaluate")
-    assert metrics("evaluate")["test_n"] > 0
+    assert metrics("evaluate", "report.json")["test_n"] > 0
     # multi-view needs the feature cache: finetune refuses it with a message naming both keys
     assert cli(["train", "train.mode=finetune", "embed.views=global+tiles"]) == 2
 

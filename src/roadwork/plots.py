@@ -7,7 +7,9 @@ scores are p(roadwork) (or any larger-is-roadwork score for ROC/PR), and the dec
 
 Each ``*_figure`` function validates its inputs (errors name the offending argument) and returns a
 :class:`matplotlib.figure.Figure` (handy for ``mlflow.log_figure`` or a notebook); the matching ``*_plot``
-function renders that figure to ``path`` and returns the path. Rendering uses the Agg canvas directly:
+function renders that figure to ``path`` and returns the path. ``roc_table``, ``pr_table`` and
+``reliability_table`` return the points those figures draw as a DataFrame, for the CSV files DVC plots
+(interactive, and overlaid across revisions by ``dvc plots diff``). Rendering uses the Agg canvas directly:
 pyplot is never imported, so no global backend, figure manager or rcParams is touched. PNGs are written
 atomically (temp file in the same folder + ``os.replace``) at a fixed size and dpi with no timestamp or
 software-version metadata, so identical inputs give byte-identical files in the same environment (DVC
@@ -48,12 +50,15 @@ __all__ = [
     "contact_sheet",
     "pr_figure",
     "pr_plot",
+    "pr_table",
     "reliability_figure",
     "reliability_plot",
+    "reliability_table",
     "risk_coverage_figure",
     "risk_coverage_plot",
     "roc_figure",
     "roc_plot",
+    "roc_table",
     "ssl_curves_figure",
     "ssl_curves_plot",
     "threshold_sweep_figure",
@@ -171,6 +176,23 @@ def _save(fig: Figure, path: Path) -> Path:
 # ----------------------------------------------------------------------------------------- ROC and PR
 
 
+def roc_table(y_true: ArrayLike, score: ArrayLike) -> pd.DataFrame:
+    """The ROC points :func:`roc_figure` draws, by increasing FPR: ``threshold`` (the rule
+    ``score > threshold``), ``fpr`` and ``tpr``, from (0, 0) to (1, 1) (:func:`roadwork.metrics.roc_curve`).
+    """
+    y, s = _check_labels_and(y_true, score, "score", check_scores)
+    curve = rm.roc_curve(y, s)
+    return pd.DataFrame({"threshold": curve.thresholds, "fpr": curve.fpr, "tpr": curve.tpr})
+
+
+def pr_table(y_true: ArrayLike, score: ArrayLike) -> pd.DataFrame:
+    """The precision-recall points :func:`pr_figure` draws, by increasing recall: ``threshold`` (the rule
+    ``score > threshold``), ``recall`` and ``precision`` (:func:`roadwork.metrics.pr_curve`)."""
+    y, s = _check_labels_and(y_true, score, "score", check_scores)
+    curve = rm.pr_curve(y, s)
+    return pd.DataFrame({"threshold": curve.thresholds, "recall": curve.recall, "precision": curve.precision})
+
+
 def roc_figure(y_true: ArrayLike, score: ArrayLike, *, title: str | None = "ROC curve") -> Figure:
     """ROC curve of ``score`` (larger = roadwork) with AUROC in the legend and the chance diagonal.
 
@@ -178,12 +200,12 @@ def roc_figure(y_true: ArrayLike, score: ArrayLike, *, title: str | None = "ROC 
     """
     _check_title(title)
     y, s = _check_labels_and(y_true, score, "score", check_scores)
-    curve = rm.roc_curve(y, s)
+    curve = roc_table(y, s)
     label = f"AUROC = {rm.auroc(y, s):.4f}" if _both_classes(y) else "AUROC undefined (one class in y_true)"
     fig = _new_figure(5.5, 5.0)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color=_GREY, linewidth=1.0, label="chance")
-    ax.plot(curve.fpr, curve.tpr, color=_PALETTE[0], linewidth=1.8, label=label)
+    ax.plot(curve["fpr"], curve["tpr"], color=_PALETTE[0], linewidth=1.8, label=label)
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
     ax.set_xlabel("false-positive rate (None called Roadwork)")
     ax.set_ylabel("true-positive rate (recall of Roadwork)")
@@ -210,7 +232,7 @@ def pr_figure(y_true: ArrayLike, score: ArrayLike, *, title: str | None = "Preci
     """
     _check_title(title)
     y, s = _check_labels_and(y_true, score, "score", check_scores)
-    curve = rm.pr_curve(y, s)
+    curve = pr_table(y, s)
     n_pos = int(y.sum())
     label = f"AP = {rm.auprc(y, s):.4f}" if n_pos > 0 else "AP undefined (no roadwork in y_true)"
     prevalence = n_pos / len(y)
@@ -220,7 +242,12 @@ def pr_figure(y_true: ArrayLike, score: ArrayLike, *, title: str | None = "Preci
         prevalence, linestyle="--", color=_GREY, linewidth=1.0, label=f"positive rate = {prevalence:.4f}"
     )
     ax.plot(
-        curve.recall, curve.precision, drawstyle="steps-pre", color=_PALETTE[0], linewidth=1.8, label=label
+        curve["recall"],
+        curve["precision"],
+        drawstyle="steps-pre",
+        color=_PALETTE[0],
+        linewidth=1.8,
+        label=label,
     )
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
     ax.set_xlabel("recall (Roadwork)")
@@ -267,6 +294,23 @@ def _check_probs(probs: Any, n: int) -> dict[str, NDArray[np.float64]]:
             raise ValueError(f"inputs must have the same length; y_true has {n}, {name} has {len(p)}.")
         out[key] = p
     return out
+
+
+def reliability_table(y_true: ArrayLike, p: ArrayLike, *, n_bins: int = 15) -> pd.DataFrame:
+    """The reliability points :func:`reliability_figure` draws for one probability set: per non-empty
+    equal-width bin, ``bin_center``, ``mean_predicted`` (mean p(roadwork)), ``observed_fraction`` (of
+    roadwork) and ``count`` (:func:`roadwork.metrics.reliability_curve`)."""
+    y, prob = _check_labels_and(y_true, p, "p", check_probabilities)
+    curve = rm.reliability_curve(y, prob, n_bins=check_n_bins(n_bins), strategy="uniform")
+    filled = curve.counts > 0
+    return pd.DataFrame(
+        {
+            "bin_center": curve.centers[filled],
+            "mean_predicted": curve.mean_confidence[filled],
+            "observed_fraction": curve.accuracy[filled],
+            "count": curve.counts[filled],
+        }
+    )
 
 
 def reliability_figure(

@@ -7,7 +7,8 @@ labels (the split contract). The policy is fitted for the validator: class prior
 stable on small sets), renders of one image resampled together.
 Outputs in ``outputs/calibrate/<variant>/``: ``policy.json`` (what ships), ``threshold_sweep.csv`` (every
 distinct cut on the calibrated probability: threshold, tp, fp, tn, fn, MCC, precision, recall, FNR, FPR; a
-DVC plot), ``reliability.png`` (before / after), ``threshold_sweep.png`` and ``metrics.json``.
+DVC plot), ``reliability.png`` (before / after), ``threshold_sweep.png``, ``report.json`` (every figure) and
+``metrics.json`` (the :data:`HEADLINE` ones).
 """
 
 from __future__ import annotations
@@ -20,7 +21,33 @@ import pandas as pd
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import file_hash, read_split
-from roadwork.stages.common import SPLITS_CSV, stage_dir, tracked, write_csv, write_json
+from roadwork.stages.common import (
+    METRICS_JSON,
+    REPORT_JSON,
+    SPLITS_CSV,
+    stage_dir,
+    tracked,
+    write_csv,
+    write_metrics,
+)
+
+HEADLINE = (
+    "val_calib_validator_mcc",
+    "val_calib_validator_accuracy",
+    "val_calib_predicted_positive_rate",
+    "val_calib_mcc",
+    "val_calib_accuracy",
+    "val_calib_fnr",
+    "val_calib_fpr",
+    "threshold",
+    "decision_margin",
+    "ece_before",
+    "ece_after",
+    "abstention_rate",
+    "conformal_coverage",
+)
+"""metrics.json: the policy's figures on val_calib (the validator mix where level renders exist), its cut and
+its calibration; every other figure is in report.json."""
 
 
 def logits_path(variant: str, split: str) -> Path:
@@ -122,11 +149,12 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
             metrics["conformal_coverage"] = M.set_coverage(y, sets)
             for label in (0, 1):
                 metrics[f"conformal_coverage_class{label}"] = M.set_coverage(y, sets, label=label)
-        write_json(out / "metrics.json", metrics)
+        write_metrics(out, metrics, HEADLINE)
         run.log_metrics(metrics)
         for name in ("policy.json", "threshold_sweep.csv", "reliability.png", "threshold_sweep.png"):
             run.log_artifact(out / name)
-        run.log_artifact(out / "metrics.json")
+        run.log_artifact(out / METRICS_JSON)
+        run.log_artifact(out / REPORT_JSON)
     print(
         f"calibrate@{variant}: {params.method}, threshold {policy.threshold:.4f} (calibrated p) "
         f"(margin {policy.decision_margin:+.3f}); val_calib MCC {metrics['val_calib_mcc']:.3f}; "

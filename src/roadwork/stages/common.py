@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,25 @@ def checkpoint_dir(stage: str, variant: str | None = None) -> Path:
 def write_json(path: Path, payload: Mapping[str, Any], *, sort_keys: bool = True) -> None:
     """Write JSON (sorted keys unless told otherwise, indent 2) atomically: no reader sees half a file."""
     atomic_write_json(path, payload, sort_keys=sort_keys)
+
+
+METRICS_JSON = "metrics.json"
+REPORT_JSON = "report.json"
+
+
+def write_metrics(directory: Path, figures: Mapping[str, float], headline: Sequence[str]) -> dict[str, float]:
+    """Write a stage's figures as two files and return the headline ones.
+
+    ``metrics.json`` (DVC's metrics: what ``dvc metrics show`` and ``dvc exp show`` compare) holds the
+    ``headline`` names in that order; a name the figures lack is left out (e.g. the validator mix when no
+    level renders were made). ``report.json`` (a stage output and an MLflow artifact) holds every figure,
+    headline first, then by name. Readers of a figure outside the headline read ``report.json``.
+    """
+    head = {name: figures[name] for name in headline if name in figures}
+    write_json(directory / METRICS_JSON, head, sort_keys=False)
+    rest = {name: figures[name] for name in sorted(figures) if name not in head}
+    write_json(directory / REPORT_JSON, head | rest, sort_keys=False)
+    return head
 
 
 def write_csv(frame: Any, path: Path) -> None:

@@ -9,15 +9,16 @@ backbone's clean train features, C chosen on val_select (:mod:`roadwork.train.pr
 evaluate read train and val_select labels for this and nothing else). Outputs in
 ``outputs/evaluate/<variant>/``:
 
-* ``metrics.json`` (DVC metrics), headline first: ``validator_mcc``, ``validator_accuracy``,
-  ``predicted_positive_rate`` and ``expected_reward`` over the validator's level mix (25 % each, labels
-  50/50), with group-bootstrap intervals, per-level MCC, the probe's figures (``probe_*``) and
-  ``lift_over_probe`` with its paired group-bootstrap interval; then the clean-render figures ``test_*``;
+* ``report.json``: every figure. ``validator_mcc``, ``validator_accuracy``, ``predicted_positive_rate`` and
+  ``expected_reward`` over the validator's level mix (25 % each, labels 50/50), with group-bootstrap
+  intervals, per-level MCC and accuracy, the probe's figures (``probe_*``) and ``lift_over_probe`` with its
+  paired group-bootstrap interval; then the clean-render figures ``test_*``;
+* ``metrics.json`` (DVC metrics): the :data:`HEADLINE` figures of the report only;
 * ``robustness.csv``: per level, ours and the probe's MCC / accuracy with intervals;
 * ``predictions.csv`` (one row per image and render), ``slices.csv``, ``errors.csv``,
   ``hard_negatives.csv`` (a report on val_test, never fed back into training);
-* ``plots/``: ROC, PR, reliability, threshold sweep, confusion matrix, risk-coverage, per-level bars and the
-  error contact sheet.
+* ``plots/``: ROC, PR, reliability, threshold sweep, confusion matrix, risk-coverage and the error contact
+  sheet as PNGs; the ROC, PR and reliability curves also as CSV (DVC plots, so two revisions overlay).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
 from roadwork.stages.common import (
     INGEST,
+    METRICS_JSON,
+    REPORT_JSON,
     SPLITS_CSV,
     feature_cache,
     load_model,
@@ -41,7 +44,7 @@ from roadwork.stages.common import (
     stage_dir,
     tracked,
     write_csv,
-    write_json,
+    write_metrics,
 )
 from roadwork.stages.scoring import evaluation_renders, headline, render_predictions
 
@@ -246,7 +249,8 @@ def clean_figures(clean: pd.DataFrame, cfg: RoadworkConfig, threshold: float) ->
 def write_reports(
     out: Path, frame: pd.DataFrame, predictions: pd.DataFrame, cfg: RoadworkConfig, variant: str, policy: Any
 ) -> None:
-    """slices.csv, predictions.csv, errors.csv, hard_negatives.csv and the plots (clean renders)."""
+    """slices.csv, predictions.csv, errors.csv, hard_negatives.csv and the plots with the ROC, PR and
+    reliability curves as CSV (clean renders)."""
     from roadwork import plots
     from roadwork.policy import mcc_sweep
 
@@ -274,6 +278,10 @@ def write_reports(
     plots.reliability_plot(
         y, {"calibrated": p_cal}, plot_dir / "reliability.png", n_bins=cfg.calibrate.ece_bins
     )
+    # the same curves as data: DVC draws them interactively and overlays revisions (dvc plots diff)
+    write_csv(plots.roc_table(y, margin), plot_dir / "roc.csv")
+    write_csv(plots.pr_table(y, margin), plot_dir / "pr.csv")
+    write_csv(plots.reliability_table(y, p_cal, n_bins=cfg.calibrate.ece_bins), plot_dir / "reliability.csv")
     plots.threshold_sweep_plot(
         mcc_sweep(y, p_cal).to_frame(), plot_dir / "threshold_sweep.png", chosen_threshold=policy.threshold
     )
@@ -291,7 +299,25 @@ def write_reports(
     plots.contact_sheet(thumbs, captions, plot_dir / "worst_errors.png", title=f"worst errors ({variant})")
 
 
-HEADLINE = ("validator_mcc", "validator_accuracy", "predicted_positive_rate", "expected_reward")
+HEADLINE = (
+    "validator_mcc",
+    "validator_accuracy",
+    "predicted_positive_rate",
+    "expected_reward",
+    "validator_mcc_low",
+    "validator_mcc_high",
+    "L0_mcc",
+    "L1_mcc",
+    "L2_mcc",
+    "L3_mcc",
+    "probe_validator_mcc",
+    "lift_over_probe",
+    "lift_over_probe_low",
+    "lift_over_probe_high",
+    "test_mcc",
+)
+"""metrics.json, in this order: the validator's figures (what the customer is paid by) first, per-level MCC,
+the probe comparison and the clean-render MCC. Every other figure is in report.json."""
 
 
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
@@ -314,16 +340,19 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         levels = level_table(predictions, figures)
         write_csv(levels, out / "robustness.csv")
         write_reports(out, frame, predictions, cfg, variant, policy)
-        # headline first: the validator's figures are what the customer is paid by
-        ordered = {k: figures[k] for k in HEADLINE} | {
-            k: figures[k] for k in sorted(figures) if k not in HEADLINE
-        }
-        write_json(out / "metrics.json", ordered, sort_keys=False)
-        run.log_metrics(ordered)
+        write_metrics(out, figures, HEADLINE)
+        run.log_metrics(figures)
         # both variants' headline side by side on the pipeline run, where pipelines are compared
         run.log_parent_metrics({f"{variant}.{k}": figures[k] for k in HEADLINE})
         run.log_artifact(out / "plots", "plots")
-        for name in ("metrics.json", "slices.csv", "robustness.csv", "errors.csv", "hard_negatives.csv"):
+        for name in (
+            METRICS_JSON,
+            REPORT_JSON,
+            "slices.csv",
+            "robustness.csv",
+            "errors.csv",
+            "hard_negatives.csv",
+        ):
             run.log_artifact(out / name)
     f = figures
     print(

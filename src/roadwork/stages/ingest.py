@@ -8,9 +8,11 @@ import pandas as pd
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.ingest import ingest
-from roadwork.stages.common import stage_dir, tracked, write_csv, write_json
+from roadwork.stages.common import METRICS_JSON, REPORT_JSON, stage_dir, tracked, write_csv, write_metrics
 
 KNOWN_DUPLICATES_SIDECAR = "near_duplicates.csv"
+# metrics.json; the count per quarantine reason (``quarantined_<reason>``) is in report.json
+HEADLINE = ("n_inputs", "n_kept", "n_quarantined", "n_label_0", "n_label_1")
 
 
 def known_duplicate_pairs(data_dir: Path) -> pd.DataFrame:
@@ -49,9 +51,9 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
             **{f"n_label_{label}": count for label, count in sorted(result.label_counts.items())},
             **{f"quarantined_{reason}": count for reason, count in sorted(result.reason_counts.items())},
         }
-        write_json(out / "metrics.json", metrics)
+        write_metrics(out, metrics, HEADLINE)
         run.log_metrics(metrics)
-        for name in ("manifest.csv", "quarantine.csv", "metrics.json"):
+        for name in ("manifest.csv", "quarantine.csv", METRICS_JSON, REPORT_JSON):
             run.log_artifact(out / name)
     print(
         f"ingest: {result.n_inputs} inputs = {result.n_kept} kept + {result.n_quarantined} quarantined "

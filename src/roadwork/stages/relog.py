@@ -2,8 +2,9 @@
 
 A stage whose MLflow logging failed still writes its outputs and exits non-zero saying so. Once the server
 is back, this opens a new run for the stage (tagged ``roadwork.relogged``, with every parameter of the
-current ``params.yaml``), logs its ``metrics.json`` and its small output files as artifacts, and nothing is
-recomputed. ``dvc commit <stage>`` then records the outputs in ``dvc.lock``.
+current ``params.yaml``), logs its figures (``report.json``, which holds them all, where the stage writes
+one; else ``metrics.json``) and its small output files as artifacts, and nothing is recomputed.
+``dvc commit <stage>`` then records the outputs in ``dvc.lock``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 
 from roadwork.config import RoadworkConfig, flatten, to_dict
-from roadwork.stages.common import OUTPUTS
+from roadwork.stages.common import METRICS_JSON, OUTPUTS, REPORT_JSON
 from roadwork.tracking import stage_run
 
 MAX_ARTIFACT_BYTES = 20_000_000  # features and image copies are DVC's to keep, not MLflow's
@@ -19,10 +20,11 @@ MAX_ARTIFACT_BYTES = 20_000_000  # features and image copies are DVC's to keep, 
 
 def main(cfg: RoadworkConfig, stage: str, variant: str | None) -> int:
     directory = OUTPUTS / stage / variant if variant else OUTPUTS / stage
-    metrics_file = directory / "metrics.json"
+    metrics_file = directory / METRICS_JSON
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{metrics_file}: missing; the stage never finished, so run it instead.")
-    metrics = json.loads(metrics_file.read_text())
+    report = directory / REPORT_JSON
+    metrics = json.loads((report if report.is_file() else metrics_file).read_text())
     resolved = to_dict(cfg)
     logged = 0
     with stage_run(

@@ -17,7 +17,7 @@ from typing import Any
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
-from roadwork.stages.common import OUTPUTS, SPLITS_CSV, check_export_agreement, rendered_bytes
+from roadwork.stages.common import OUTPUTS, REPORT_JSON, SPLITS_CSV, check_export_agreement, rendered_bytes
 
 HEADLINE = ("validator_mcc", "validator_accuracy", "predicted_positive_rate", "expected_reward")
 
@@ -57,8 +57,10 @@ def _registry_variant(model_uri: str) -> str | None:
 
 
 def evaluation_metrics(variant: str | None) -> dict[str, float]:
-    """The validator-faithful headline of ``variant`` (with interval bounds), for the README; {} if none."""
-    path = OUTPUTS / "evaluate" / (variant or "") / "metrics.json"
+    """The validator-faithful headline of ``variant`` (with interval bounds), for the README; {} if none.
+
+    Read from evaluate's ``report.json``: some of the interval bounds are not in its ``metrics.json``."""
+    path = OUTPUTS / "evaluate" / (variant or "") / REPORT_JSON
     if variant is None or not path.is_file():
         return {}
     figures = json.loads(path.read_text())
