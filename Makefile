@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
+# the offline page template of `dvc plots show/diff` (Vega scripts from npm, pinned)
+VEGA_TEMPLATE := .cache/vega/template.html
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
@@ -20,7 +22,10 @@ help:
 	@echo "make lint      ruff check + format check"
 	@echo "make bench     run the benchmarks under bench/"
 
-venv: $(STAMP)
+venv: $(STAMP) $(VEGA_TEMPLATE)
+
+$(VEGA_TEMPLATE): scripts/fetch-vega.sh
+	scripts/fetch-vega.sh
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +36,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 # check-data before dvc repro hashes data/: what DVC cannot take (link loops, FIFOs, unreadable files, links
 # out of data/) stops here with its fix instead of failing, hanging or being copied inside dvc repro
-demo: $(STAMP)
+demo: $(STAMP) $(VEGA_TEMPLATE)
 	@test -d data || roadwork synth data
 	roadwork check-data data
 	dvc repro
