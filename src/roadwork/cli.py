@@ -215,9 +215,11 @@ def _synth(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from roadwork.config import ConfigError
+    from roadwork.progress import quiet_library_progress
     from roadwork.tracking import TrackingLostError, TrackingUnavailableError
 
     try:
+        quiet_library_progress()
         if args.command == "synth":
             _synth(args)
             return 0
