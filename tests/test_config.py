@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from roadwork.config import ConfigError, RoadworkConfig, load_config, parse_overrides, to_dict
+from roadwork.config import (
+    ConfigError,
+    RoadworkConfig,
+    describe,
+    field_docs,
+    flatten,
+    load_config,
+    parse_overrides,
+    split_overrides,
+    to_dict,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_PARAMS = REPO / "params.yaml"
@@ -286,3 +296,51 @@ def test_environment_interpolation_is_refused(
 def test_reference_interpolation_is_refused_too(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"'embed\.seed' is the interpolation '\$\{split\.seed\}'"):
         load_config(_params_text(tmp_path, "embed:\n  seed: ${split.seed}\n"))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ([""], ()),  # `mlflow run -e split` passes its empty `overrides` parameter on as ''
+        (["  "], ()),
+        (["split.seed=3"], ("split.seed=3",)),
+        (["split.seed=3 train.lr=0.01"], ("split.seed=3", "train.lr=0.01")),  # -P overrides="a=1 b=2"
+        (["a.b=1", " c.d=2  e=3 "], ("a.b=1", "c.d=2", "e=3")),
+        (["deploy.description=a b"], ("deploy.description=a b",)),  # a value with a space stays whole
+        (["deploy.description='a b' split.seed=3"], ("deploy.description='a b'", "split.seed=3")),
+    ],
+)
+def test_split_overrides(arguments: list[str], expected: tuple[str, ...]) -> None:
+    assert split_overrides(arguments) == expected
+
+
+def test_split_overrides_load_like_separate_arguments() -> None:
+    one = load_config(REPO_PARAMS, split_overrides(["split.seed=3 deploy.description=a b"]))
+    assert (one.split.seed, one.deploy.description) == (3, "a b")
+
+
+def test_every_key_has_a_one_line_description_from_the_schema() -> None:
+    keys = flatten(to_dict(RoadworkConfig()))
+    assert not [key for key in keys if not describe(key)]
+    assert all("\n" not in describe(key) and "``" not in describe(key) for key in keys)
+    # the library dataclasses' own docstrings serve the sections that mirror them
+    assert describe("train.lr") == "peak learning rate (> 0)."
+    assert describe("adapt.lora_rank") == "adapter rank r (>= 1)."
+    assert describe("train.loss") == "ce (torch cross-entropy) or focal (roadwork.train.losses.focal_loss)."
+
+
+def test_field_docs_reads_every_attributes_block() -> None:
+    class Documented:
+        """Summary.
+
+        Attributes:
+            a: first line
+                continued.
+
+        Another group:
+
+        Attributes:
+            b: second.
+        """
+
+    assert field_docs(Documented) == {"a": "first line continued.", "b": "second."}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline import STAGES, copy_repository, run
+from helpers.repo import STAGES, copy_repository, run
 
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
+import sys
+import warnings
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from roadwork.train.head import (
     HeadModel,
     HeadTrainConfig,
     fit_head,
+    head_trainer,
     load_head,
     predict_logits,
     predict_margins,
@@ -700,3 +705,37 @@ def test_last_selection_keeps_the_final_epoch_and_alone_allows_overlapping_split
     assert refit.best_epoch == 1
     with pytest.raises(ValueError, match="occur in both train and val_select"):
         fit(tmp_path, union, VAL, name="leak", max_epochs=2)
+
+
+# ------------------------------------------------------------------------------------------------ logs
+
+
+def test_lightning_bar_only_where_progress_bars_are_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = HeadTrainConfig(**TINY)
+    monkeypatch.delenv("ROADWORK_PROGRESS", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
+    assert head_trainer(cfg, max_epochs=1).progress_bar_callback is None
+    monkeypatch.setenv("ROADWORK_PROGRESS", "1")
+    assert head_trainer(cfg, max_epochs=1).progress_bar_callback is not None
+    assert head_trainer(cfg, max_epochs=1, show_progress=False).progress_bar_callback is None
+
+
+def test_training_shows_none_of_lightnings_noise(tmp_path: Path) -> None:
+    """Lightning's hints, its deprecations inside torch and its chatter stay out of a stage's log; its
+    report of the hardware used stays."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    rank_zero.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit(tmp_path, max_epochs=2)
+    finally:
+        rank_zero.removeHandler(handler)
+    assert any(line.startswith("GPU available:") for line in lines)
+    chatter = ("💡 Tip", "TPU available", "`Trainer.fit` stopped")
+    assert not [line for line in lines if line.startswith(chatter)]
+    shown = [str(w.message) for w in caught]
+    assert not [m for m in shown if "does not have many workers" in m or "LeafSpec" in m], shown

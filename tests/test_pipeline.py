@@ -9,95 +9,25 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+from helpers.repo import BIN, STAGES, copy_repository
+from helpers.repo import run as repo_run
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
 
 
 def run(
     cmd: list[str], cwd: Path, *, tracking_uri: str | None = None, **kwargs
 ) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in ``cwd`` with the venv's tools first on PATH; a failure fails the test with its output.
-
-    MLflow goes to ``tracking_uri``, else to this module's store once the ``reproduced`` fixture made one,
-    else wherever the environment says.
-    """
-    uri = tracking_uri or TRACKING_URI.get("uri")
-    env = {
-        **os.environ,
-        **({"MLFLOW_TRACKING_URI": uri} if uri else {}),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
-    if done.returncode != 0:
-        pytest.fail(
-            f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
-        )
-    return done
-
-
-def copy_repository(dest: Path) -> Path:
-    """The working tree as git sees it (tracked + untracked, not ignored), without data/ and outputs/."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for rel in listed:
-        if (
-            rel.startswith(("data/", "outputs/"))
-            or rel in {"data.dvc", "dvc.lock"}
-            or not (REPO / rel).is_file()
-        ):
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, dest / rel)
-    run(["git", "init", "-q"], dest)
-    shrink_params(dest / "params.yaml")
-    return dest
-
-
-def shrink_params(params_file: Path) -> None:
-    """The offline tiny backbone and a short head training, so the whole pipeline runs in seconds."""
-    from omegaconf import OmegaConf
-
-    params = OmegaConf.load(params_file)
-    params.backbone.id = params.dedupe.backbone = "tiny"
-    params.embed.train_copies = 1
-    params.train.max_epochs = 3
-    params.evaluate.update({"renders_per_level": 2, "reward_streams": 200, "bootstrap_resamples": 200})
-    params.adapt.update(
-        {"max_steps": 2, "batch_size": 8, "local_crop_size": 48, "out_dim": 64, "head_hidden_dim": 32}
-    )
-    OmegaConf.save(params, params_file)
+    """:func:`helpers.repo.run`, with MLflow going to this module's store once ``reproduced`` made one."""
+    return repo_run(cmd, cwd, tracking_uri=tracking_uri or TRACKING_URI.get("uri"), **kwargs)
 
 
 TRACKING_URI: dict[str, str] = {}
-STAGES = (
-    "ingest",
-    "dedupe",
-    "split",
-    "adapt",
-    "embed@base",
-    "train@base",
-    "calibrate@base",
-    "evaluate@base",
-    "embed@adapted",
-    "train@adapted",
-    "calibrate@adapted",
-    "evaluate@adapted",
-    "bundle",
-)
 BAD_FILES = {
     "roadwork/zero_bytes.jpg": "empty_file",
     "roadwork/text.jpg": "not_an_image",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_pipeline import BIN, copy_repository, run
+from helpers.repo import BIN, copy_repository, run
 
 pytestmark = pytest.mark.slow
 

@@ -289,7 +289,10 @@ def test_no_near_duplicates_and_positive_fraction(tmp_path: Path) -> None:
     assert (tmp_path / "d" / "near_duplicates.csv").read_text(encoding="utf-8") == "path_a,path_b,kind\n"
 
 
-def test_progress_bar_can_be_turned_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_can_be_turned_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROADWORK_PROGRESS", "1")  # stderr is no terminal here
     generate_dataset(tmp_path / "quiet", 20, 0, show_progress=False)
     assert capsys.readouterr().err == ""
     generate_dataset(tmp_path / "loud", 20, 0, show_progress=True)

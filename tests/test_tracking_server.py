@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline import STAGES as PIPELINE_STAGES
-from test_pipeline import copy_repository, run
+from helpers.repo import STAGES as PIPELINE_STAGES
+from helpers.repo import copy_repository, run
 
 pytestmark = pytest.mark.slow
 

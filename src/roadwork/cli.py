@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from roadwork import __version__
 
@@ -38,6 +39,26 @@ Normally DVC runs them: `dvc repro` (all stages), `dvc exp run -S split.seed=3` 
 """
 
 
+class _StageHelp(argparse.Action):
+    """``-h``/``--help`` of a stage: the usual help, then the parameters the stage reads with their values
+    (from ``--params`` and any overrides given before ``--help``) and descriptions."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, stage: str, help: str | None = None) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+        self.stage = stage
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        from roadwork.config import split_overrides
+        from roadwork.stage_help import stage_parameters
+
+        parser.print_help()
+        overrides = split_overrides(getattr(namespace, "overrides", None) or ())
+        print(f"\n{stage_parameters(self.stage, namespace.params, overrides)}")
+        parser.exit()
+
+
 def _add_stage_parser(subparsers: argparse._SubParsersAction, name: str, description: str) -> None:
     parser = subparsers.add_parser(
         name,
@@ -45,6 +66,10 @@ def _add_stage_parser(subparsers: argparse._SubParsersAction, name: str, descrip
         description=description,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
+    parser.add_argument(
+        "-h", "--help", action=_StageHelp, stage=name, help="this help and the parameters the stage reads"
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="parameter overrides (Hydra syntax)"
@@ -281,9 +306,11 @@ def _check_data(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from roadwork.config import ConfigError
+    from roadwork.progress import quiet_library_progress
     from roadwork.tracking import TrackingLostError, TrackingUnavailableError
 
     try:
+        quiet_library_progress()
         if args.command == "synth":
             _synth(args)
             return 0
@@ -323,9 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             cfg = load_config(args.params)
             return promote.main(cfg, metric=args.metric, min_delta=args.min_delta, dry_run=args.dry_run)
-        from roadwork.config import load_config
+        from roadwork.config import load_config, split_overrides
 
-        overrides = tuple(args.overrides)
+        overrides = split_overrides(args.overrides)
         cfg = load_config(args.params, overrides)
         module = importlib.import_module(f"roadwork.stages.{args.command}")
         if args.command in VARIANT_STAGES:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import inspect
 import json
 import re
 import types
@@ -41,7 +42,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class SynthParams:
-    """The embedded synthetic data set that ``make demo`` draws when ``data/`` is absent."""
+    """The embedded synthetic data set that ``make demo`` draws when ``data/`` is absent.
+
+    Attributes:
+        n: images drawn, planted near-duplicates included (>= 20).
+        seed: random seed; the same arguments always give byte-identical files.
+        near_duplicate_fraction: share of the images that are planted near-duplicate copies, in [0, 1).
+    """
 
     n: int = 1700
     seed: int = 0
@@ -50,12 +57,29 @@ class SynthParams:
 
 @dataclass
 class DataParams:
+    """Where the images come from.
+
+    Attributes:
+        dir: ImageFolder (roadwork/, no_roadwork/ or 1/, 0/) or a folder of NATIX parquet files.
+        synth: the embedded demo data set.
+    """
+
     dir: str = "data"
     synth: SynthParams = field(default_factory=SynthParams)
 
 
 @dataclass
 class IngestParams:
+    """How ``ingest`` decodes, checks and stores every input.
+
+    Attributes:
+        working_min_side: shorter side of the stored copy every render starts from (never upscaled).
+        jpeg_quality: JPEG quality (1-100) of the stored working copies.
+        max_pixels: declared image size above which an input is quarantined (decompression bombs).
+        min_side: inputs with a shorter side below this many pixels are quarantined.
+        workers: decoding processes.
+    """
+
     working_min_side: int = 512
     jpeg_quality: int = 95
     max_pixels: int = 100_000_000
@@ -65,14 +89,23 @@ class IngestParams:
 
 @dataclass
 class DedupeParams:
+    """Which images count as duplicates (one group, never split across train and evaluation).
+
+    Attributes:
+        phash_radius: Hamming radius (0-64) within which two perceptual hashes mark near-duplicates.
+        hash_size: side of the pHash grid; 8 (64-bit hashes) is the only size stored.
+        embedding_cosine: images whose global features (``dedupe.backbone``'s) are at least this
+            cosine-similar join one group; null = off.
+        backbone: the embedding check's own backbone (seed 0, average pooling, float32), pinned apart from
+            ``backbone`` and ``embed`` so that trying another model never re-runs dedupe and split.
+        input_size: that backbone's input side in pixels (224: the validator's); null = its own preprocessing.
+        batch_size: images per forward pass of the embedding check.
+    """
+
     phash_radius: int = 10
     hash_size: int = 8
-    # Cosine similarity of global features (dedupe.backbone's) above which two images join one group; null
-    # turns the embedding check off.
     embedding_cosine: Optional[float] = 0.97  # noqa: UP045 (OmegaConf structured configs need Optional)
-    # The embedding check's own backbone (seed 0, average pooling, float32), pinned apart from `backbone` and
-    # `embed` so that trying another model never re-runs dedupe and split: every run is scored on one
-    # val_test. With the defaults it is embed@base's network, whose feature cache it fills.
+    # with the defaults, embed@base's network: dedupe fills the feature cache embed then reads
     backbone: str = "efficientnet_lite0"
     input_size: Optional[int] = 224  # noqa: UP045
     batch_size: int = 16
@@ -80,6 +113,15 @@ class DedupeParams:
 
 @dataclass
 class SplitFractions:
+    """Shares of the dedupe groups in each split, each in (0, 1), summing to 1.
+
+    Attributes:
+        train: the head (and ExPLoRA) train on it.
+        val_select: epoch selection and early stopping.
+        val_calib: calibration, the decision threshold and the variant choice.
+        val_test: the held-out evaluation, scored once per model.
+    """
+
     train: float = 0.60
     val_select: float = 0.15
     val_calib: float = 0.15
@@ -88,12 +130,31 @@ class SplitFractions:
 
 @dataclass
 class SplitParams:
+    """The stratified group split.
+
+    Attributes:
+        seed: random seed of the split.
+        fractions: the share of each split.
+    """
+
     seed: int = 0
     fractions: SplitFractions = field(default_factory=SplitFractions)
 
 
 @dataclass
 class BackboneParams:
+    """The frozen feature extractor.
+
+    Attributes:
+        id: ``tiny``, ``efficientnet_lite0``, a Hugging Face DINOv2/DINOv3 id or a local model folder.
+        seed: seed of the ``tiny`` backbone's random weights (ignored by the others).
+        attn_implementation: attention kernel of Hugging Face ViTs: ``sdpa`` or ``eager``.
+        input_size: images are resized to S x S pixels (what the miner's transformers loads); null = the
+            backbone's own preprocessing.
+        pooling: global pooling of timm backbones: ``avg``, ``max`` or ``gem`` (max and gem have no Hugging
+            Face export).
+    """
+
     id: str = "efficientnet_lite0"
     seed: int = 0
     attn_implementation: str = "sdpa"
@@ -103,7 +164,15 @@ class BackboneParams:
 
 @dataclass
 class AugmentParams:
-    """Augmentation of the K train copies: the validator's levels L0-L3 plus optional extras."""
+    """Augmentation of the K train copies: the validator's levels L0-L3 plus optional extras.
+
+    Attributes:
+        level_probs: probabilities of the validator's levels L0..L3 for each copy (4 numbers summing to 1).
+        color_jitter: strength in [0, 1) of an extra colour jitter; 0 = off.
+        erase_p: probability of an extra random erasing.
+        flip_p: probability of an extra horizontal flip (the validator's own flips never fire).
+        jpeg: end each copy with the validator's JPEG encoding.
+    """
 
     level_probs: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25, 0.25])
     color_jitter: float = 0.0
@@ -114,6 +183,26 @@ class AugmentParams:
 
 @dataclass
 class EmbedParams:
+    """How the frozen backbone turns images into cached features (every backbone forward uses
+    ``device``, ``precision``, ``batch_size`` and ``compile``).
+
+    Attributes:
+        views: ``global`` (the whole image) or ``global+tiles`` (plus grid x grid tiles, multiple-instance).
+        grid: tiles per side for ``global+tiles`` (>= 2).
+        tile_overlap: overlap of neighbouring tiles, a fraction in [0, 1).
+        train_copies: validator-augmented copies per train image (K), besides the clean one.
+        val_renders_per_level: validator renders per val_select / val_calib image at each of L1-L3, besides
+            L0.
+        tta_flip: also embed horizontally flipped evaluation images; logits averaged over the flip.
+        batch_size: images per forward (times the views per image).
+        device: ``auto`` (a GPU if any), ``cpu`` or ``gpu``.
+        precision: ``"32"`` or ``bf16`` (autocast); each device x precision has its own cache entries.
+        compile: ``torch.compile`` the backbone's forward (pays off on GPUs for large data sets).
+        seed: seed of the augmented copies and renders.
+        cache_dir: persistent feature cache outside DVC's outputs (resume, reuse).
+        augment: how the K train copies are drawn.
+    """
+
     views: str = "global"
     grid: int = 3
     tile_overlap: float = 0.25
@@ -131,6 +220,16 @@ class EmbedParams:
 
 @dataclass
 class FinetuneParams:
+    """LoRA finetuning of the backbone with the head (``train.mode: finetune``).
+
+    Attributes:
+        lora_rank: adapter rank r (>= 1).
+        lora_alpha: adapter scale numerator (> 0); the update is (lora_alpha / lora_rank) * B @ A.
+        lora_dropout: dropout probability in [0, 1) on the adapters' input.
+        use_dora: DoRA (weight-decomposed LoRA) instead of LoRA.
+        backbone_lr: learning rate (> 0) of the backbone's adapters.
+    """
+
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -146,6 +245,16 @@ def _mirrored_fields(cls: type) -> list[tuple[str, type, Any]]:
     return [(f.name, _FIELD_TYPES[f.type], field(default=f.default)) for f in fields(cls)]
 
 
+_TRAIN_EXTRA_DOC = """How the ``train`` stage trains.
+
+    Attributes:
+        mode: ``head`` (on cached features) or ``finetune`` (LoRA + head on images, for GPUs).
+        refit: head mode: train again on train + val_select for the selected epochs and keep the last.
+        finetune: the LoRA settings of ``finetune`` mode.
+
+    """
+
+
 def _train_params_schema() -> type:
     """``mode``, ``refit``, every field of :class:`~roadwork.train.head_config.HeadTrainConfig` (its names,
     types and defaults: one home) and ``finetune``."""
@@ -159,10 +268,20 @@ def _train_params_schema() -> type:
             *_mirrored_fields(HeadTrainConfig),
             ("finetune", FinetuneParams, field(default_factory=FinetuneParams)),
         ],
+        namespace={"__doc__": _TRAIN_EXTRA_DOC + (HeadTrainConfig.__doc__ or "")},
     )
 
 
 TrainParams = _train_params_schema()
+
+
+_ADAPT_EXTRA_DOC = """
+    The stage:
+
+    Attributes:
+        unlabeled_dir: optional folder of extra unlabeled images (validation images are excluded by sha256).
+        checkpoint_every_steps: resume checkpoints also every N steps (>= 0; 0 = at epoch ends only).
+    """
 
 
 def _adapt_params_schema() -> type:
@@ -177,6 +296,7 @@ def _adapt_params_schema() -> type:
             ("unlabeled_dir", Optional[str], field(default=None)),  # noqa: UP045
             ("checkpoint_every_steps", int, field(default=0)),
         ],
+        namespace={"__doc__": (AdaptConfig.__doc__ or "") + _ADAPT_EXTRA_DOC},
     )
 
 
@@ -185,7 +305,13 @@ AdaptParams = _adapt_params_schema()
 
 @dataclass
 class TrainerParams:
-    """Where ``train`` and ``adapt`` run: Lightning's accelerator, process count and strategy."""
+    """Where ``train`` (head mode) and ``adapt`` run.
+
+    Attributes:
+        accelerator: Lightning's accelerator: ``auto``, ``cpu`` or ``gpu``.
+        devices: processes, one per device (>= 1); batch sizes are global and must divide by it.
+        strategy: ``auto`` (one process) or ``ddp`` (one process per device; torchrun and SLURM work too).
+    """
 
     accelerator: str = "auto"
     devices: int = 1
@@ -194,6 +320,20 @@ class TrainerParams:
 
 @dataclass
 class CalibrateParams:
+    """Calibration and the decision policy, fitted on val_calib only.
+
+    Attributes:
+        method: ``temperature``, ``platt``, ``beta`` or ``isotonic``.
+        max_fnr: best MCC subject to FNR <= max_fnr on val_calib; null = unconstrained.
+        guarantee_alpha: with guarantee_delta: P(true FNR > alpha) <= delta (Learn-then-Test); null = off.
+        guarantee_delta: see guarantee_alpha; both set or both null.
+        conformal_alpha: class-conditional conformal sets at 1 - alpha; abstain when the set is {0, 1}.
+        ece_bins: bins of the expected calibration error.
+        target_prior: class prior the policy is fitted for (the validator draws 50/50); null = the data's.
+        threshold_rule: ``shrink`` (argmax pulled to the prior-neutral cut by its bootstrap noise) or
+            ``argmax``.
+    """
+
     method: str = "temperature"
     max_fnr: Optional[float] = None  # noqa: UP045
     guarantee_alpha: Optional[float] = None  # noqa: UP045
@@ -206,6 +346,17 @@ class CalibrateParams:
 
 @dataclass
 class EvaluateParams:
+    """The one look at val_test per model.
+
+    Attributes:
+        bootstrap_resamples: resamples of dedupe groups (not images) behind every interval (>= 10).
+        ci_level: confidence level of the intervals, in (0, 1).
+        seed: seed of the resamples, renders and reward streams.
+        renders_per_level: validator renders per val_test image at each of L1-L3, besides the L0 render.
+        reward_streams: simulated 100-challenge streams behind expected_reward (>= 10).
+        worst_errors: thumbnails in the error contact sheet.
+    """
+
     bootstrap_resamples: int = 1000
     ci_level: float = 0.95
     seed: int = 0
@@ -216,6 +367,27 @@ class EvaluateParams:
 
 @dataclass
 class DeployParams:
+    """The shipped model: registry, model card, serving limits and promotion.
+
+    Attributes:
+        registered_model: MLflow registry name; bundle sets its ``challenger`` alias.
+        model_name: model name in model_card.json.
+        description: description in model_card.json.
+        version: model version X.Y.Z in model_card.json.
+        submitted_by: model_card.json's submitter; env ROADWORK_SUBMITTED_BY wins, empty = the OS user name.
+        max_bytes: inputs larger than this are refused by predict and the served model.
+        max_pixels: images with more pixels than this are refused by predict and the served model.
+        request_max_bytes: the images of one served request hold at most this many bytes, or HTTP 400.
+        request_max_pixels: the images of one served request declare at most this many pixels, or HTTP
+            400 before any is decoded.
+        batch_size: images per forward of the served model.
+        promote_metric: what roadwork promote compares: ``expected_reward``, ``validator_mcc`` or
+            ``validator_accuracy``.
+        promote_min_delta: the challenger must beat the champion by more than this.
+        promote_confidence: level of the paired group-bootstrap interval of challenger - champion, whose
+            lower bound must be above zero for a promotion.
+    """
+
     registered_model: str = "roadwork-classifier"
     model_name: str = "roadwork-classifier"
     description: str = "Roadwork / no-roadwork classifier for the NATIX StreetVision task, built by roadwork."
@@ -233,6 +405,12 @@ class DeployParams:
 
 @dataclass
 class TrackingParams:
+    """MLflow tracking.
+
+    Attributes:
+        experiment: MLflow experiment the stage runs are logged to.
+    """
+
     experiment: str = "roadwork"
 
 
@@ -550,6 +728,21 @@ def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
     return ConfigError(f"{source}: {exc}")
 
 
+# whitespace before the next "key=": where one argument holding several overrides is cut
+_NEXT_OVERRIDE = re.compile(r"\s+(?=[A-Za-z_][\w.]*=)")
+
+
+def split_overrides(arguments: Sequence[str]) -> tuple[str, ...]:
+    """The overrides in command-line ``arguments``: an empty argument is none, and one argument may hold
+    several, separated by whitespace.
+
+    ``mlflow run -e split`` passes its empty ``overrides`` parameter on as an empty argument, and
+    ``-P overrides="split.seed=3 train.lr=0.01"`` as one argument. A value with a space stays whole
+    (``deploy.description=a b``): only whitespace before another ``key=`` separates.
+    """
+    return tuple(part for arg in arguments for part in _NEXT_OVERRIDE.split(arg.strip()) if part)
+
+
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
     """Parse ``key=value`` overrides with Hydra's grammar (quoting, lists, ``null``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -610,6 +803,37 @@ def load_config(
     cfg: RoadworkConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     _check_ranges(cfg, str(params_file) if not overrides else f"{params_file} + overrides")
     return cfg
+
+
+_ATTRIBUTE_ENTRY = re.compile(r"^    (\w+): (.*)$")
+_RST_ROLE = re.compile(r":\w+:`~?([^`]*)`")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's entry in the ``Attributes:`` blocks of ``cls``'s docstring (Google style), on one line:
+    the schema's own descriptions, which ``roadwork <stage> --help`` shows."""
+    docs: dict[str, str] = {}
+    current: str | None = None
+    in_block = False
+    for line in inspect.cleandoc(cls.__doc__ or "").splitlines():
+        entry = _ATTRIBUTE_ENTRY.match(line)
+        if line.strip() == "Attributes:":
+            in_block, current = True, None
+        elif in_block and entry:
+            current = entry[1]
+            docs[current] = entry[2]
+        elif in_block and current and line.startswith(" " * 8):
+            docs[current] += " " + line.strip()
+        else:
+            in_block, current = False, None
+    return {name: _RST_ROLE.sub(r"\1", text).replace("``", "") for name, text in docs.items()}
+
+
+def describe(key: str) -> str:
+    """The schema's one-line description of the dotted params key ``key`` ("" when it has none)."""
+    *sections, name = key.split(".")
+    section = functools.reduce(getattr, sections, RoadworkConfig())
+    return field_docs(type(section)).get(name, "")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

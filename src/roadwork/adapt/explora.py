@@ -83,6 +83,7 @@ from roadwork.data.images import open_image, pillow_pixel_limit
 from roadwork.data.preprocess import to_tensor_batch
 from roadwork.distributed import ACCELERATORS, STRATEGIES, check_processes
 from roadwork.models.backbone import Backbone
+from roadwork.progress import progress_bar
 
 if TYPE_CHECKING:  # importing lightning costs seconds; only its Logger interface is used
     from lightning.pytorch.loggers import Logger
@@ -576,7 +577,8 @@ def adapt_backbone(
             ``trainable_params``, ``total_params``, ``trainable_pct``, and at the end
             ``merge_max_abs_diff``. A resumed run logs only the steps it runs (``history`` holds them all).
             The loggers are not finalised (the caller owns their runs).
-        show_progress: a tqdm progress bar over the steps (global rank 0 only).
+        show_progress: a progress bar over the steps (global rank 0 only, where :mod:`roadwork.progress`
+            allows one).
         accelerator: ``auto`` (a GPU when there is one), ``cpu`` or ``gpu``.
         num_workers: DataLoader worker processes for decoding and cropping (0: in-process), per process.
         devices: number of processes (one per device; an int >= 1). ``cfg.batch_size`` is the global batch
@@ -655,9 +657,7 @@ def adapt_backbone(
     dataset = MultiCropDataset(paths, _load_image, transform, seed=cfg.seed)
     model.train()
     step = start
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total_steps, initial=start, desc="explora", disable=not show_progress) as bar:
+    with progress_bar(total=total_steps, initial=start, desc="explora", show=show_progress) as bar:
         while step < total_steps:
             epoch, done_in_epoch = divmod(step, steps_per_epoch)
             sampler: Sampler[int] = ResumableEpochSampler(

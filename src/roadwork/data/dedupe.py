@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from tqdm import tqdm
 
 from roadwork.data.images import ImageRejected, open_image, pillow_pixel_limit
+from roadwork.progress import progress_bar
 
 HASH_BITS = 64
 PHASH_SOURCE = "phash"
@@ -122,7 +122,7 @@ def compute_phashes(paths: Sequence[Path], *, hash_size: int = 8, show_progress:
         paths: image files (``pathlib.Path`` or ``str``), e.g. ingest's working copies. Only Pillow's own
             decompression-bomb limit applies (ingest has already applied the pipeline's pixel limit).
         hash_size: side of the DCT block kept, 2..8 (64 bits fit a ``uint64``).
-        show_progress: show a tqdm progress bar over the files.
+        show_progress: a progress bar over the files (where :mod:`roadwork.progress` allows one).
 
     Returns:
         ``uint64`` array of shape ``[len(paths)]``, aligned with ``paths``.
@@ -143,7 +143,7 @@ def compute_phashes(paths: Sequence[Path], *, hash_size: int = 8, show_progress:
     bits = hash_size * hash_size
     weights = np.left_shift(np.uint64(1), np.arange(bits - 1, -1, -1, dtype=np.uint64))
     out = np.empty(len(paths), dtype=np.uint64)
-    for index, path in enumerate(tqdm(paths, desc="phash", unit="img", disable=not show_progress)):
+    for index, path in enumerate(progress_bar(paths, desc="phash", unit="img", show=show_progress)):
         try:
             image = open_image(Path(path), max_pixels=max_pixels, min_side=1)
         except ImageRejected as error:

@@ -51,7 +51,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from roadwork.atomic import atomic_write, atomic_write_bytes
 from roadwork.data.images import (
@@ -62,6 +61,7 @@ from roadwork.data.images import (
     downscale_short_side,
     sha256_file,
 )
+from roadwork.progress import progress_bar
 
 CLASS_FOLDERS: dict[str, int] = {"roadwork": 1, "1": 1, "no_roadwork": 0, "0": 0}
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -566,7 +566,7 @@ def ingest(
         min_side: smallest accepted shorter side in pixels; smaller inputs are quarantined ``too_small``.
         workers: decoding processes (1 = in this process). Workers are *spawned*, so a script calling
             this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
-        show_progress: show a tqdm progress bar over inputs.
+        show_progress: a progress bar over inputs (where :mod:`roadwork.progress` allows one).
 
     Raises:
         ValueError: ``data_dir`` is missing, not a folder, cannot be listed, or holds neither a class folder
@@ -639,7 +639,7 @@ def ingest(
     settings = _Settings(images_dir, working_min_side, jpeg_quality, max_pixels, min_side)
     kept: list[_Kept] = []
     quarantined: list[_Quarantined] = []
-    with tqdm(total=n_inputs, desc="ingest", unit="img", disable=not show_progress) as progress:
+    with progress_bar(total=n_inputs, desc="ingest", unit="img", show=show_progress) as progress:
         for outcome in _execute(items(), settings, workers):
             (quarantined if isinstance(outcome, _Quarantined) else kept).append(outcome)
             progress.update()

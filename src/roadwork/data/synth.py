@@ -63,7 +63,8 @@ from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
-from tqdm import tqdm
+
+from roadwork.progress import progress_bar
 
 CLASS_FOLDERS: dict[int, str] = {1: "roadwork", 0: "no_roadwork"}
 """Label -> class folder name (ImageFolder layout)."""
@@ -1440,7 +1441,7 @@ def generate_dataset(
             in [0, 1). Each scene is copied at most once while there are at least as many scenes as copies.
         positive_fraction: share of the *scenes* (files that are not copies) labelled roadwork, in (0, 1); a
             copy takes its source's label, so the share among all files is close to it but not exact.
-        show_progress: show a tqdm progress bar.
+        show_progress: a progress bar (where :mod:`roadwork.progress` allows one).
 
     Raises:
         TypeError: an argument of the wrong type.
@@ -1499,7 +1500,7 @@ def generate_dataset(
         needed = set(sources.tolist())
         kept: dict[int, bytes] = {}  # encoded sources of the copies to come
         infos: list[SceneInfo] = []
-        with tqdm(total=n, desc="synth", unit="img", disable=not show_progress) as progress:
+        with progress_bar(total=n, desc="synth", unit="img", show=show_progress) as progress:
             for i in range(n_scenes):
                 image, info = draw_scene(int(labels[i]), np.random.default_rng([seed, 0, i]))
                 data = encode_jpeg(image)

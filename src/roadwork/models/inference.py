@@ -38,7 +38,6 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from PIL import Image
-from tqdm.auto import tqdm
 
 from roadwork.atomic import atomic_write_bytes, atomic_write_text
 from roadwork.data.preprocess import (
@@ -49,6 +48,7 @@ from roadwork.data.preprocess import (
     to_tensor_batch,
 )
 from roadwork.models.backbone import Backbone
+from roadwork.progress import progress_bar
 
 __all__ = [
     "GEOMETRY_KEY",
@@ -402,7 +402,7 @@ def embed_inputs(
 
     with (
         ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
-        tqdm(total=len(todo), desc=desc, unit="img", disable=not show_progress or not todo) as bar,
+        progress_bar(total=len(todo), desc=desc, unit="img", show=show_progress and bool(todo)) as bar,
     ):
         for begin in range(0, len(todo), batch_size):
             batch = todo[begin : begin + batch_size]

@@ -30,12 +30,12 @@ def registered_predictions(
 ) -> pd.DataFrame:
     """The pyfunc at ``uri`` on ``inputs[render.key]`` of every render: one row per (image, render)."""
     import mlflow
-    from tqdm.auto import tqdm
 
     from roadwork.deploy.registry import predict_with
+    from roadwork.progress import progress_bar
 
     model = mlflow.pyfunc.load_model(uri)
-    with tqdm(total=len(frame) * len(renders), desc=desc, unit="img") as bar:
+    with progress_bar(total=len(frame) * len(renders), desc=desc, unit="img") as bar:
         return render_predictions(frame, renders, lambda r: predict_with(model, inputs[r.key], bar.update))
 
 

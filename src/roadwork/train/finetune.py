@@ -49,7 +49,6 @@ import inspect
 import json
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -82,6 +81,7 @@ from roadwork.train.head import (
     library_versions,
     load_resume_state,
     optimizer_steps_per_epoch,
+    quiet_fit,
     replay_history,
     save_head,
 )
@@ -664,12 +664,8 @@ def finetune(
         replay_history(module.history, loggers)
         optimizer_steps = 0 if resume is None else int(resume["optimizer_steps"])
         if remaining > 0 and not module.early_stopped:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-                # intended: the backbone network stays in eval mode (see the module docstring)
-                warnings.filterwarnings(
-                    "ignore", message=".*module\\(s\\) in eval mode at the start of training.*"
-                )
+            # intended: the backbone network stays in eval mode (see the module docstring)
+            with quiet_fit((r".*module\(s\) in eval mode at the start of training", UserWarning)):
                 trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
             optimizer_steps += int(trainer.global_step)
     device = trainer.strategy.root_device

@@ -50,6 +50,7 @@ the loggers. With Lightning's ``ddp`` launcher the calling script is started aga
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -77,6 +78,7 @@ from roadwork.atomic import atomic_write
 from roadwork.distributed import check_processes
 from roadwork.metrics import mcc
 from roadwork.policy.threshold import best_mcc_threshold
+from roadwork.progress import progress_enabled
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.losses import focal_loss, inverse_frequency_weights
 
@@ -945,6 +947,36 @@ def replay_history(history: Sequence[dict[str, float]], loggers: Sequence[Logger
             logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
 
+# Lightning's messages that tell a roadwork user nothing: its hints and the deprecations inside its own calls
+# into torch (warnings: message regex, category), and its chatter on stderr (log lines starting so). The
+# features sit in memory, so more loader workers would not help; the stage summary says how training ended.
+_FIT_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    (r".*does not have many workers", UserWarning),
+    (r"torch\.distributed\.nn\.functional\.all_gather is deprecated", FutureWarning),
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+)
+_LIGHTNING_CHATTER = ("💡 Tip:", "TPU available:", "`Trainer.fit` stopped:")
+_LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+class _DropLightningChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_LIGHTNING_CHATTER)
+
+
+_DROP_CHATTER = _DropLightningChatter()
+
+
+@contextlib.contextmanager
+def quiet_fit(*extra: tuple[str, type[Warning]]) -> Iterator[None]:
+    """Around ``trainer.fit``: Lightning's warnings in :data:`_FIT_WARNINGS` and ``extra`` (message regex,
+    category) are not shown."""
+    with warnings.catch_warnings():
+        for message, category in (*_FIT_WARNINGS, *extra):
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
 def head_trainer(
     cfg: HeadTrainConfig,
     *,
@@ -962,6 +994,8 @@ def head_trainer(
     callers log to their loggers, checkpoint with :class:`EpochCheckpoint`, validate every epoch and shard
     with their own samplers.
     """
+    for name in _LIGHTNING_LOGGERS:
+        logging.getLogger(name).addFilter(_DROP_CHATTER)  # the same filter once, however many trainers
     return pl.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -972,7 +1006,7 @@ def head_trainer(
         gradient_clip_val=cfg.gradient_clip_val or None,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=show_progress,
+        enable_progress_bar=show_progress and progress_enabled(),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
@@ -1086,10 +1120,7 @@ def fit_head(
             replay_history(module.history, loggers)
         optimizer_steps = 0 if resume is None else int(resume["optimizer_steps"])
         if remaining > 0 and not module.early_stopped:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-                # Lightning's own all_gather calls a torch function torch has deprecated
-                warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
+            with quiet_fit():
                 trainer.fit(module, datamodule=data)
             optimizer_steps += int(trainer.global_step)
         best = HeadModel.from_config(cfg, feature_dim=feature_dim, num_views=num_views)
