@@ -148,8 +148,8 @@ def predict_paths(
 
 def main(model_uri: str, paths: list[Path], out: Path | None, show_progress: bool = True) -> int:
     import mlflow
-    from tqdm.auto import tqdm
 
+    from roadwork.progress import progress_bar
     from roadwork.stages.common import write_csv
     from roadwork.tracking import check_reachable, tracking_uri
 
@@ -160,7 +160,7 @@ def main(model_uri: str, paths: list[Path], out: Path | None, show_progress: boo
         mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(model_uri)
     readable = sum(not entry.reason for entry in entries)
-    with tqdm(total=readable, desc="predict", unit="img", disable=not show_progress) as bar:
+    with progress_bar(total=readable, desc="predict", unit="img", show=show_progress) as bar:
         frame = predict_paths(model, entries, bar.update)
     if out is None:
         frame.to_csv(sys.stdout, index=False, lineterminator="\n")
