@@ -390,3 +390,36 @@ def test_a_model_without_a_hugging_face_form_ships_its_probe(
     run(["roadwork", "export-submission", "--model-uri", "outputs/bundle/fallback", "--hotkey", TEST_HOTKEY,
          "--model-name", "acme-roadwork-test", "--out", "outputs/probe"], repo, tracking_uri=uri)  # fmt: skip
     assert (repo / "outputs/probe/model_card.json").is_file()
+
+
+def test_mlproject_entry_points_run_with_defaults_and_with_overrides(
+    reproduced: tuple[Path, str], tmp_path: Path
+) -> None:
+    """``mlflow run`` of ``main`` (``dvc repro``, which the fixture ran in full: here it finds nothing to do)
+    and of a stage with its defaults (MLflow passes the empty ``overrides`` on as ``''``) and with several
+    overrides in one ``-P``, in a copy of the reproduced repository."""
+    import mlflow
+    from omegaconf import OmegaConf
+
+    repo = tmp_path / "repo"
+    shutil.copytree(reproduced[0], repo, symlinks=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow_run = ["mlflow", "run", ".", "--env-manager", "local", "--experiment-name", "roadwork"]
+    main = run([*mlflow_run, "-e", "main"], repo, tracking_uri=uri)
+    assert "Data and pipelines are up to date" in main.stdout + main.stderr
+    reproduced_split = (repo / "outputs/split/splits.csv").read_bytes()
+    run([*mlflow_run, "-e", "split"], repo, tracking_uri=uri)
+    assert (repo / "outputs/split/splits.csv").read_bytes() == reproduced_split  # the same parameters
+    overrides = "split.seed=3 split.fractions.train=0.5 split.fractions.val_test=0.2"
+    run([*mlflow_run, "-e", "split", "-P", f"overrides={overrides}"], repo, tracking_uri=uri)
+    assert (repo / "outputs/split/splits.csv").read_bytes() != reproduced_split
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("roadwork")
+    latest = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.`roadwork.stage` = 'split'",
+        order_by=["attributes.start_time DESC"],
+    )
+    committed_seed = OmegaConf.load(repo / "params.yaml").split.seed  # an earlier test's `dvc exp run -S`
+    assert [r.data.params["split.seed"] for r in latest] == ["3", str(committed_seed)]
+    assert latest[0].data.params["split.fractions.train"] == "0.5"
