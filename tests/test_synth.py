@@ -298,7 +298,7 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
             raise KeyboardInterrupt
         return draw_scene(label, rng)
 
-    monkeypatch.setattr(synth, "draw_scene", failing_draw)
+    monkeypatch.setattr("roadwork.data.synth.dataset.draw_scene", failing_draw)
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(tmp_path / "data", 20, 0, show_progress=False)
     assert list(tmp_path.iterdir()) == []
