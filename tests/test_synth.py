@@ -249,6 +249,29 @@ def test_byte_identical_across_runs_and_processes(tmp_path: Path) -> None:
     assert not images[0] & images[1], "another seed must draw other images"
 
 
+# sha256 of files from generate_dataset(n=24, seed=5, near_duplicate_fraction=0.25), recorded before synth.py
+# became a package (Pillow 13.0.0, numpy 2.4.6): a refactor of the drawing code must keep every byte. Another
+# Pillow / libjpeg / numpy build may encode differently; re-record them only for such an upgrade.
+PINNED_SHA256 = {
+    "metadata.csv": "a46c3d93b7ac91aa2a47dcbef21ea620f1c6b73957733255d7eaca659efdac1f",
+    "near_duplicates.csv": "fccf2530f09c603128186f52ca1199d23244e2126e0c84df22e55859de5c3ee4",
+    "roadwork/00005.jpg": "574d0c59b60cd5c3fb6a9904e72c326fd29d740cd732a0ac092a47617d3426cd",  # scene
+    "no_roadwork/00002.jpg": "c487dddb98ca1283442b2e87c50d80cabb5d6be6d0ed71252abb4d3a6e03bed0",  # scene
+    "roadwork/00001.jpg": "5afe04930f6a9aeb62022de5e0a86ed85ea014fed5437a4c40b786bd1d0c3429",  # reencode
+    "roadwork/00000.jpg": "b2de83aecd43931760109d60d8928f94042780a4c04b316d310271b07aa97cbb",  # resize
+    "no_roadwork/00013.jpg": "c5065dc66def99ebf3772c363763bc1264713f74eed690a50461d15002d02bd2",  # crop
+}
+PINNED_TREE_SHA256 = "909e8e0dfed93a11a1798f227d12ba38de37e2a22b47bf67c969a1a4820bed26"
+
+
+def test_bytes_match_pinned_digests(tmp_path: Path) -> None:
+    generate_dataset(tmp_path / "d", 24, 5, near_duplicate_fraction=0.25, show_progress=False)
+    digests = tree_digest(tmp_path / "d")
+    assert {path: digests[path] for path in PINNED_SHA256} == PINNED_SHA256
+    listing = "".join(f"{path} {digest}\n" for path, digest in sorted(digests.items()))
+    assert hashlib.sha256(listing.encode()).hexdigest() == PINNED_TREE_SHA256
+
+
 def test_scene_depends_only_on_its_generator() -> None:
     a, info_a = draw_scene(1, np.random.default_rng([3, 0, 7]))
     b, info_b = draw_scene(1, np.random.default_rng([3, 0, 7]))
@@ -275,7 +298,7 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
             raise KeyboardInterrupt
         return draw_scene(label, rng)
 
-    monkeypatch.setattr(synth, "draw_scene", failing_draw)
+    monkeypatch.setattr("roadwork.data.synth.dataset.draw_scene", failing_draw)
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(tmp_path / "data", 20, 0, show_progress=False)
     assert list(tmp_path.iterdir()) == []
