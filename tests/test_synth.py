@@ -261,7 +261,7 @@ PINNED_SHA256 = {
     "roadwork/00000.jpg": "b2de83aecd43931760109d60d8928f94042780a4c04b316d310271b07aa97cbb",  # resize
     "no_roadwork/00013.jpg": "c5065dc66def99ebf3772c363763bc1264713f74eed690a50461d15002d02bd2",  # crop
 }
-PINNED_TREE_SHA256 = "909e8e0dfed93a11a1798f227d12ba38de37e2a22b47bf67c969a1a4820bed26"
+PINNED_TREE_SHA256 = "bc1a6d0a0b0ae89e12c6dac60acab7283820bddb496cf64e0e6538bde6eb734f"
 
 
 def test_bytes_match_pinned_digests(tmp_path: Path) -> None:

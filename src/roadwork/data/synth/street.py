@@ -67,17 +67,13 @@ def street_items(
     overpass = None
     if layout == "highway" and rng.random() < 0.25:
         overpass = rng.uniform(25, 90), rng.uniform(4.5, 6), rng.uniform(6.5, 8)
-    lamps, lamps_end = _lamps(cam, rng, layout, road, time)
-    traffic, traffic_z = _traffic(cam, rng, layout, road, time == "night", zone, lookalike)
-    sidewalk, bin_z = _sidewalk(cam, rng, road, lookalike) if road.sidewalk > 0 else ([], None)
-    signs, sign_z = _signs(cam, rng, road, lookalike)
+    lamps = _lamps(cam, rng, layout, road, time)
+    traffic = _traffic(cam, rng, layout, road, time == "night", zone, lookalike)
+    sidewalk = _sidewalk(cam, rng, road, lookalike) if road.sidewalk > 0 else []
+    signs = _signs(cam, rng, road, lookalike)
     if overpass is not None:
         z, low, high = overpass
-        # Painted in the order of depth z but drawn at the depth last drawn after it (the lamp row's end, the
-        # last vehicle, bin or sign): the single function this came from read its loop variable z late. Kept
-        # so that the data set's bytes stay the same; highways always have lamps, so a depth exists.
-        drawn_z = [d for d in (lamps_end, traffic_z, bin_z, sign_z) if d is not None][-1]
-        items.append((z, lambda p: draw_overpass(p, cam, drawn_z, low, high, rng)))
+        items.append((z, lambda p: draw_overpass(p, cam, z, low, high, rng)))
     return items + lamps + traffic + sidewalk + signs
 
 
@@ -93,11 +89,10 @@ def _guard_rails(cam: Camera, rng: np.random.Generator, layout: str, road: Road)
 
 def _lamps(
     cam: Camera, rng: np.random.Generator, layout: str, road: Road, time: str
-) -> tuple[list[Item], float | None]:
-    """A row of street lamps along one kerb (none on rural roads), lit after dark; and the depth past its
-    last lamp where the row stops (None without lamps)."""
+) -> list[Item]:
+    """A row of street lamps along one kerb (none on rural roads), lit after dark."""
     if layout == "rural":
-        return [], None
+        return []
     items: list[Item] = []
     lamp_side = -1 if rng.random() < 0.5 else 1
     sodium = rng.random() < 0.5
@@ -113,7 +108,7 @@ def _lamps(
             )
         )
         z += spacing
-    return items, z
+    return items
 
 
 def _traffic(
@@ -124,11 +119,9 @@ def _traffic(
     night: bool,
     zone: WorkZone | None,
     lookalike: float,
-) -> tuple[list[Item], float | None]:
-    """Up to 6 cars, vans and buses in the lanes, none where it would hide ``zone``; and the depth drawn for
-    the last of them, hidden or not (None without any)."""
+) -> list[Item]:
+    """Up to 6 cars, vans and buses in the lanes, none where it would hide ``zone``."""
     items: list[Item] = []
-    z = None
     for _ in range(int(rng.integers(0, 7))):
         kind = pick(rng, ("car", "car", "car", "van", "bus"))
         lane = int(rng.integers(road.lanes))
@@ -147,13 +140,13 @@ def _traffic(
                 lambda p, u, v, s, k=kind, c=colour, o=oncoming: draw_car(p, u, v, s, rng, c, k, o, night),
             )
         )
-    return items, z
+    return items
 
 
 def _sidewalk(
     cam: Camera, rng: np.random.Generator, road: Road, lookalike: float
-) -> tuple[list[Item], float | None]:
-    """Up to 5 pedestrians and 3 bins on the sidewalks; and the depth of the last bin (None without one)."""
+) -> list[Item]:
+    """Up to 5 pedestrians and 3 bins on the sidewalks."""
     items: list[Item] = []
     for _ in range(int(rng.integers(0, 6))):
         side = -1 if rng.random() < 0.5 else 1
@@ -167,7 +160,6 @@ def _sidewalk(
                 lambda p, u, v, s, c=clothes: draw_person(p, u, v, s, rng, c, None, helmet=False),
             )
         )
-    z = None
     kerb = road.half + road.sidewalk
     for _ in range(int(rng.integers(0, 4))):
         side = -1 if rng.random() < 0.5 else 1
@@ -176,16 +168,14 @@ def _sidewalk(
         items.append(
             standing(cam, side * (kerb - 0.4), z, lambda p, u, v, s, c=colour: draw_bin(p, u, v, s, c))
         )
-    return items, z
+    return items
 
 
 def _signs(
     cam: Camera, rng: np.random.Generator, road: Road, lookalike: float
-) -> tuple[list[Item], float | None]:
-    """Up to 2 street signs beside the road, each a yellow warning diamond with chance ``lookalike``; and the
-    depth of the last (None without one)."""
+) -> list[Item]:
+    """Up to 2 street signs beside the road, each a yellow warning diamond with chance ``lookalike``."""
     items: list[Item] = []
-    z = None
     for _ in range(int(rng.integers(0, 3))):
         side = -1 if rng.random() < 0.5 else 1
         x = side * (road.half + 0.6 + road.sidewalk * rng.uniform(0, 0.5))
@@ -204,4 +194,4 @@ def _signs(
             )
         else:
             items.append(standing(cam, x, z, lambda p, u, v, s: draw_street_sign(p, u, v, s, rng)))
-    return items, z
+    return items
