@@ -16,12 +16,12 @@ from roadwork.config import load_config
 from roadwork.data.dedupe import connected_groups
 from roadwork.data.groups import (
     UserGrouping,
-    describe_group,
     parse_timestamps,
     split_groups,
     time_window_edges,
 )
-from roadwork.data.split import SPLITS, check_fractions, group_stratified_split
+from roadwork.data.split import SPLITS, group_stratified_split
+from roadwork.stages.split import check_group_sizes
 
 REPO = Path(__file__).resolve().parents[1]
 FRACTIONS = {"train": 0.6, "val_select": 0.15, "val_calib": 0.15, "val_test": 0.1}
@@ -150,13 +150,25 @@ def test_a_drive_too_large_to_place_fails_naming_column_value_and_size() -> None
     frame["group"] = split_groups(frame, grouping)
     frame["split"] = group_stratified_split(frame["label"], frame["group"], FRACTIONS, seed=0)
     with pytest.raises(ValueError) as caught:
-        check_fractions(frame, FRACTIONS, 0.05, lambda g: describe_group(frame, g, grouping))
+        check_group_sizes(frame, FRACTIONS, 0.05, grouping)
     size = int((frame["drive"] == "night-drive-7").sum())
     assert f"drive='night-drive-7': {size} of {len(frame)} images" in str(caught.value)
     assert "'train'" in str(caught.value) and "split.group_tolerance = 0.05" in str(caught.value)
-    check_fractions(
-        frame, FRACTIONS, 0.2, lambda g: describe_group(frame, g, grouping)
-    )  # within a looser one
+    check_group_sizes(frame, FRACTIONS, 0.2, grouping)  # within a looser tolerance
+
+
+def test_a_dedupe_group_too_large_only_warns_as_before(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without group_by or a time window the split behaves as before the tolerance existed: it goes on."""
+    frame = frames(3, [10] * 30 + [700], bridges=0)
+    frame["group"] = np.where(frame["drive"] == "d30", -1, frame["group"])  # one huge dedupe group
+    frame["split"] = group_stratified_split(frame["label"], frame["group"], FRACTIONS, seed=0)
+    check_group_sizes(frame, FRACTIONS, 0.05, UserGrouping())
+    warning = capsys.readouterr().err
+    assert (
+        warning.startswith("split: warning: whole groups miss the fractions") and "dedupe group -1" in warning
+    )
+    check_group_sizes(frame, FRACTIONS, 0.2, UserGrouping())
+    assert capsys.readouterr().err == ""
 
 
 # ------------------------------------------------------------------------------------------- the stage

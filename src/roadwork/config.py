@@ -90,7 +90,8 @@ class SplitParams:
     time_window_s: Optional[float] = None  # noqa: UP045
     time_column: str = "timestamp"
     drive_column: Optional[str] = None  # noqa: UP045
-    # Largest accepted |achieved - target| share of a split; above it the too-large group is an error.
+    # Largest accepted |achieved - target| share of a split; above it the too-large group is an error (a
+    # warning while group_by and time_window_s are unset, as before this key).
     group_tolerance: float = 0.05
 
 

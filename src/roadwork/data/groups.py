@@ -52,6 +52,10 @@ class UserGrouping:
                 f"{self.drive_column!r}): frames join by time only within one drive"
             )
 
+    def joins_anything(self) -> bool:
+        """Whether this grouping adds links to dedupe's groups at all."""
+        return bool(self.group_by) or self.time_window_s is not None
+
     def columns(self) -> list[str]:
         """Every metadata column this grouping reads, in a fixed order without repeats."""
         named = [*self.group_by]
