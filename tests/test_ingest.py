@@ -811,3 +811,33 @@ def test_bad_parquet_labels_are_quarantined_and_ingest_goes_on(tmp_path: Path) -
         "roadwork/a.jpg": "1",
     }
     _assert_reconciled(result)
+
+
+def test_large_jpegs_are_draft_decoded_within_a_grey_level_of_a_full_decode(tmp_path: Path) -> None:
+    """A 2048 x 1536 photo, stored rotated with EXIF orientation 6: ingest decodes it at 1/4 scale (the
+    smallest whose shorter side stays >= 256), yet its working copy is within 1 grey level (mean absolute
+    difference) of a full decode + rotation + one Lanczos pass, at exactly the contract's size."""
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(small).resize((2048, 1536), Image.Resampling.BICUBIC), dtype=np.int16)
+    noisy = np.clip(smooth + rng.integers(-8, 9, smooth.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = tmp_path / "data" / "roadwork" / "photo.jpg"
+    photo.parent.mkdir(parents=True)
+    Image.fromarray(noisy).save(photo, quality=92, exif=exif.tobytes())
+    ingest(tmp_path / "data", tmp_path / "out", working_min_side=256, jpeg_quality=100, show_progress=False)
+    row = _read_csv(tmp_path / "out" / "manifest.csv").iloc[0]
+    assert (int(row["width"]), int(row["height"])) == (1536, 2048)
+    with Image.open(photo) as opened:
+        reference = (
+            ImageOps.exif_transpose(opened).convert("RGB").resize((256, 341), Image.Resampling.LANCZOS)
+        )
+    encoded = io.BytesIO()
+    reference.save(encoded, "JPEG", quality=100)  # as the working copy is saved: compare decodes, not codecs
+    with Image.open(tmp_path / "out" / row["working_path"]) as copy, Image.open(encoded) as expected:
+        assert copy.size == (256, 341)
+        difference = np.abs(np.asarray(copy, dtype=float) - np.asarray(expected, dtype=float)).mean()
+    assert difference < 1.0

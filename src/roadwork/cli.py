@@ -150,6 +150,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
 
+    fetch = subparsers.add_parser(
+        "fetch",
+        help="download a public data set at a pinned revision, verified, and print the `dvc add` to run",
+        description="Download the NATIX roadwork parquet set from the Hugging Face Hub at REVISION (a commit "
+        "SHA), verify every file's hash against the revision's metadata (offline: the cache's record of it), "
+        "copy the files to OUT and print the `dvc add` to run. HF_TOKEN is used when set; HF_HUB_OFFLINE=1 "
+        "takes the files from the cache only.",
+    )
+    fetch.add_argument("dataset", choices=["natix"], help="which data set")
+    fetch.add_argument(
+        "--revision", required=True, help="commit SHA of the dataset repository (40 hex digits)"
+    )
+    fetch.add_argument(
+        "--out", type=Path, default=Path("data/natix"), help="folder for the files (default: %(default)s)"
+    )
+    fetch.add_argument(
+        "--allow-moving-revision",
+        action="store_true",
+        help="accept a branch or tag (e.g. main) and take the commit it points to now",
+    )
+    fetch.add_argument(
+        "--cache-dir", type=Path, default=None, help="Hugging Face cache (default: HF_HUB_CACHE)"
+    )
+    fetch.add_argument("--repo-id", default=None, help="dataset repository (default: NATIX's roadwork set)")
+
     for name, description in STAGES.items():
         _add_stage_parser(subparsers, name, description)
 
@@ -303,6 +328,24 @@ def _check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(args: argparse.Namespace) -> int:
+    from roadwork.data.fetch import NATIX_REPO, dvc_add_command, fetch_dataset
+
+    result = fetch_dataset(
+        args.out,
+        args.revision,
+        repo_id=args.repo_id or NATIX_REPO,
+        allow_moving_revision=args.allow_moving_revision,
+        cache_dir=args.cache_dir,
+    )
+    print(
+        f"fetch: {len(result.files)} file(s), {result.n_bytes / 1e6:.1f} MB of {result.repo_id} at commit "
+        f"{result.commit} -> {result.out}, each verified against {result.checked_against}"
+    )
+    print(f"next: {dvc_add_command(result.out, result.commit)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from roadwork.config import ConfigError
@@ -316,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "check-data":
             return _check_data(args)
+        if args.command == "fetch":
+            return _fetch(args)
         if args.command == "predict":
             from roadwork.stages import predict
 

@@ -139,6 +139,15 @@ class SplitParams:
 
     seed: int = 0
     fractions: SplitFractions = field(default_factory=SplitFractions)
+    # Groups the user knows (roadwork.data.groups): metadata columns whose shared values join one group, and
+    # frames of one drive closer in time than time_window_s seconds.
+    group_by: list[str] = field(default_factory=list)
+    time_window_s: Optional[float] = None  # noqa: UP045
+    time_column: str = "timestamp"
+    drive_column: Optional[str] = None  # noqa: UP045
+    # Largest accepted |achieved - target| share of a split; above it the too-large group is an error (a
+    # warning while group_by and time_window_s are unset, as before this key).
+    group_tolerance: float = 0.05
 
 
 @dataclass
@@ -344,6 +353,23 @@ class CalibrateParams:
     threshold_rule: str = "shrink"
 
 
+SCENE_KEYWORDS = (
+    "night",
+    "rain",
+    "fog",
+    "snow",
+    "highway",
+    "urban",
+    "intersection",
+    "construction worker",
+    "cone",
+    "barrier",
+    "excavator",
+    "lane closure",
+    "sign",
+)
+
+
 @dataclass
 class EvaluateParams:
     """The one look at val_test per model.
@@ -363,6 +389,8 @@ class EvaluateParams:
     renders_per_level: int = 8
     reward_streams: int = 2000
     worst_errors: int = 24
+    # slices of NATIX's scene_description: whole words or phrases, any case, optional plural
+    scene_keywords: list[str] = field(default_factory=lambda: list(SCENE_KEYWORDS))
 
 
 @dataclass
@@ -456,6 +484,14 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "ingest.workers": (lambda v: v >= 1, "a positive integer"),
     "data.synth.seed": (lambda v: v >= 0, "an integer >= 0"),
     "split.seed": (lambda v: v >= 0, "an integer >= 0"),
+    "split.group_by": (
+        lambda v: all(c.strip() for c in v) and len(set(v)) == len(v),
+        "a list of distinct metadata column names (metadata.csv or parquet columns), e.g. [drive_id]",
+    ),
+    "split.time_window_s": (lambda v: v is None or v > 0, "a positive number of seconds, or null for off"),
+    "split.time_column": (lambda v: bool(v.strip()), "a non-empty column name"),
+    "split.drive_column": (lambda v: v is None or bool(v.strip()), "a non-empty column name, or null"),
+    "split.group_tolerance": (lambda v: 0 < v < 1, "a share in (0, 1), e.g. 0.05"),
     "dedupe.phash_radius": (lambda v: 0 <= v <= 64, "an integer in [0, 64]"),
     "dedupe.hash_size": (lambda v: v == 8, "8 (hashes are stored as 64-bit integers)"),
     "dedupe.embedding_cosine": (
@@ -531,6 +567,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
     ),
     "evaluate.reward_streams": (lambda v: v >= 10, "an integer >= 10 (simulated challenge streams)"),
     "evaluate.worst_errors": (lambda v: v >= 0, "an integer >= 0"),
+    "evaluate.scene_keywords": (
+        lambda v: all(k.strip() for k in v) and len({k.lower() for k in v}) == len(v),
+        "a list of distinct (ignoring case), non-empty keywords or phrases, e.g. [night, rain, highway]",
+    ),
     "deploy.registered_model": (lambda v: bool(v.strip()), "a non-empty registered model name"),
     "deploy.version": (
         lambda v: re.fullmatch(r"\d+\.\d+\.\d+", v) is not None,
@@ -577,6 +617,11 @@ def _check_ranges(cfg: RoadworkConfig, source: str) -> None:
                 f"{source}: 'deploy.{total}' is {getattr(cfg.deploy, total)}, below 'deploy.{one}' "
                 f"({getattr(cfg.deploy, one)}): a request could not carry one image of the largest size."
             )
+    if cfg.split.time_window_s is not None and cfg.split.drive_column is None:
+        raise ConfigError(
+            f"{source}: 'split.time_window_s' joins frames of one drive, so it needs 'split.drive_column' "
+            "(the metadata column naming each frame's drive); set it, or set split.time_window_s to null."
+        )
     fractions = cfg.split.fractions
     values = {f.name: getattr(fractions, f.name) for f in fields(fractions)}
     bad = [name for name, v in values.items() if not 0 < v < 1]

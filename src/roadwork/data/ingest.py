@@ -449,7 +449,11 @@ def _process(task: _Task, settings: _Settings) -> _Kept | _Quarantined:
             source,
             max_pixels=settings.max_pixels,
             min_side=settings.min_side,
-            draft_size=2 * settings.working_min_side,
+            # the smallest DCT scale (1/2, 1/4, 1/8) still >= the working copy's side: a 4032 x 3024 photo
+            # decodes at 1008 x 756 and Lanczos shrinks it by < 2x. Decode + resize take half the time they
+            # take from 1/2 scale, and the copy stays within 0.4 grey levels of a full decode + resize
+            # (BENCHMARKS.md, bench/ingest_photos.py)
+            draft_size=settings.working_min_side,
         )
     except ImageRejected as rejected:
         return _Quarantined(task.path, rejected.reason_code, rejected.message)
@@ -539,7 +543,8 @@ def ingest(
     """Decode and verify every input under ``data_dir``; write working copies, manifest and quarantine list.
 
     See the module docstring for the accepted layouts. Every input is decoded exactly once (JPEGs in draft
-    mode at about ``2 * working_min_side``) and ends in exactly one of the two outputs:
+    mode: at the smallest DCT scale whose shorter side is still at least ``working_min_side``) and ends in
+    exactly one of the two outputs:
 
     * ``out_dir/images/<sha256>.jpg``: the working copy every validator render starts from, shrunk so its
       shorter side is ``working_min_side`` pixels (never enlarged: a smaller original keeps its size),

@@ -11,7 +11,7 @@ stage may not read (DESIGN.md's table), naming both.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +102,41 @@ def check_split(frame: pd.DataFrame) -> None:
                 f"split '{name}' holds labels {sorted(present)}; every split needs both classes — "
                 "add data, or change split.fractions / split.seed"
             )
+
+
+def achieved_fractions(split: np.ndarray) -> dict[str, float]:
+    """Each split's share of all items."""
+    split = np.asarray(split)
+    return {name: float((split == name).mean()) for name in SPLITS}
+
+
+def fraction_miss(
+    frame: pd.DataFrame,
+    fractions: Mapping[str, float],
+    tolerance: float,
+    describe: Callable[[object], str],
+) -> str | None:
+    """Why the split misses its fractions, or None when every split's share of the images lies within
+    ``tolerance`` of its fraction.
+
+    Whole groups can only approximate the fractions; missing them by more than the tolerance means some
+    group is too large to place. The message names the largest group of the most over-filled split
+    (``describe(group)``), the split and every split's achieved and target share.
+    """
+    achieved = achieved_fractions(frame["split"].to_numpy())
+    deviation = {name: achieved[name] - float(fractions[name]) for name in SPLITS}
+    if max(abs(d) for d in deviation.values()) <= tolerance:
+        return None
+    fullest = max(SPLITS, key=lambda name: deviation[name])
+    sizes = frame.loc[frame["split"] == fullest, "group"].value_counts(sort=False)
+    largest = sizes.index[int(np.argmax(sizes.to_numpy()))]
+    shares = ", ".join(f"{name} {achieved[name]:.1%} (target {fractions[name]:.0%})" for name in SPLITS)
+    return (
+        f"whole groups miss the fractions by more than split.group_tolerance = {tolerance:g} ({shares}); "
+        f"the largest group of the over-filled split '{fullest}' is {describe(largest)}, too large to place "
+        "without breaking them. Give such groups a finer key (e.g. a sequence instead of a drive, or "
+        "split.time_window_s), leave them out of the data, or raise split.group_tolerance"
+    )
 
 
 def file_hash(path: Path) -> str:

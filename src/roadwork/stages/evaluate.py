@@ -23,6 +23,8 @@ evaluate read train and val_select labels for this and nothing else). Outputs in
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,38 +52,76 @@ from roadwork.stages.scoring import evaluation_renders, headline, render_predict
 
 # splits.csv columns that are not slice metadata
 _NOT_METADATA = {"path", "sha256", "size_bytes", "width", "height", "label", "working_path", "group", "split"}
+# NATIX's free text: sliced by keywords (evaluate.scene_keywords), not by each distinct text
+SCENE_COLUMN = "scene_description"
+NO_DESCRIPTION, NO_KEYWORD = "(no description)", "(no keyword)"
 
 
 def metadata_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in _NOT_METADATA]
 
 
-def slice_table(frame: pd.DataFrame, decision: np.ndarray, level: float) -> pd.DataFrame:
-    """Per (column, value) of the metadata: n, positives, accuracy and its Wilson interval, MCC, FNR, FPR."""
+def keyword_pattern(keyword: str) -> re.Pattern[str]:
+    """``keyword`` as a whole word or phrase: any case, any white space between its words, an optional plural
+    ``s``/``es``, and no letter or digit right before or after (``rain`` matches "Rain," and "rains", not
+    "rainy" or "terrain")."""
+    words = r"\s+".join(re.escape(word) for word in keyword.split())
+    return re.compile(rf"(?<!\w){words}(?:e?s)?(?!\w)", re.IGNORECASE)
+
+
+def keyword_slices(texts: pd.Series, keywords: Sequence[str]) -> dict[str, np.ndarray]:
+    """Row indices per keyword found in ``texts`` (an image may be in several), then those of rows with no
+    text (:data:`NO_DESCRIPTION`) and of rows whose text holds none of the keywords (:data:`NO_KEYWORD`).
+    Slices without rows are left out."""
+    text = texts.fillna("").astype(str).to_numpy()
+    patterns = {kw: keyword_pattern(kw) for kw in keywords}
+    found = {kw: np.array([bool(p.search(t)) for t in text], dtype=bool) for kw, p in patterns.items()}
+    empty = np.array([not t.strip() for t in text], dtype=bool)
+    any_keyword = np.logical_or.reduce([*found.values(), np.zeros(len(text), dtype=bool)])
+    found[NO_DESCRIPTION] = empty
+    found[NO_KEYWORD] = ~empty & ~any_keyword
+    return {name: np.flatnonzero(mask) for name, mask in found.items() if mask.any()}
+
+
+def slices(frame: pd.DataFrame, keywords: Sequence[str]) -> Iterator[tuple[str, object, np.ndarray]]:
+    """(column, value, row indices) of every slice: one per value of each metadata column, but keyword
+    slices (column ``scene_keyword``) for NATIX's ``scene_description``."""
+    for column in metadata_columns(frame):
+        if column == SCENE_COLUMN:
+            for keyword, index in keyword_slices(frame[column], keywords).items():
+                yield "scene_keyword", keyword, index
+        else:
+            for value, index in frame.groupby(column, dropna=False).indices.items():
+                yield column, value, index
+
+
+def slice_table(
+    frame: pd.DataFrame, decision: np.ndarray, level: float, keywords: Sequence[str]
+) -> pd.DataFrame:
+    """Per slice (:func:`slices`): n, positives, accuracy and its Wilson interval, MCC, FNR, FPR."""
     from roadwork import metrics as M
 
     rows = []
     y = frame["label"].to_numpy()
     correct = decision.astype(int) == y
-    for column in metadata_columns(frame):
-        for value, index in frame.groupby(column, dropna=False).indices.items():
-            ys, ds = y[index], decision[index].astype(int)
-            counts = M.confusion_counts(ys, ds)
-            low, high = M.wilson_interval(int(correct[index].sum()), len(index), level)
-            rows.append(
-                {
-                    "column": column,
-                    "value": value,
-                    "n": len(index),
-                    "n_positive": int(ys.sum()),
-                    "accuracy": float(correct[index].mean()),
-                    "accuracy_low": low,
-                    "accuracy_high": high,
-                    "mcc": M.mcc_from_counts(*counts),
-                    "fnr": M.fnr_from_counts(counts.tp, counts.fn),
-                    "fpr": M.fpr_from_counts(counts.fp, counts.tn),
-                }
-            )
+    for column, value, index in slices(frame, keywords):
+        ys, ds = y[index], decision[index].astype(int)
+        counts = M.confusion_counts(ys, ds)
+        low, high = M.wilson_interval(int(correct[index].sum()), len(index), level)
+        rows.append(
+            {
+                "column": column,
+                "value": value,
+                "n": len(index),
+                "n_positive": int(ys.sum()),
+                "accuracy": float(correct[index].mean()),
+                "accuracy_low": low,
+                "accuracy_high": high,
+                "mcc": M.mcc_from_counts(*counts),
+                "fnr": M.fnr_from_counts(counts.tp, counts.fn),
+                "fpr": M.fpr_from_counts(counts.fp, counts.tn),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -257,7 +297,7 @@ def write_reports(
     params, plot_dir = cfg.evaluate, out / "plots"
     clean = predictions[predictions["level"] == 0].reset_index(drop=True)
     y, margin, decision = clean["label"].to_numpy(), clean["margin"].to_numpy(), clean["decision"].to_numpy()
-    write_csv(slice_table(frame, decision, params.ci_level), out / "slices.csv")
+    write_csv(slice_table(frame, decision, params.ci_level, params.scene_keywords), out / "slices.csv")
     write_csv(predictions, out / "predictions.csv")
     errors = clean[clean["decision"] != clean["label"]].assign(
         kind=lambda e: np.where(e["label"] == 1, "false_negative", "false_positive"),
