@@ -63,3 +63,22 @@ def test_scene_keywords_are_a_checked_param() -> None:
     assert "night" in load_config(params).evaluate.scene_keywords
     with pytest.raises(ConfigError, match=r"evaluate\.scene_keywords"):
         load_config(params, ["evaluate.scene_keywords=[Night,night]"])
+
+
+def test_identifier_columns_such_as_timestamps_are_not_sliced() -> None:
+    """A column with more than MAX_SLICE_VALUES distinct values (a timestamp, a frame id) gives no slices; a
+    column with few values still does."""
+    from roadwork.stages.evaluate import MAX_SLICE_VALUES
+
+    n = MAX_SLICE_VALUES + 1
+    frame = pd.DataFrame(
+        {
+            "path": [f"{i}.jpg" for i in range(n)],
+            "label": [i % 2 for i in range(n)],
+            "timestamp": np.arange(n) * 0.5,
+            "drive": ["a", "b", "c"] * (n // 3) + ["a"] * (n % 3),
+        }
+    )
+    table = slice_table(frame, np.ones(n, dtype=int), 0.95, [])
+    assert set(table["column"]) == {"drive"}
+    assert len(slice_table(frame.iloc[:MAX_SLICE_VALUES], np.ones(MAX_SLICE_VALUES, dtype=int), 0.95, [])) > 3

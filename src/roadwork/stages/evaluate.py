@@ -55,6 +55,9 @@ _NOT_METADATA = {"path", "sha256", "size_bytes", "width", "height", "label", "wo
 # NATIX's free text: sliced by keywords (evaluate.scene_keywords), not by each distinct text
 SCENE_COLUMN = "scene_description"
 NO_DESCRIPTION, NO_KEYWORD = "(no description)", "(no keyword)"
+# a metadata column with more distinct values than this (a timestamp, a frame or drive id) is an identifier,
+# not a slice: one slice per value would only list single images
+MAX_SLICE_VALUES = 50
 
 
 def metadata_columns(frame: pd.DataFrame) -> list[str]:
@@ -84,13 +87,14 @@ def keyword_slices(texts: pd.Series, keywords: Sequence[str]) -> dict[str, np.nd
 
 
 def slices(frame: pd.DataFrame, keywords: Sequence[str]) -> Iterator[tuple[str, object, np.ndarray]]:
-    """(column, value, row indices) of every slice: one per value of each metadata column, but keyword
-    slices (column ``scene_keyword``) for NATIX's ``scene_description``."""
+    """(column, value, row indices) of every slice: one per value of each metadata column with at most
+    :data:`MAX_SLICE_VALUES` distinct values, and keyword slices (column ``scene_keyword``) for NATIX's
+    ``scene_description``."""
     for column in metadata_columns(frame):
         if column == SCENE_COLUMN:
             for keyword, index in keyword_slices(frame[column], keywords).items():
                 yield "scene_keyword", keyword, index
-        else:
+        elif frame[column].nunique(dropna=False) <= MAX_SLICE_VALUES:
             for value, index in frame.groupby(column, dropna=False).indices.items():
                 yield column, value, index
 

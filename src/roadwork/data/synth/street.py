@@ -87,9 +87,7 @@ def _guard_rails(cam: Camera, rng: np.random.Generator, layout: str, road: Road)
     return items
 
 
-def _lamps(
-    cam: Camera, rng: np.random.Generator, layout: str, road: Road, time: str
-) -> list[Item]:
+def _lamps(cam: Camera, rng: np.random.Generator, layout: str, road: Road, time: str) -> list[Item]:
     """A row of street lamps along one kerb (none on rural roads), lit after dark."""
     if layout == "rural":
         return []
@@ -143,9 +141,7 @@ def _traffic(
     return items
 
 
-def _sidewalk(
-    cam: Camera, rng: np.random.Generator, road: Road, lookalike: float
-) -> list[Item]:
+def _sidewalk(cam: Camera, rng: np.random.Generator, road: Road, lookalike: float) -> list[Item]:
     """Up to 5 pedestrians and 3 bins on the sidewalks."""
     items: list[Item] = []
     for _ in range(int(rng.integers(0, 6))):
@@ -171,9 +167,7 @@ def _sidewalk(
     return items
 
 
-def _signs(
-    cam: Camera, rng: np.random.Generator, road: Road, lookalike: float
-) -> list[Item]:
+def _signs(cam: Camera, rng: np.random.Generator, road: Road, lookalike: float) -> list[Item]:
     """Up to 2 street signs beside the road, each a yellow warning diamond with chance ``lookalike``."""
     items: list[Item] = []
     for _ in range(int(rng.integers(0, 3))):
