@@ -28,6 +28,7 @@ def run(
 
 
 TRACKING_URI: dict[str, str] = {}
+GIT = ["git", "-c", "user.name=roadwork-test", "-c", "user.email=test@roadwork.invalid"]
 BAD_FILES = {
     "roadwork/zero_bytes.jpg": "empty_file",
     "roadwork/text.jpg": "not_an_image",
@@ -52,6 +53,7 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     TRACKING_URI["uri"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     run(["roadwork", "synth", "data", "--n", "80", "--seed", "3", "--quiet"], repo)
     plant_bad_files(repo / "data")
+    run(["dvc", "add", "data"], repo)  # tracked as in a user's repository: the remote test pushes it
     first = run(["dvc", "repro"], repo)
     return repo, first.stdout + first.stderr
 
@@ -112,6 +114,49 @@ def test_second_repro_runs_nothing(reproduced: tuple[Path, str]) -> None:
     assert "Running stage" not in again.stdout + again.stderr
     status = run(["dvc", "status"], repo)
     assert "up to date" in status.stdout
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _no_runs(store: str) -> bool:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("roadwork")
+    return experiment is None or not client.search_runs([experiment.experiment_id])
+
+
+def test_a_remote_round_trip_restores_every_output_and_runs_nothing(
+    reproduced: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Push from the reproduced repository to a local-folder remote; a plain ``git clone`` of it then
+    ``dvc pull``s the data and every stage output, after which ``dvc repro`` runs no stage (bundle's
+    registration included) with an empty MLflow store and no feature cache, and the outputs are
+    byte-identical."""
+    repo, _ = reproduced
+    second, remote, store = tmp_path / "second", tmp_path / "remote", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run(["git", "add", "-A"], repo)
+    run([*GIT, "commit", "-qm", "pipeline outputs"], repo)
+    run(["dvc", "remote", "add", "-d", "store", str(remote)], repo)
+    run(["git", "add", ".dvc/config"], repo)
+    run([*GIT, "commit", "-qm", "default remote"], repo)
+    run(["dvc", "push"], repo)
+    assert "in sync" in run(["dvc", "status", "--cloud"], repo).stdout
+    run(["git", "clone", "-q", str(repo), str(second)], tmp_path, tracking_uri=store)
+    run(["dvc", "pull"], second, tracking_uri=store)
+    repro = run(["dvc", "repro"], second, tracking_uri=store)
+    assert "Running stage" not in repro.stdout + repro.stderr
+    assert all(f"'{stage}' didn't change, skipping" in repro.stdout + repro.stderr for stage in STAGES)
+    assert "up to date" in run(["dvc", "status"], second, tracking_uri=store).stdout
+    assert not (second / ".cache").exists() and _no_runs(store)  # nothing embedded, nothing logged
+    assert run(["git", "status", "--porcelain"], second, tracking_uri=store).stdout.strip() == ""
+    first_outputs, second_outputs = _files(repo / "outputs"), _files(second / "outputs")
+    assert second_outputs.keys() == first_outputs.keys()
+    assert [name for name in first_outputs if first_outputs[name] != second_outputs[name]] == []
+    assert _files(second / "data") == _files(repo / "data")
+    assert (second / "dvc.lock").read_bytes() == (repo / "dvc.lock").read_bytes()
 
 
 def test_another_backbone_or_embedding_setting_leaves_dedupe_and_split_alone(
@@ -295,19 +340,20 @@ def test_dvc_exp_run_set_param_reaches_mlflow(reproduced: tuple[Path, str]) -> N
 
     repo, _ = reproduced
     run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline"], repo)
-    log = run(["dvc", "exp", "run", "-S", "split.seed=11"], repo)
+    run([*GIT, "commit", "--allow-empty", "-qm", "pipeline"], repo)
+    # a bundle-only param: the experiment re-runs bundle alone (a moved split would re-run everything)
+    log = run(["dvc", "exp", "run", "-S", "deploy.description=an experiment's model"], repo)
     out = log.stdout + log.stderr
-    assert "Running stage 'split'" in out and "Running stage 'ingest'" not in out
+    assert "Running stage 'bundle'" in out and "Running stage 'embed@base'" not in out
     client = mlflow.MlflowClient(tracking_uri=TRACKING_URI["uri"])
     experiment = client.get_experiment_by_name("roadwork")
-    seeds = {
-        r.data.params.get("split.seed")
+    descriptions = {
+        r.data.params.get("deploy.description")
         for r in client.search_runs(
-            [experiment.experiment_id], filter_string="tags.`roadwork.stage` = 'split'"
+            [experiment.experiment_id], filter_string="tags.`roadwork.stage` = 'bundle'"
         )
     }
-    assert "11" in seeds
+    assert "an experiment's model" in descriptions
 
 
 def test_export_submission_loads_in_the_miners_transformers(reproduced: tuple[Path, str]) -> None:
