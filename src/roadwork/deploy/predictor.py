@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from roadwork.atomic import atomic_write_json
+
 __all__ = [
     "OUTPUT_COLUMNS",
     "PROBABILITY_COLUMNS",
@@ -152,7 +154,7 @@ class Predictor:
         for name in ("head.safetensors", "head.json"):
             shutil.copyfile(Path(head_dir) / name, directory / name)
         self.policy.to_json(directory / POLICY_FILE)
-        (directory / SPEC_FILE).write_text(json.dumps(asdict(self.spec), indent=2, sort_keys=True) + "\n")
+        atomic_write_json(directory / SPEC_FILE, asdict(self.spec))
 
     def check_size(self, size: int) -> None:
         """ValueError when an input of ``size`` bytes is over ``max_bytes``."""

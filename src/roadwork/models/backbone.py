@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from roadwork.atomic import atomic_write_json
 from roadwork.models.bn_fold import FoldedCache
 from roadwork.models.pooling import set_pooling
 
@@ -340,7 +341,7 @@ class Backbone(torch.nn.Module):
                 "architecture": self._arch_config,
                 "preprocess": self.preprocess.to_dict(),
             }
-            (directory / _TIMM_CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            atomic_write_json(directory / _TIMM_CONFIG_FILE, meta)
             return
         self.model.save_pretrained(str(directory), safe_serialization=True)
         _image_processor_for(self.preprocess).save_pretrained(str(directory))

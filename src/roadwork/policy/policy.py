@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit
 
+from roadwork.atomic import atomic_write_json
 from roadwork.metrics._validation import check_labels, check_same_length, check_scores
 from roadwork.policy.calibration import Calibrator, fit_calibrator
 from roadwork.policy.conformal import ConformalQuantiles, abstain_mask, fit_conformal, prediction_sets
@@ -106,7 +107,7 @@ class Policy:
         """Write the policy as JSON to ``path`` (parent directory must exist)."""
         data = asdict(self)
         data["conformal"] = None if self.conformal is None else self.conformal.to_dict()
-        Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        atomic_write_json(path, data)
 
     @classmethod
     def from_json(cls, path: str | Path) -> Policy:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from roadwork.atomic import atomic_write_text
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
 from roadwork.stages.common import (
@@ -170,7 +171,8 @@ def _hf_export(
     holds = variant
     if refusal is None:  # a declared output: say why it is empty
         (out / "fallback").mkdir(parents=True, exist_ok=True)
-        (out / "fallback" / "UNUSED.txt").write_text(f"{variant}'s head and views export as they are.\n")
+        note = f"{variant}'s head and views export as they are.\n"
+        atomic_write_text(out / "fallback" / "UNUSED.txt", note)
     else:
         print(f"bundle: {variant} has no Hugging Face form ({refusal}); exporting its linear probe instead")
         predictor, fallback_mcc = _probe_fallback(cfg, variant, predictor, out / "fallback")
@@ -184,7 +186,7 @@ def _hf_export(
     reason = _export_hf(cfg, predictor, out / "hf", val_metrics)
     if reason is not None:
         (out / "hf").mkdir(parents=True, exist_ok=True)
-        (out / "hf" / "NOT_EXPORTED.txt").write_text(f"No Hugging Face export: {reason}\n")
+        atomic_write_text(out / "hf" / "NOT_EXPORTED.txt", f"No Hugging Face export: {reason}\n")
         print(f"bundle: no Hugging Face export: {reason}")
         return f"nothing: {reason}", metrics
     n_images, max_diff = check_export_agreement(predictor, out / "hf", data, "val_calib level-0 renders")
