@@ -468,13 +468,13 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def register(folder: Path, name: str = "roadwork-classifier") -> str:
     import mlflow
 
-    from roadwork.deploy.registry import CHALLENGER, log_pyfunc
+    from roadwork.deploy.registry import CHALLENGER, finish_registration, log_pyfunc
 
     mlflow.set_experiment("deploy-tests")
     with mlflow.start_run():
         info = log_pyfunc(folder, registered_model_name=name, tags={"roadwork.variant": "base"})
     version = str(info.registered_model_version)
-    mlflow.MlflowClient().set_registered_model_alias(name, CHALLENGER, version)
+    finish_registration(mlflow.MlflowClient(), name, version, CHALLENGER)
     return version
 
 
@@ -632,3 +632,44 @@ def test_export_onnx_command_checks_parity_and_refuses_flip_averaged_models(tmp_
     flipped = save_model(make_predictor(tta_flip=True), tmp_path / "flip")
     assert cli(["export-onnx", "--model", str(flipped), "--out", str(tmp_path / "f.onnx")]) == 2
     assert not (tmp_path / "f.onnx").exists()
+
+
+def test_registration_is_all_or_nothing_from_the_users_view(tmp_path: Path) -> None:
+    """A version is created with all its tags and marked pending; killed before its alias (simulated by
+    stopping there), a rerun completes the version holding the same outputs and abandons any other, and
+    promote takes only finished versions."""
+    import mlflow
+
+    from roadwork.deploy.registry import (
+        CHALLENGER,
+        OUTPUTS_HASH_TAG,
+        REGISTRATION_TAG,
+        alias_version,
+        log_pyfunc,
+        outputs_hash,
+        repair_registrations,
+        usable,
+    )
+
+    name = "roadwork-registration-test"
+    folder = save_model(make_predictor(), tmp_path)
+    held = outputs_hash(folder)
+    client = mlflow.MlflowClient()
+    mlflow.set_experiment("deploy-tests")
+    versions = []
+    for outputs in ("0" * 64, held):  # a stale half-made version, then the one holding today's outputs
+        with mlflow.start_run():
+            tags = {"roadwork.variant": "base", OUTPUTS_HASH_TAG: outputs}
+            info = log_pyfunc(folder, registered_model_name=name, tags=tags)
+        versions.append(client.get_model_version(name, str(info.registered_model_version)))
+    assert all(v.tags[REGISTRATION_TAG] == "pending" for v in versions)
+    assert all(v.tags["roadwork.variant"] == "base" for v in versions)
+    assert alias_version(client, name, CHALLENGER) is None and not any(usable(v) for v in versions)
+
+    assert repair_registrations(client, name, held, CHALLENGER) == str(versions[1].version)
+    stale, completed = (client.get_model_version(name, v.version) for v in versions)
+    assert (stale.tags[REGISTRATION_TAG], completed.tags[REGISTRATION_TAG]) == ("abandoned", "complete")
+    assert str(alias_version(client, name, CHALLENGER).version) == str(completed.version)
+    assert usable(completed) and not usable(stale)
+    assert repair_registrations(client, name, held, CHALLENGER) is None  # nothing left pending
+    assert outputs_hash(folder) == held and outputs_hash(tmp_path / "head") != held

@@ -9,6 +9,7 @@ model becomes champion without a comparison. Every decision is recorded as tags 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,13 @@ def _example_jpeg() -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (224, 224), (128, 128, 128)).save(buffer, format="JPEG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+REGISTRATION_TAG = "roadwork.registration"
+"""A bundle version's state: ``pending`` from its creation, ``complete`` once its alias is set, or
+``abandoned`` (a killed registration another holds the outputs of)."""
+PENDING, COMPLETE, ABANDONED = "pending", "complete", "abandoned"
+OUTPUTS_HASH_TAG = "roadwork.outputs_hash"
 
 
 def _quiet_signature(example: Any, output: Any) -> Any:
@@ -95,16 +103,69 @@ def log_pyfunc(
             outputs=_quiet_signature(example, output).outputs,
         ),
         input_example=example,
-        registered_model_name=registered_model_name,
     )
-    if registered_model_name:
-        client = mlflow.MlflowClient()
-        version = str(info.registered_model_version)
-        for key, value in dict(tags).items():
-            client.set_model_version_tag(registered_model_name, version, key, str(value))
-        if description:
-            client.update_model_version(registered_model_name, version, description=description)
+    if not registered_model_name:
+        return info
+    # one call creates the version with every tag, the pending mark included: a kill can leave a version
+    # without its alias, never one without tags (see repair_registrations)
+    created = mlflow.register_model(
+        info.model_uri,
+        registered_model_name,
+        tags={**{k: str(v) for k, v in dict(tags).items()}, REGISTRATION_TAG: PENDING},
+    )
+    if description:
+        mlflow.MlflowClient().update_model_version(
+            registered_model_name, created.version, description=description
+        )
+    info.registered_model_version = created.version  # what log_model's own registration would have set
     return info
+
+
+def outputs_hash(directory: Path) -> str:
+    """sha256 over the relative paths and bytes of every file under ``directory`` (sorted): which bundle
+    outputs a registered version holds."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def finish_registration(client: Any, name: str, version: str, alias: str) -> None:
+    """Point ``alias`` at ``version``, then mark the version complete (the last step of a registration)."""
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, REGISTRATION_TAG, COMPLETE)
+
+
+def repair_registrations(client: Any, name: str, held_outputs: str, alias: str) -> str | None:
+    """Settle the versions of ``name`` a killed bundle left pending: the one holding ``held_outputs`` (the
+    current bundle outputs' :func:`outputs_hash`) is completed (``alias`` moves to it) and returned; every
+    other pending version is marked abandoned, so that promote never takes it. None when none holds them."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:  # no such model yet
+        return None
+    completed = None
+    for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        if version.tags.get(REGISTRATION_TAG) != PENDING:
+            continue
+        if completed is None and version.tags.get(OUTPUTS_HASH_TAG) == held_outputs:
+            finish_registration(client, name, str(version.version), alias)
+            completed = str(version.version)
+        else:
+            client.set_model_version_tag(name, str(version.version), REGISTRATION_TAG, ABANDONED)
+    return completed
+
+
+def usable(version: Any) -> bool:
+    """Whether ``version`` finished registering: not pending or abandoned (a version registered before the
+    mark existed counts as finished when bundle tagged it with its variant)."""
+    state = version.tags.get(REGISTRATION_TAG)
+    return state == COMPLETE or (state is None and "roadwork.variant" in version.tags)
 
 
 @dataclass(frozen=True)

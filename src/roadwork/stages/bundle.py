@@ -64,12 +64,9 @@ def choose_variant(candidates: dict[str, dict[str, float]]) -> str:
 
 
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
-    import mlflow
-
     from roadwork.deploy.predictor import Predictor, PredictorSpec
-    from roadwork.deploy.registry import CHALLENGER, log_pyfunc
+    from roadwork.deploy.registry import CHALLENGER
     from roadwork.policy import Policy
-    from roadwork.tracking import data_version, git_state, repo_root
 
     out = stage_dir("bundle")
     candidates = {}
@@ -123,24 +120,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         write_json(out / "metrics.json", metrics)
         run.log_metrics(metrics)
         run.log_artifact(out / "choice.json")
-        commit, _ = git_state(repo_root())
-        data_ver = data_version(repo_root())
-        info = log_pyfunc(
-            out / "model",
-            registered_model_name=cfg.deploy.registered_model,
-            tags={
-                "roadwork.variant": variant,
-                "roadwork.git_commit": commit,
-                "roadwork.data_version": data_ver,
-                "roadwork.hf_export_holds": holds,
-                **{f"roadwork.{k}": f"{v:.6f}" for k, v in val_metrics.items()},
-                **{f"roadwork.{k}": f"{v:.6f}" for k, v in export.items() if k.startswith("hf_cost")},
-            },
-            description=f"{variant} variant; data {data_ver}; commit {commit}; "
-            + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()),
-        )
-        version = str(info.registered_model_version)
-        mlflow.MlflowClient().set_registered_model_alias(cfg.deploy.registered_model, CHALLENGER, version)
+        version = _register(cfg, run, variant, out, holds, val_metrics, export)
         run.set_tags({"roadwork.registered_version": version, "roadwork.hf_export_holds": holds})
         # the pipeline run shows what this pipeline shipped, beside the other pipelines
         run.log_parent_metrics({f"chosen_{k}": v for k, v in val_metrics.items()})
@@ -156,6 +136,51 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         f"registered as {cfg.deploy.registered_model} version {version}, alias '{CHALLENGER}'; "
         f"Hugging Face export: {holds}"
     )
+
+
+def _register(
+    cfg: RoadworkConfig, run: Any, variant: str, out: Path, holds: str, val_metrics: dict, export: dict
+) -> str:
+    """Register ``out/model`` as a new version of ``deploy.registered_model`` (every tag at creation, the
+    alias last), or complete the pending version a killed bundle left for these very outputs; the version."""
+    import mlflow
+
+    from roadwork.deploy.registry import (
+        CHALLENGER,
+        OUTPUTS_HASH_TAG,
+        finish_registration,
+        log_pyfunc,
+        outputs_hash,
+        repair_registrations,
+    )
+    from roadwork.tracking import data_version, git_state, repo_root
+
+    commit, _ = git_state(repo_root())
+    data_ver = data_version(repo_root())
+    held = outputs_hash(out / "model")
+    client = mlflow.MlflowClient()
+    # a bundle killed between registering and setting the alias left its version pending: complete it
+    version = repair_registrations(client, cfg.deploy.registered_model, held, CHALLENGER)
+    if version is None:
+        info = log_pyfunc(
+            out / "model",
+            registered_model_name=cfg.deploy.registered_model,
+            tags={
+                "roadwork.variant": variant,
+                "roadwork.git_commit": commit,
+                "roadwork.data_version": data_ver,
+                "roadwork.run_id": run.run_id,
+                OUTPUTS_HASH_TAG: held,
+                "roadwork.hf_export_holds": holds,
+                **{f"roadwork.{k}": f"{v:.6f}" for k, v in val_metrics.items()},
+                **{f"roadwork.{k}": f"{v:.6f}" for k, v in export.items() if k.startswith("hf_cost")},
+            },
+            description=f"{variant} variant; data {data_ver}; commit {commit}; "
+            + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()),
+        )
+        version = str(info.registered_model_version)
+        finish_registration(client, cfg.deploy.registered_model, version, CHALLENGER)
+    return version
 
 
 def _hf_export(

@@ -81,7 +81,14 @@ def compare(challenger: pd.DataFrame, champion: pd.DataFrame, metric: str, cfg: 
 def main(cfg: RoadworkConfig, *, metric: str | None, min_delta: float | None, dry_run: bool) -> int:
     import mlflow
 
-    from roadwork.deploy.registry import CHALLENGER, CHAMPION, alias_version, decide_promotion
+    from roadwork.deploy.registry import (
+        CHALLENGER,
+        CHAMPION,
+        REGISTRATION_TAG,
+        alias_version,
+        decide_promotion,
+        usable,
+    )
     from roadwork.tracking import check_reachable, redact_uri, tracking_uri
 
     name = cfg.deploy.registered_model
@@ -95,6 +102,12 @@ def main(cfg: RoadworkConfig, *, metric: str | None, min_delta: float | None, dr
     if challenger is None:
         raise ValueError(
             f"model '{name}' has no '{CHALLENGER}' alias at {redact_uri(uri)}; run the bundle stage first."
+        )
+    if not usable(challenger):
+        raise ValueError(
+            f"'{CHALLENGER}' (version {challenger.version} of '{name}') never finished registering "
+            f"({REGISTRATION_TAG} = {challenger.tags.get(REGISTRATION_TAG)!r}); run `roadwork relog bundle` "
+            "(it completes the version holding outputs/bundle/model) or `dvc repro -f bundle`."
         )
     champion = alias_version(client, name, CHAMPION)
     if champion is not None and champion.version == challenger.version:

@@ -10,6 +10,7 @@ one; else ``metrics.json``) and its small output files as artifacts, and nothing
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from roadwork.config import RoadworkConfig, flatten, to_dict
 from roadwork.stages.common import METRICS_JSON, OUTPUTS, REPORT_JSON
@@ -43,4 +44,20 @@ def main(cfg: RoadworkConfig, stage: str, variant: str | None) -> int:
                 run.log_artifact(path, None if parent == "." else parent)
                 logged += 1
     print(f"relog: {stage}{f'@{variant}' if variant else ''}: {len(metrics)} metrics, {logged} files logged")
+    if stage == "bundle":
+        _complete_registration(cfg, directory / "model")
     return 0
+
+
+def _complete_registration(cfg: RoadworkConfig, model_dir: Path) -> None:
+    """Complete the version a killed bundle registered for ``model_dir`` (its alias set last)."""
+    import mlflow
+
+    from roadwork.deploy.registry import CHALLENGER, outputs_hash, repair_registrations
+
+    name = cfg.deploy.registered_model
+    version = repair_registrations(mlflow.MlflowClient(), name, outputs_hash(model_dir), CHALLENGER)
+    if version is None:
+        print(f"relog: no pending version of '{name}' holds {model_dir}; nothing to complete.")
+    else:
+        print(f"relog: completed '{name}' version {version}; '{CHALLENGER}' points at it.")
