@@ -1,8 +1,21 @@
-"""Argument rules shared by the multi-process trainers (head training and ExPLoRA): one home for them."""
+"""Where a multi-process trainer runs: argument rules and rank detection, one home for both.
+
+Shared by head training, finetuning and ExPLoRA. The world size is read in two ways, each for its moment:
+from the environment the launchers set (before any process group exists: torchrun, Lightning's ``ddp``
+launcher), and from the initialised ``torch.distributed`` process group. torch is imported lazily.
+"""
 
 from __future__ import annotations
 
-__all__ = ["ACCELERATORS", "STRATEGIES", "check_processes"]
+import os
+
+__all__ = [
+    "ACCELERATORS",
+    "STRATEGIES",
+    "check_processes",
+    "environment_world_size",
+    "process_group_size",
+]
 
 ACCELERATORS = ("auto", "cpu", "gpu")
 # ddp starts the calling command again per rank (or joins torchrun/SLURM ranks); spawn/fork strategies train
@@ -38,3 +51,18 @@ def check_processes(
         raise ValueError(
             f"{batch_key}={batch_size} is the global batch and must be divisible by devices={devices}."
         )
+
+
+def environment_world_size() -> int:
+    """``WORLD_SIZE`` of the environment (set by torchrun and by Lightning's launcher), else 1."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def process_group_size() -> int:
+    """Processes of the initialised default ``torch.distributed`` group (1 when there is none)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

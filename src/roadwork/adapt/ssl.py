@@ -46,8 +46,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
 from roadwork.adapt.config import AdaptConfig
-from roadwork.adapt.layout import build_student, set_adapter_mode
+from roadwork.adapt.layout import build_student
+from roadwork.distributed import process_group_size
 from roadwork.models.backbone import Backbone
+from roadwork.models.lora import set_adapter_mode
 
 __all__ = [
     "LOCAL_CROP_MIN_SCALE",
@@ -63,13 +65,6 @@ __all__ = [
 
 LOCAL_CROP_MIN_SCALE = 0.05
 _VIT_FAMILIES = ("dinov2", "dinov2_with_registers", "dinov3")
-
-
-def _process_count() -> int:
-    """Processes of the initialised default ``torch.distributed`` group (1 when there is none)."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 @contextlib.contextmanager
@@ -374,7 +369,7 @@ class ExploraSSL(nn.Module):
         if n_global % 2:
             raise ValueError(f"global_crops must hold 2 crops per image, got {n_global} crops.")
         batch = n_global // 2
-        processes = _process_count()
+        processes = process_group_size()
         # several processes: all run the iBOT branch when given masks, so all join its centre all-reduce
         use_ibot = (
             self.is_vit and cfg.ibot_weight > 0 and masks is not None and (processes > 1 or bool(masks.any()))
