@@ -1,8 +1,9 @@
 """Where a multi-process trainer runs: argument rules and rank detection, one home for both.
 
-Shared by head training, finetuning and ExPLoRA. The world size is read in two ways, each for its moment:
-from the environment the launchers set (before any process group exists: torchrun, Lightning's ``ddp``
-launcher), and from the initialised ``torch.distributed`` process group. torch is imported lazily.
+Shared by head training, finetuning, ExPLoRA and tracking. Rank and world size are read in two ways, each
+for its moment: from the environment the launchers set (before any process group exists: torchrun, SLURM,
+Lightning's ``ddp`` launcher), and from the initialised ``torch.distributed`` process group. torch is
+imported lazily: tracking calls :func:`is_rank_zero` without paying for it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ __all__ = [
     "STRATEGIES",
     "check_processes",
     "environment_world_size",
+    "is_rank_zero",
     "process_group_size",
 ]
 
@@ -51,6 +53,18 @@ def check_processes(
         raise ValueError(
             f"{batch_key}={batch_size} is the global batch and must be divisible by devices={devices}."
         )
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0 as the launchers announce it (True when nothing launched it).
+
+    torchrun and SLURM set ``RANK`` / ``SLURM_PROCID``; Lightning's ``ddp`` launcher starts ranks 1.. with
+    ``LOCAL_RANK`` and ``NODE_RANK`` set (rank 0 is the process the user started, before it launches).
+    """
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").strip().isdigit():
+            return int(os.environ[name]) == 0
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in ("LOCAL_RANK", "NODE_RANK"))
 
 
 def environment_world_size() -> int:
