@@ -396,17 +396,7 @@ class ExploraSSL(nn.Module):
         ibot = torch.zeros((), device=dino.device)
         if use_ibot:
             assert masks is not None and s_patches is not None and t_patches is not None
-            flat = masks.flatten(1)
-            s_masked = self.student_head(s_patches[flat]).float()
-            with torch.no_grad():
-                t_masked = self.teacher_head(t_patches[flat]).float()
-            if processes == 1:
-                ibot = self.ibot_loss(t_masked, s_masked, mask=masks, teacher_temp=teacher_temp)
-            else:
-                with _center_update_disabled(self.ibot_loss.center):
-                    ibot = self.ibot_loss(t_masked, s_masked, mask=masks, teacher_temp=teacher_temp)
-                if update_centers:
-                    self._update_ibot_center_globally(t_masked)
+            ibot = self._ibot(s_patches, t_patches, masks, teacher_temp, processes, update_centers)
             loss = loss + cfg.ibot_weight * ibot
         koleo = torch.zeros((), device=dino.device)
         if cfg.koleo_weight > 0 and batch >= 2:
@@ -422,6 +412,28 @@ class ExploraSSL(nn.Module):
             "koleo": koleo.detach(),
             "agreement": agreement,
         }
+
+    def _ibot(
+        self,
+        s_patches: Tensor,
+        t_patches: Tensor,
+        masks: Tensor,
+        teacher_temp: float,
+        processes: int,
+        update_centers: bool,
+    ) -> Tensor:
+        """iBOT loss on the masked patch tokens; with several processes the centre moves globally."""
+        flat = masks.flatten(1)
+        s_masked = self.student_head(s_patches[flat]).float()
+        with torch.no_grad():
+            t_masked = self.teacher_head(t_patches[flat]).float()
+        if processes == 1:
+            return self.ibot_loss(t_masked, s_masked, mask=masks, teacher_temp=teacher_temp)
+        with _center_update_disabled(self.ibot_loss.center):
+            ibot = self.ibot_loss(t_masked, s_masked, mask=masks, teacher_temp=teacher_temp)
+        if update_centers:
+            self._update_ibot_center_globally(t_masked)
+        return ibot
 
     @torch.no_grad()
     def _update_ibot_center_globally(self, t_masked: Tensor) -> None:
