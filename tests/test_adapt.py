@@ -17,9 +17,8 @@ from torch.utils.data import default_collate
 
 from roadwork.adapt import AdaptConfig, MergeCheckError, adapt_backbone, merge_check
 from roadwork.adapt import explora as explora_module
-from roadwork.adapt.explora import HISTORY_COLUMNS, latest_checkpoint, make_optimizer, ssl_step
+from roadwork.adapt.explora import CHECKPOINT_FILE, HISTORY_COLUMNS
 from roadwork.adapt.layout import base_parameter_name, build_student, plan_layout
-from roadwork.adapt.merge import backbone_features, merge_student
 from roadwork.adapt.ssl import (
     ExploraSSL,
     MultiCropDataset,
@@ -28,8 +27,11 @@ from roadwork.adapt.ssl import (
     seeded,
     teacher_temperature,
 )
+from roadwork.adapt.step import make_optimizer, ssl_step
 from roadwork.data.preprocess import to_tensor_batch
 from roadwork.models.backbone import Backbone, load_backbone
+from roadwork.models.merge import MERGE_TOLERANCE, backbone_features, merge_adapters
+from roadwork.train.checkpoint import read_checkpoint
 
 # small heads and batches keep every run to a few CPU seconds on `tiny`
 TINY: dict[str, Any] = {"batch_size": 2, "out_dim": 64, "head_hidden_dim": 32, "head_bottleneck_dim": 16}
@@ -272,7 +274,7 @@ def test_merge_check_passes_and_catches_a_corrupted_merge(tiny: Backbone, images
     batch = to_tensor_batch([_load(p) for p in images[:4]], tiny.preprocess)
     reference = backbone_features(student, batch)
     unmerged = copy.deepcopy(student)
-    merged = merge_student(student, backbone_id="merged")
+    merged = merge_adapters(student, backbone_id="merged")
     diff = merge_check(unmerged, merged, batch)
     assert 0 <= diff <= 1e-4
     assert merge_check(reference, merged, batch) == diff
@@ -286,7 +288,7 @@ def test_merge_check_passes_and_catches_a_corrupted_merge(tiny: Backbone, images
 def test_adapt_backbone_fails_when_the_merge_is_corrupted(
     tiny: Backbone, images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_merge = explora_module.merge_student
+    real_merge = explora_module.merge_adapters
 
     def corrupting_merge(student: Backbone, *, backbone_id: str) -> Backbone:
         merged = real_merge(student, backbone_id=backbone_id)
@@ -294,10 +296,33 @@ def test_adapt_backbone_fails_when_the_merge_is_corrupted(
             merged.model.encoder.layer[1].attention.v_proj.weight.mul_(1.01)
         return merged
 
-    monkeypatch.setattr(explora_module, "merge_student", corrupting_merge)
+    monkeypatch.setattr(explora_module, "merge_adapters", corrupting_merge)
     with pytest.raises(MergeCheckError):
         run(tiny, images, tmp_path / "out")
     assert not (tmp_path / "out" / "backbone").exists()
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_adapt_merge_check_fails_beyond_the_one_tolerance(
+    tiny: Backbone, images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factor: float
+) -> None:
+    """Merged features off by ``factor`` x MERGE_TOLERANCE: the check passes below it, fails above."""
+    real_merge = explora_module.merge_adapters
+    shift = factor * MERGE_TOLERANCE
+
+    def shifted_merge(student: Backbone, *, backbone_id: str) -> Backbone:
+        merged = real_merge(student, backbone_id=backbone_id)
+        merged.register_forward_hook(lambda module, args, out: out + shift)
+        return merged
+
+    monkeypatch.setattr(explora_module, "merge_adapters", shifted_merge)
+    if factor > 1:
+        with pytest.raises(MergeCheckError, match=f"tolerance {MERGE_TOLERANCE:.3g}"):
+            run(tiny, images, tmp_path / "out")
+        assert not (tmp_path / "out" / "backbone").exists()
+    else:
+        result = run(tiny, images, tmp_path / "out")
+        assert result.merge_max_abs_diff == pytest.approx(shift, abs=1e-6)
 
 
 def test_adapted_backbone_is_saved_loadable_and_changed(
@@ -400,9 +425,8 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(
             loggers=[RecordingLogger(raise_at_step=3)],  # dies during epoch 2
             show_progress=False,
         )
-    found = latest_checkpoint(ckpt)
-    assert found is not None and json.loads(found.read_text())["step"] == 2
-    assert found.with_suffix(".safetensors").is_file()
+    assert read_checkpoint(ckpt / CHECKPOINT_FILE)["step"] == 2
+    assert sorted(p.name for p in ckpt.iterdir()) == [CHECKPOINT_FILE]  # one file, no temporary left
     resumed = adapt_backbone(
         tiny, paths, cfg, out_dir=tmp_path / "resumed", checkpoint_dir=ckpt, show_progress=False
     )

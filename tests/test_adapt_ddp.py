@@ -23,11 +23,15 @@ import torch
 from PIL import Image
 
 import roadwork.adapt.explora as explora_module
+import roadwork.adapt.loop as loop_module
 from roadwork.adapt import AdaptConfig, adapt_backbone
-from roadwork.adapt.explora import _GlobalBatchShare, _mask_share, latest_checkpoint
-from roadwork.adapt.merge import backbone_features
+from roadwork.adapt.explora import CHECKPOINT_FILE
+from roadwork.adapt.processes import GlobalBatchShare
 from roadwork.adapt.ssl import ResumableEpochSampler, block_masks, seeded
+from roadwork.adapt.step import _mask_share
 from roadwork.models.backbone import Backbone, load_backbone
+from roadwork.models.merge import backbone_features
+from roadwork.train.checkpoint import read_checkpoint
 
 # 8 images, global batch 4 (2 per process): 2 steps per epoch, 3 steps over 2 epochs (the image order is
 # reshuffled at the epoch boundary). iBOT is on (the tiny ViT, patch 16: 7 x 7 grid on the 112-pixel global
@@ -92,15 +96,15 @@ class CountingLogger:
 
 def count_writes() -> dict[str, int]:
     """Count (in this process) checkpoint saves, atomic text writes and backbone saves from now on."""
-    writes = {"_save_checkpoint": 0, "atomic_write_text": 0, "Backbone.save": 0}
-    for name in ("_save_checkpoint", "atomic_write_text"):
-        original = getattr(explora_module, name)
+    writes = {"save_checkpoint": 0, "atomic_write_text": 0, "Backbone.save": 0}
+    for module, name in ((loop_module, "save_checkpoint"), (explora_module, "atomic_write_text")):
+        original = getattr(module, name)
 
         def counted(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
             writes[_name] += 1
             return _original(*args, **kwargs)
 
-        setattr(explora_module, name, counted)
+        setattr(module, name, counted)
     original_save = Backbone.save
 
     def counted_save(self: Backbone, *args: Any, **kwargs: Any) -> Any:
@@ -207,7 +211,7 @@ def test_process_shares_make_up_the_global_batches(start: int) -> None:
     full = list(ResumableEpochSampler(n, seed=3, epoch=1, start=start))
     complete = (len(full) // batch) * batch
     samplers = [
-        _GlobalBatchShare(
+        GlobalBatchShare(
             ResumableEpochSampler(n, seed=3, epoch=1, start=start), batch_size=batch, rank=r, world_size=world
         )
         for r in range(world)
@@ -251,7 +255,7 @@ def test_two_processes_match_one_write_once_and_resume(
     single = adapt(images, tmp_path / "single", 1)
     assert single["steps"] == STEPS and len(single["history"]["step"]) == STEPS
     # One process stopped after epoch 0 (2 steps): its checkpoint is where the two processes resume.
-    real_step = explora_module.ssl_step
+    real_step = loop_module.ssl_step
 
     class Stopped(Exception):
         pass
@@ -263,10 +267,10 @@ def test_two_processes_match_one_write_once_and_resume(
 
     ddp = tmp_path / "ddp"
     with monkeypatch.context() as patch:
-        patch.setattr(explora_module, "ssl_step", stop_after_epoch_0)
+        patch.setattr(loop_module, "ssl_step", stop_after_epoch_0)
         with pytest.raises(Stopped):
             adapt(images, ddp / "resumed", 1)
-    assert latest_checkpoint(ddp / "resumed" / "ckpt").name == "explora-000000002.json"
+    assert read_checkpoint(ddp / "resumed" / "ckpt" / CHECKPOINT_FILE)["step"] == 2
 
     started = time.monotonic()
     proc = subprocess.run(
@@ -292,23 +296,23 @@ def test_two_processes_match_one_write_once_and_resume(
         assert zero["steps"] == one["steps"] == STEPS
         assert zero["merge_max_abs_diff"] <= 1e-4
         # only rank 0 wrote or logged
-        assert one["writes"] == {"_save_checkpoint": 0, "atomic_write_text": 0, "Backbone.save": 0}
+        assert one["writes"] == {"save_checkpoint": 0, "atomic_write_text": 0, "Backbone.save": 0}
         assert (one["logged_steps"], one["logger_saves"]) == ([], 0)
         assert zero["logger_saves"] == 1
     fresh, again, resumed = (ranks[0][name] for name in ("fresh", "again", "resumed"))
-    # checkpoints at the epoch end (step 2) and after the last step; adapt.json + the checkpoints' JSON
-    assert fresh["writes"] == {"_save_checkpoint": 2, "atomic_write_text": 3, "Backbone.save": 1}
+    # checkpoints at the epoch end (step 2) and after the last step; adapt.json
+    assert fresh["writes"] == {"save_checkpoint": 2, "atomic_write_text": 1, "Backbone.save": 1}
     assert fresh["resumed_from_step"] == 0
     assert fresh["logged_steps"] == [0, 1, 2, 2, 3, 3, 3]  # counts, steps (+ epoch ends), merge check
 
     # The same call again resumes from the final checkpoint: no step, same results, outputs rewritten.
     assert again["resumed_from_step"] == STEPS
-    assert again["writes"] == {"_save_checkpoint": 0, "atomic_write_text": 1, "Backbone.save": 1}
+    assert again["writes"] == {"save_checkpoint": 0, "atomic_write_text": 1, "Backbone.save": 1}
     assert again["history"] == fresh["history"] and again["features"] == fresh["features"]
 
     # Resumed after epoch 0 of the one-process run: rows 1-2 are that run's, step 3 the two processes'.
     assert resumed["resumed_from_step"] == 2
-    assert resumed["writes"] == {"_save_checkpoint": 1, "atomic_write_text": 2, "Backbone.save": 1}
+    assert resumed["writes"] == {"save_checkpoint": 1, "atomic_write_text": 1, "Backbone.save": 1}
 
     # Two processes = one process, up to float rounding.
     for two in (fresh, resumed):
@@ -320,10 +324,8 @@ def test_two_processes_match_one_write_once_and_resume(
     for folder in ("fresh", "resumed"):
         model = ddp / folder / "model"
         assert sorted(p.name for p in model.iterdir()) == ["adapt.json", "backbone", "history.csv"]
-        assert sorted(p.name for p in (ddp / folder / "ckpt").iterdir()) == [
-            "explora-000000003.json",
-            "explora-000000003.safetensors",
-        ]
+        assert [p.name for p in (ddp / folder / "ckpt").iterdir()] == [CHECKPOINT_FILE]
+        assert read_checkpoint(ddp / folder / "ckpt" / CHECKPOINT_FILE)["step"] == STEPS
         meta = json.loads((model / "adapt.json").read_text())
         assert meta["steps"] == STEPS
         saved = fixed_features(load_backbone(str(model / "backbone")))

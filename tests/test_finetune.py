@@ -19,6 +19,8 @@ from roadwork.data.preprocess import PreprocessConfig, TrainAugment, to_tensor_b
 from roadwork.metrics import mcc
 from roadwork.models.backbone import Backbone, load_backbone
 from roadwork.models.lora import apply_lora, backbone_blocks, lora_layers, lora_target_modules, merge_lora
+from roadwork.models.merge import MERGE_TOLERANCE, MergeCheckError
+from roadwork.train import finetune as finetune_module
 from roadwork.train.finetune import FinetuneConfig, FinetuneResult, finetune
 from roadwork.train.head import HEAD_CONFIG, HISTORY_COLUMNS, HeadTrainConfig, load_head, predict_logits
 
@@ -404,6 +406,35 @@ def test_saved_model_reproduces_selected_predictions(trained: dict[str, Any]) ->
     assert ft_meta["finetune"]["backbone_lr"] == FT_KW["backbone_lr"]
     head_params = sum(p.numel() for p in result.head.parameters())
     assert result.trainable_parameters == head_params + 8 * 8 * (64 + 64)  # 8 layers, rank 8, 64 -> 64
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_finetune_merge_check_fails_beyond_the_one_tolerance(
+    trained: dict[str, Any], tiny: Backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factor: float
+) -> None:
+    """The run of ``trained`` (so the same linear head W) with the merged backbone's features moved by v,
+    W v = factor x MERGE_TOLERANCE on both logits: the check passes below the tolerance, fails above."""
+    weight = trained["result"].head.classifier[-1].weight.detach().double()
+    target = torch.full((2,), factor * MERGE_TOLERANCE, dtype=torch.float64)
+    shift = (torch.linalg.pinv(weight) @ target).float()
+    real_merge = finetune_module.merge_adapters
+
+    def shifted_merge(backbone: Backbone, *, backbone_id: str) -> Backbone:
+        merged = real_merge(backbone, backbone_id=backbone_id)
+        merged.register_forward_hook(lambda module, args, out: out + shift)
+        return merged
+
+    monkeypatch.setattr(finetune_module, "merge_adapters", shifted_merge)
+    args = (tiny, TRAIN_IMAGES, TRAIN_LABELS, VAL_IMAGES, VAL_LABELS, HeadTrainConfig(**HEAD_KW))
+    kwargs: dict[str, Any] = {"augment": RecordingAugment(), "show_progress": False, "accelerator": "cpu"}
+    if factor > 1:
+        with pytest.raises(MergeCheckError, match=f"tolerance {MERGE_TOLERANCE:.3g}"):
+            finetune(*args, FinetuneConfig(**FT_KW), out_dir=tmp_path / "out", **kwargs)
+        assert not (tmp_path / "out" / "backbone").exists()
+    else:
+        result = finetune(*args, FinetuneConfig(**FT_KW), out_dir=tmp_path / "out", **kwargs)
+        assert result.merge_max_abs_diff == pytest.approx(factor * MERGE_TOLERANCE, abs=2e-6)
+        np.testing.assert_array_equal(result.val_logits, trained["result"].val_logits)  # the same training
 
 
 def test_deterministic_with_paths_and_workers(tiny: Backbone, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
 import roadwork.train.head as head_module
+from roadwork.train.checkpoint import read_checkpoint
 from roadwork.train.head import (
     CHECKPOINT_FILE,
     FeatureSet,
@@ -33,7 +34,6 @@ from roadwork.train.head import (
     fit_head,
     load_head,
     predict_margins,
-    read_checkpoint,
 )
 
 # 96 train rows = 6 global batches of 16 (8 per process); 41 val rows, so validation shards need padding.

@@ -25,18 +25,16 @@ from safetensors import safe_open
 
 from roadwork.data.preprocess import TrainAugment
 from roadwork.models.backbone import load_backbone
-from roadwork.train.finetune import FINETUNE_CHECKPOINT_FILE, FinetuneConfig, finetune
-from roadwork.train.head import (
-    CHECKPOINT_FILE,
-    FeatureSet,
-    FitResult,
-    HeadTrainConfig,
+from roadwork.train.checkpoint import (
+    CHECKPOINT_FORMAT_VERSION,
     _decode,
     _encode,
-    fit_head,
+    load_resume_state,
     read_checkpoint,
     write_checkpoint,
 )
+from roadwork.train.finetune import FINETUNE_CHECKPOINT_FILE, FinetuneConfig, finetune
+from roadwork.train.head import CHECKPOINT_FILE, FeatureSet, FitResult, HeadTrainConfig, fit_head
 
 OUTPUTS = ("head.safetensors", "head.json", "history.csv")
 # 100 train rows in batches of 16 -> 7 optimizer steps per epoch (the last batch has 4 rows).
@@ -330,6 +328,27 @@ def test_checkpoint_is_safetensors_with_json_state_and_no_pickle(tmp_path: Path)
     assert set(optimizer["state"]) == {0, 1}  # int keys survive the JSON
     assert isinstance(optimizer["param_groups"][0]["betas"], tuple)
     assert state["schedulers"][0]["last_epoch"] == 14
+
+
+def test_strict_resume_refuses_what_the_lenient_resume_ignores(tmp_path: Path) -> None:
+    """Head training and finetuning ignore a stale or unreadable checkpoint; ExPLoRA (strict) refuses it."""
+    path = tmp_path / "checkpoint.safetensors"
+    mine = {"config": {"lr": 0.1}, "images": "abc"}
+    assert load_resume_state(path, mine, strict=True) is None  # nothing there: a fresh start either way
+    write_checkpoint(path, {"format_version": CHECKPOINT_FORMAT_VERSION, "fingerprint": mine, "step": 3})
+    assert load_resume_state(path, mine, strict=True)["step"] == 3  # type: ignore[index]
+    other = {**mine, "config": {"lr": 0.2}}
+    assert load_resume_state(path, other) is None
+    with pytest.raises(ValueError, match=r"different run \(config differs\)\. Delete"):
+        load_resume_state(path, other, strict=True)
+    write_checkpoint(path, {"format_version": 999, "fingerprint": mine})
+    assert load_resume_state(path, mine) is None
+    with pytest.raises(ValueError, match="checkpoint format 999"):
+        load_resume_state(path, mine, strict=True)
+    path.write_bytes(b"not a checkpoint")
+    assert load_resume_state(path, mine) is None
+    with pytest.raises(ValueError, match=r"cannot resume from .*not a safetensors file"):
+        load_resume_state(path, mine, strict=True)
 
 
 def test_state_round_trip_keeps_types() -> None:

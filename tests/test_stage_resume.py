@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from helpers.repo import BIN, copy_repository, run
+from roadwork.adapt.explora import CHECKPOINT_FILE
+from roadwork.train.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +49,8 @@ def kill_when(repo: Path, cmd: list[str], ready: callable, timeout: float = 240)
 
 
 def adapt_checkpoint_step(repo: Path) -> int:
-    steps = [int(p.stem.split("-")[1]) for p in (repo / ".cache/checkpoints/adapt").glob("*/explora-*.json")]
-    return max(steps, default=0)
+    paths = (repo / ".cache/checkpoints/adapt").glob(f"*/{CHECKPOINT_FILE}")
+    return max((int(read_checkpoint(p)["step"]) for p in paths), default=0)
 
 
 @pytest.fixture(scope="module")

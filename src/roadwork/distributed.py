@@ -1,8 +1,23 @@
-"""Argument rules shared by the multi-process trainers (head training and ExPLoRA): one home for them."""
+"""Where a multi-process trainer runs: argument rules and rank detection, one home for both.
+
+Shared by head training, finetuning, ExPLoRA and tracking. Rank and world size are read in two ways, each
+for its moment: from the environment the launchers set (before any process group exists: torchrun, SLURM,
+Lightning's ``ddp`` launcher), and from the initialised ``torch.distributed`` process group. torch is
+imported lazily: tracking calls :func:`is_rank_zero` without paying for it.
+"""
 
 from __future__ import annotations
 
-__all__ = ["ACCELERATORS", "STRATEGIES", "check_processes"]
+import os
+
+__all__ = [
+    "ACCELERATORS",
+    "STRATEGIES",
+    "check_processes",
+    "environment_world_size",
+    "is_rank_zero",
+    "process_group_size",
+]
 
 ACCELERATORS = ("auto", "cpu", "gpu")
 # ddp starts the calling command again per rank (or joins torchrun/SLURM ranks); spawn/fork strategies train
@@ -38,3 +53,30 @@ def check_processes(
         raise ValueError(
             f"{batch_key}={batch_size} is the global batch and must be divisible by devices={devices}."
         )
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0 as the launchers announce it (True when nothing launched it).
+
+    torchrun and SLURM set ``RANK`` / ``SLURM_PROCID``; Lightning's ``ddp`` launcher starts ranks 1.. with
+    ``LOCAL_RANK`` and ``NODE_RANK`` set (rank 0 is the process the user started, before it launches).
+    """
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").strip().isdigit():
+            return int(os.environ[name]) == 0
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in ("LOCAL_RANK", "NODE_RANK"))
+
+
+def environment_world_size() -> int:
+    """``WORLD_SIZE`` of the environment (set by torchrun and by Lightning's launcher), else 1."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def process_group_size() -> int:
+    """Processes of the initialised default ``torch.distributed`` group (1 when there is none)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -44,6 +44,8 @@ from typing import Any
 
 import yaml
 
+from roadwork.distributed import is_rank_zero
+
 PIPELINE_TAG = "roadwork.pipeline_id"
 KIND_TAG = "roadwork.run_kind"
 DVC_STAGE_TAG = "roadwork.dvc_stage"
@@ -258,18 +260,6 @@ class OffRankRun(StageRun):
 
     def loggers(self) -> list[Any]:
         return []
-
-
-def is_rank_zero() -> bool:
-    """Whether this process is global rank 0 as the launchers announce it (True when nothing launched it).
-
-    torchrun and SLURM set ``RANK`` / ``SLURM_PROCID``; Lightning's ``ddp`` launcher starts ranks 1.. with
-    ``LOCAL_RANK`` and ``NODE_RANK`` set (rank 0 is the process the user started, before it launches).
-    """
-    for name in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(name, "").strip().isdigit():
-            return int(os.environ[name]) == 0
-    return all(os.environ.get(name, "0").strip() in ("", "0") for name in ("LOCAL_RANK", "NODE_RANK"))
 
 
 def _pipeline_id(commit: str, data_ver: str, resolved_config: Mapping[str, Any]) -> str:

@@ -15,19 +15,25 @@ On a copy of a frozen :class:`~roadwork.models.backbone.Backbone` (arXiv 2406.10
 
 Modes are explicit: the backbone network stays in eval mode (no stochastic depth; batch-norm layers use and
 keep their running statistics, so only their affine weights adapt), and only the adapter layers follow the
-requested mode (their input dropout is active in training). :func:`set_adapter_mode` does that.
+requested mode (their input dropout is active in training). :func:`~roadwork.models.lora.set_adapter_mode`
+does that.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from torch import nn
 
 from roadwork.adapt.config import AdaptConfig
 from roadwork.models.backbone import Backbone
-from roadwork.models.lora import apply_lora, backbone_blocks, lora_layers, lora_target_modules
+from roadwork.models.lora import (
+    adapted_copy,
+    backbone_blocks,
+    lora_layers,
+    lora_target_modules,
+    set_adapter_mode,
+)
 
 __all__ = [
     "PEFT_PREFIX",
@@ -36,7 +42,6 @@ __all__ = [
     "build_student",
     "is_norm_layer",
     "plan_layout",
-    "set_adapter_mode",
 ]
 
 # peft's wrapper prefixes every name of the wrapped network with this
@@ -113,19 +118,6 @@ def plan_layout(backbone: Backbone, cfg: AdaptConfig) -> AdapterLayout:
     )
 
 
-def set_adapter_mode(model: nn.Module, mode: bool) -> None:
-    """Put only the adapter layers (peft ``LoraLayer``s: adapters and their dropout) of ``model`` in ``mode``.
-
-    The whole adapted layer, not only ``lora_dropout``: peft's DoRA skips its dropout when the layer itself is
-    in eval mode; its base ``Linear``/``Conv2d`` has no modes.
-    """
-    from peft.tuners.lora import LoraLayer
-
-    for module in model.modules():
-        if isinstance(module, LoraLayer):
-            module.train(mode)
-
-
 def build_student(backbone: Backbone, cfg: AdaptConfig) -> tuple[Backbone, AdapterLayout]:
     """A copy of ``backbone`` whose ``model`` is a peft model laid out as :func:`plan_layout` says.
 
@@ -135,15 +127,7 @@ def build_student(backbone: Backbone, cfg: AdaptConfig) -> tuple[Backbone, Adapt
     The copy is in eval mode with its adapters in training mode.
     """
     layout = plan_layout(backbone, cfg)
-    student = copy.deepcopy(backbone)
-    student.model = apply_lora(
-        student.model,
-        rank=cfg.lora_rank,
-        alpha=cfg.lora_alpha,
-        dropout=cfg.lora_dropout,
-        use_dora=cfg.use_dora,
-        targets=layout.lora_targets,
-    )
+    student = adapted_copy(backbone, cfg, layout.lora_targets)
     unfrozen = set(layout.unfrozen_parameters)
     found = set()
     for name, param in student.model.named_parameters():

@@ -46,8 +46,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
 from roadwork.adapt.config import AdaptConfig
-from roadwork.adapt.layout import build_student, set_adapter_mode
+from roadwork.adapt.layout import build_student
+from roadwork.distributed import process_group_size
 from roadwork.models.backbone import Backbone
+from roadwork.models.lora import set_adapter_mode
 
 __all__ = [
     "LOCAL_CROP_MIN_SCALE",
@@ -63,13 +65,6 @@ __all__ = [
 
 LOCAL_CROP_MIN_SCALE = 0.05
 _VIT_FAMILIES = ("dinov2", "dinov2_with_registers", "dinov3")
-
-
-def _process_count() -> int:
-    """Processes of the initialised default ``torch.distributed`` group (1 when there is none)."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 @contextlib.contextmanager
@@ -374,7 +369,7 @@ class ExploraSSL(nn.Module):
         if n_global % 2:
             raise ValueError(f"global_crops must hold 2 crops per image, got {n_global} crops.")
         batch = n_global // 2
-        processes = _process_count()
+        processes = process_group_size()
         # several processes: all run the iBOT branch when given masks, so all join its centre all-reduce
         use_ibot = (
             self.is_vit and cfg.ibot_weight > 0 and masks is not None and (processes > 1 or bool(masks.any()))
@@ -401,17 +396,7 @@ class ExploraSSL(nn.Module):
         ibot = torch.zeros((), device=dino.device)
         if use_ibot:
             assert masks is not None and s_patches is not None and t_patches is not None
-            flat = masks.flatten(1)
-            s_masked = self.student_head(s_patches[flat]).float()
-            with torch.no_grad():
-                t_masked = self.teacher_head(t_patches[flat]).float()
-            if processes == 1:
-                ibot = self.ibot_loss(t_masked, s_masked, mask=masks, teacher_temp=teacher_temp)
-            else:
-                with _center_update_disabled(self.ibot_loss.center):
-                    ibot = self.ibot_loss(t_masked, s_masked, mask=masks, teacher_temp=teacher_temp)
-                if update_centers:
-                    self._update_ibot_center_globally(t_masked)
+            ibot = self._ibot(s_patches, t_patches, masks, teacher_temp, processes, update_centers)
             loss = loss + cfg.ibot_weight * ibot
         koleo = torch.zeros((), device=dino.device)
         if cfg.koleo_weight > 0 and batch >= 2:
@@ -427,6 +412,28 @@ class ExploraSSL(nn.Module):
             "koleo": koleo.detach(),
             "agreement": agreement,
         }
+
+    def _ibot(
+        self,
+        s_patches: Tensor,
+        t_patches: Tensor,
+        masks: Tensor,
+        teacher_temp: float,
+        processes: int,
+        update_centers: bool,
+    ) -> Tensor:
+        """iBOT loss on the masked patch tokens; with several processes the centre moves globally."""
+        flat = masks.flatten(1)
+        s_masked = self.student_head(s_patches[flat]).float()
+        with torch.no_grad():
+            t_masked = self.teacher_head(t_patches[flat]).float()
+        if processes == 1:
+            return self.ibot_loss(t_masked, s_masked, mask=masks, teacher_temp=teacher_temp)
+        with _center_update_disabled(self.ibot_loss.center):
+            ibot = self.ibot_loss(t_masked, s_masked, mask=masks, teacher_temp=teacher_temp)
+        if update_centers:
+            self._update_ibot_center_globally(t_masked)
+        return ibot
 
     @torch.no_grad()
     def _update_ibot_center_globally(self, t_masked: Tensor) -> None:

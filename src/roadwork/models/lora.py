@@ -18,10 +18,12 @@ sits after the last block.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import warnings
 from collections.abc import Sequence
+from typing import Protocol
 
 from torch import nn
 
@@ -29,11 +31,14 @@ from roadwork.models.backbone import Backbone
 
 __all__ = [
     "VIT_LORA_TARGETS",
+    "LoraSettings",
+    "adapted_copy",
     "apply_lora",
     "backbone_blocks",
     "lora_layers",
     "lora_target_modules",
     "merge_lora",
+    "set_adapter_mode",
 ]
 
 VIT_LORA_TARGETS = ("q_proj", "v_proj")
@@ -224,6 +229,56 @@ def apply_lora(
             f"peft adapted {sorted(adapted ^ set(targets))[:5]} differently from the requested targets."
         )
     return wrapped
+
+
+class LoraSettings(Protocol):
+    """The adapter knobs that :class:`~roadwork.train.finetune.FinetuneConfig` and
+    :class:`~roadwork.adapt.config.AdaptConfig` both carry (see :func:`apply_lora`)."""
+
+    @property
+    def lora_rank(self) -> int: ...
+
+    @property
+    def lora_alpha(self) -> float: ...
+
+    @property
+    def lora_dropout(self) -> float: ...
+
+    @property
+    def use_dora(self) -> bool: ...
+
+
+def adapted_copy(backbone: Backbone, settings: LoraSettings, targets: Sequence[str]) -> Backbone:
+    """A copy of ``backbone`` whose ``model`` carries adapters on ``targets``, as ``settings`` say.
+
+    ``backbone`` itself is not modified. :func:`apply_lora` draws ``lora_A`` from torch's global RNG (seed or
+    fork it for reproducibility); ``lora_B`` starts at zero, so the copy computes exactly what ``backbone``
+    does, and only the adapters require gradients.
+    """
+    adapted = copy.deepcopy(backbone)
+    adapted.model = apply_lora(
+        adapted.model,
+        rank=settings.lora_rank,
+        alpha=settings.lora_alpha,
+        dropout=settings.lora_dropout,
+        use_dora=settings.use_dora,
+        targets=targets,
+    )
+    return adapted
+
+
+def set_adapter_mode(model: nn.Module, mode: bool) -> None:
+    """Put only the adapter layers (peft ``LoraLayer``s: adapters and their dropout) of ``model`` in ``mode``.
+
+    The whole adapted layer, not only ``lora_dropout``: peft's DoRA skips its dropout (and may cache weights)
+    when the layer itself is in eval mode; its base ``Linear``/``Conv2d`` has no modes. The rest of a
+    backbone's network keeps its (eval) mode, so its dropout, drop-path and batch-norm statistics stay off.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.train(mode)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

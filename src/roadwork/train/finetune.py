@@ -19,9 +19,10 @@ active during training steps only. The base weights never change; only adapter a
 gradients.
 
 After training, the selected epoch's adapters (the EMA weights when EMA is on) are merged into the base
-weights (``merge_and_unload``) and the merge is checked: the merged backbone and the head must reproduce the
-selected model's val_select logits (max abs difference <= ``1e-3 * max(1, max |logit|)``), else
-RuntimeError. ``out_dir`` then holds:
+weights (``merge_and_unload``) and the merge is checked as ExPLoRA's is (:mod:`roadwork.models.merge`): the
+merged backbone and the head must reproduce the unmerged selected model's val_select logits, both computed in
+exact float32, to within :data:`~roadwork.models.merge.MERGE_TOLERANCE` (max abs difference), else
+:class:`~roadwork.models.merge.MergeCheckError` (a RuntimeError). ``out_dir`` then holds:
 
 * ``backbone/``: the merged backbone (:meth:`Backbone.save`), so ``load_backbone(out_dir / "backbone")``
   rebuilds it as a plain frozen backbone (a new fingerprint, so its features get their own cache entries);
@@ -32,27 +33,23 @@ RuntimeError. ``out_dir`` then holds:
 
 Crash-safe resume (``checkpoint_dir``): as :func:`~roadwork.train.head.fit_head` does, after every epoch the
 training state goes atomically into ``checkpoint_dir / "finetune-checkpoint.safetensors"``
-(:data:`FINETUNE_CHECKPOINT_FILE`, same format, see :mod:`roadwork.train.head`), holding of the network only
+(:data:`FINETUNE_CHECKPOINT_FILE`, in :mod:`roadwork.train.checkpoint`'s format), holding of the network only
 its trainable tensors (adapters and head; the frozen base weights never change) plus the selected epoch's
 val_select logits. It is tied to a fingerprint of the configs, the base backbone's fingerprint, the images
 (in-memory images by their pixels, files by path, size and modification time), the labels, the augmentation
-(its ``repr``, or its qualified name for a function), the device type and the torch/Lightning versions; a call
-with the same inputs continues after the checkpoint's epoch with outputs identical to an uninterrupted run's
-on CPU.
+(its ``repr``, or its qualified name for a function), the device type and the torch/Lightning versions; a
+call with the same inputs continues after the checkpoint's epoch with outputs identical to an uninterrupted
+run's on CPU.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import inspect
 import json
-import math
-import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -61,25 +58,31 @@ import torch
 from lightning.pytorch.loggers import Logger
 from numpy.typing import NDArray
 from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 from roadwork.atomic import atomic_write_text
-from roadwork.data.images import open_image, pillow_pixel_limit
-from roadwork.data.preprocess import PreprocessConfig, to_tensor_batch
 from roadwork.distributed import ACCELERATORS
 from roadwork.models.backbone import Backbone
-from roadwork.models.lora import apply_lora, lora_target_modules, merge_lora
+from roadwork.models.lora import adapted_copy, lora_target_modules
+from roadwork.models.merge import check_merged, exact_float32, merge_adapters
+from roadwork.train.checkpoint import CHECKPOINT_FORMAT_VERSION, load_resume_state
+from roadwork.train.finetune_data import (
+    EpochSampler,
+    ImageDataset,
+    ImageInput,
+    check_images,
+    check_labels,
+    describe_augment,
+    hash_images,
+)
+from roadwork.train.finetune_model import FinetuneConfig, FinetuneModule, FinetuneNet
 from roadwork.train.head import (
-    CHECKPOINT_FORMAT_VERSION,
     HISTORY_COLUMNS,
     EpochCheckpoint,
     HeadModel,
-    HeadModule,
     HeadTrainConfig,
     head_trainer,
     library_versions,
-    load_resume_state,
     optimizer_steps_per_epoch,
     quiet_fit,
     replay_history,
@@ -103,314 +106,6 @@ BACKBONE_DIR = "backbone"
 FINETUNE_CONFIG = "finetune.json"
 FINETUNE_CHECKPOINT_FILE = "finetune-checkpoint.safetensors"
 FINETUNE_FORMAT_VERSION = 1
-# Merged vs. adapter forward: same math in a different order, so float32 rounding only.
-MERGE_TOLERANCE = 1e-3
-
-ImageInput = Image.Image | str | os.PathLike
-"""A training or validation image: an RGB ``PIL.Image.Image`` in memory, or the path of an image file
-(decoded on every access with :func:`roadwork.data.images.open_image`, converted to RGB)."""
-
-
-# ------------------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """The LoRA knobs of ``train.mode: finetune``; every other knob is in :class:`HeadTrainConfig`.
-
-    Attributes:
-        lora_rank: adapter rank ``r`` (>= 1).
-        lora_alpha: adapter scale numerator (> 0); the update is ``(lora_alpha / lora_rank) * B @ A``.
-        lora_dropout: dropout probability in [0, 1) on the adapters' input, during training steps only.
-        use_dora: DoRA (weight-decomposed LoRA: adds a trainable magnitude per output unit) instead of LoRA.
-        backbone_lr: peak learning rate (> 0) of the adapter parameters; the head uses
-            ``HeadTrainConfig.lr``. Both follow ``HeadTrainConfig.schedule`` and its warmup.
-    """
-
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    use_dora: bool = False
-    backbone_lr: float = 1e-4
-
-    _RANGES: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {
-        "lora_rank": (lambda v: v >= 1, ">= 1"),
-        "lora_alpha": (lambda v: 0 < v < math.inf, "finite and > 0"),
-        "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-        "backbone_lr": (lambda v: 0 < v < math.inf, "finite and > 0"),
-    }
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "bool":
-                if not isinstance(value, (bool, np.bool_)):
-                    raise TypeError(f"FinetuneConfig.{f.name} must be true or false, got {value!r}.")
-                object.__setattr__(self, f.name, bool(value))
-            elif f.type == "int":
-                if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                    raise TypeError(f"FinetuneConfig.{f.name} must be an integer, got {value!r}.")
-                object.__setattr__(self, f.name, int(value))
-            elif f.type == "float":
-                if isinstance(value, (bool, np.bool_)) or not isinstance(
-                    value, (int, float, np.integer, np.floating)
-                ):
-                    raise TypeError(f"FinetuneConfig.{f.name} must be a number, got {value!r}.")
-                object.__setattr__(self, f.name, float(value))
-        for name, (ok, expected) in self._RANGES.items():
-            if not ok(getattr(self, name)):
-                raise ValueError(f"FinetuneConfig.{name} is {getattr(self, name)!r}; it must be {expected}.")
-
-
-# --------------------------------------------------------------------------------------------------- data
-
-
-def _load_image(item: ImageInput) -> Image.Image:
-    if isinstance(item, Image.Image):
-        return item
-    limit = pillow_pixel_limit()
-    return open_image(Path(item), max_pixels=limit if limit is not None else 1 << 40)
-
-
-class _ImageDataset(Dataset):
-    """``(pixels [3, S, S] float32, label int64)`` per image; training copies are augmented per epoch.
-
-    Index ``k`` stands for image ``k % N`` in epoch ``k // N`` (see :class:`_EpochSampler`); the augmentation
-    draws from ``np.random.default_rng([seed, epoch, image])``, so it is reproducible and independent of
-    batch order and of which worker process loads the item.
-    """
-
-    def __init__(
-        self,
-        images: Sequence[ImageInput],
-        labels: NDArray[np.int64],
-        preprocess: PreprocessConfig,
-        *,
-        augment: Callable[[Image.Image, np.random.Generator], Image.Image] | None,
-        seed: int,
-    ) -> None:
-        self._images = list(images)
-        self._labels = torch.from_numpy(np.array(labels, dtype=np.int64))
-        self._preprocess = preprocess
-        self._augment = augment
-        self._seed = seed
-
-    def __len__(self) -> int:
-        return len(self._images)
-
-    def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, index = divmod(int(key), len(self._images))
-        image = _load_image(self._images[index])
-        if self._augment is not None:
-            image = self._augment(image, np.random.default_rng([self._seed, epoch, index]))
-            if not isinstance(image, Image.Image) or image.mode != "RGB":
-                raise TypeError(
-                    f"augment must return an RGB PIL image, got {type(image).__name__} "
-                    f"{getattr(image, 'mode', '')!s} for image {index}."
-                )
-        return to_tensor_batch([image], self._preprocess)[0], self._labels[index]
-
-
-class _EpochSampler(Sampler[int]):
-    """Yields ``epoch * N + i`` over the images ``i``; shuffled by ``default_rng([seed, epoch])`` if asked.
-
-    Lightning calls :meth:`set_epoch` at the start of every training epoch with its own count, which restarts
-    at 0 on a resumed run; ``epoch_offset`` (the epochs restored from a checkpoint) is added to it.
-    """
-
-    def __init__(self, n: int, *, seed: int, shuffle: bool) -> None:
-        self._n, self._seed, self._shuffle = n, seed, shuffle
-        self.epoch = 0
-        self.epoch_offset = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = self.epoch_offset + int(epoch)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __iter__(self) -> Iterator[int]:
-        order = (
-            np.random.default_rng([self._seed, self.epoch]).permutation(self._n)
-            if self._shuffle
-            else np.arange(self._n)
-        )
-        return iter((self.epoch * self._n + order).tolist())
-
-
-def _check_images(images: Sequence[ImageInput], name: str) -> None:
-    if isinstance(images, (str, os.PathLike, Image.Image)) or not isinstance(images, Sequence):
-        raise TypeError(
-            f"{name} must be a sequence of PIL images or image paths, got {type(images).__name__}."
-        )
-    if len(images) == 0:
-        raise ValueError(f"{name} is empty.")
-    for k, item in enumerate(images):
-        if isinstance(item, Image.Image):
-            if item.mode != "RGB":
-                raise ValueError(
-                    f"{name}[{k}] has mode {item.mode!r}; expected 'RGB' (decode with "
-                    "roadwork.data.images.open_image, which converts every mode to RGB)."
-                )
-        elif isinstance(item, (str, os.PathLike)):
-            if not Path(item).is_file():
-                raise FileNotFoundError(f"{name}[{k}]: {item} is not a file.")
-        else:
-            raise TypeError(f"{name}[{k}] must be a PIL image or a path, got {type(item).__name__}.")
-
-
-def _check_labels(labels: Any, n: int, name: str) -> NDArray[np.int64]:
-    array = np.asarray(labels)
-    if array.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) to match its images, got {array.shape}.")
-    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
-        raise TypeError(f"{name} must hold integers 0/1, got dtype {array.dtype}.")
-    array = array.astype(np.int64)
-    if not np.isin(array, (0, 1)).all():
-        raise ValueError(f"{name} must be 0 or 1, found {sorted(set(array.tolist()) - {0, 1})[:5]}.")
-    missing = sorted({0, 1} - set(array.tolist()))
-    if missing:
-        raise ValueError(
-            f"{name} has no example of class {missing[0]}; training and its MCC-based selection need both "
-            "classes in train and val_select."
-        )
-    return array
-
-
-# -------------------------------------------------------------------------------------------------- model
-
-
-class FinetuneNet(nn.Module):
-    """Pixels ``[B, 3, S, S]`` -> logits ``[B, 2]``: an adapted :class:`Backbone` feeding a single-view head.
-
-    ``train(True)`` puts the head and the adapted layers (peft ``LoraLayer``: adapters, their
-    ``lora_dropout`` and the wrapped ``nn.Linear``/``nn.Conv2d``, which behave the same in both modes) in
-    training mode, while the rest of the backbone network stays in eval mode (:meth:`Backbone.train` enforces
-    that); see the module docstring.
-    """
-
-    def __init__(self, backbone: Backbone, head: HeadModel) -> None:
-        super().__init__()
-        if head.num_views != 1 or head.feature_dim != backbone.feature_dim:
-            raise ValueError(
-                f"head must take 1 view of {backbone.feature_dim} features, got {head.num_views} views of "
-                f"{head.feature_dim}."
-            )
-        self.backbone = backbone
-        self.head = head
-
-    def train(self, mode: bool = True) -> FinetuneNet:
-        super().train(mode)  # the Backbone child forces its whole subtree to eval mode
-        from peft.tuners.lora import LoraLayer
-
-        for module in self.backbone.modules():
-            if isinstance(module, LoraLayer):
-                # the whole adapted layer, not only lora_dropout: peft's DoRA skips its dropout (and may
-                # cache weights) when the layer itself is in eval mode; its base Linear/Conv2d has no modes
-                module.train(mode)
-        return self
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(pixel_values).unsqueeze(1))
-
-
-class FinetuneModule(HeadModule):
-    """:class:`HeadModule` (loss, schedule, EMA, selection, history, early stop) on a :class:`FinetuneNet`.
-
-    Differences: two optimizer parameter groups (head at ``HeadTrainConfig.lr``, adapters at
-    ``FinetuneConfig.backbone_lr``; ``history.lr`` is the head's), EMA over the trainable parameters only,
-    device-agnostic float32 validation, and :attr:`best_val_logits` (val_select logits of the selected epoch).
-    """
-
-    def __init__(
-        self,
-        net: FinetuneNet,
-        cfg: HeadTrainConfig,
-        ft_cfg: FinetuneConfig,
-        *,
-        class_weight: torch.Tensor | None,
-        steps_per_epoch: int,
-        val_labels: NDArray[np.int64],
-        loggers: Sequence[Logger] = (),
-    ) -> None:
-        super().__init__(
-            net,  # type: ignore[arg-type]  # HeadModule only calls the model and iterates its parameters
-            cfg,
-            class_weight=class_weight,
-            steps_per_epoch=steps_per_epoch,
-            val_labels=val_labels,
-            loggers=loggers,
-        )
-        self.ft_cfg = ft_cfg
-        self.trainable_names = tuple(n for n, p in net.named_parameters() if p.requires_grad)
-        self.best_val_logits: NDArray[np.float32] | None = None
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        head = [p for p in self.model.head.parameters() if p.requires_grad]
-        adapters = [p for p in self.model.backbone.parameters() if p.requires_grad]
-        return [
-            {"params": head, "lr": self.cfg.lr},
-            {"params": adapters, "lr": self.ft_cfg.backbone_lr},
-        ]
-
-    def on_fit_start(self) -> None:
-        if self.class_weight is not None:
-            self.class_weight = self.class_weight.to(self.device)
-
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        self.model.train()
-
-    def optimizer_step(
-        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
-    ) -> None:
-        self._last_lr = float(optimizer.param_groups[0]["lr"])
-        optimizer.step(closure=optimizer_closure)
-        if self.ema is not None:
-            ema_params = dict(self.ema.named_parameters())
-            model_params = dict(self.model.named_parameters())
-            with torch.no_grad():
-                for name in self.trainable_names:
-                    ema_params[name].lerp_(model_params[name], 1.0 - self.cfg.ema_decay)
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        with torch.autocast(self.device.type, enabled=False):
-            self._val_logits.append(self.evaluated_model(batch[0]).float().cpu())
-
-    def on_validation_epoch_end(self) -> None:
-        logits = torch.cat(self._val_logits).numpy().copy()
-        super().on_validation_epoch_end()
-        if self.best_epoch == self.epoch:
-            self.best_val_logits = logits
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """:meth:`HeadModule.checkpoint_state` with only the trainable tensors, plus ``best_val_logits``."""
-        state = super().checkpoint_state()
-        keep = set(self.trainable_names)
-        for key in ("model", "ema", "best_state"):
-            if state[key] is not None:
-                state[key] = {k: v for k, v in state[key].items() if k in keep}
-        logits = self.best_val_logits
-        state["best_val_logits"] = None if logits is None else torch.from_numpy(logits)
-        return state
-
-    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`checkpoint_state` onto this module's (unchanged) frozen weights."""
-        keep = set(self.trainable_names)
-        for key in ("model", "ema", "best_state"):
-            if state[key] is not None and set(state[key]) != keep:
-                raise ValueError(f"checkpoint {key!r} does not hold exactly the trainable tensors.")
-        full = dict(state)
-        full["model"] = {**self.model.state_dict(), **state["model"]}
-        if self.ema is not None:
-            full["ema"] = {**self.ema.state_dict(), **state["ema"]}
-        full["best_state"] = {**self.evaluated_model.state_dict(), **state["best_state"]}
-        super().load_checkpoint_state(full)
-        logits = state["best_val_logits"]
-        self.best_val_logits = None if logits is None else logits.numpy().copy()
-
-
-# ------------------------------------------------------------------------------------------------- public
 
 
 @dataclass(frozen=True)
@@ -452,30 +147,6 @@ class FinetuneResult:
     checkpoint_path: Path | None = None
 
 
-def _describe(augment: Callable[..., Any] | None) -> str | None:
-    """A stable description of ``augment`` for the checkpoint fingerprint (never a memory address)."""
-    if augment is None:
-        return None
-    if inspect.isfunction(augment) or inspect.ismethod(augment):
-        return f"{augment.__module__}.{augment.__qualname__}"
-    text = repr(augment)
-    if " at 0x" in text:
-        kind = type(augment)
-        return f"{kind.__module__}.{kind.__qualname__}"
-    return text
-
-
-def _hash_images(h: Any, images: Sequence[ImageInput]) -> None:
-    for item in images:
-        if isinstance(item, Image.Image):
-            h.update(f"image|{item.mode}|{item.size}|".encode())
-            h.update(item.tobytes())
-        else:
-            path = Path(item).resolve()
-            stat = path.stat()
-            h.update(f"file|{path}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
-
-
 def finetune_fingerprint(
     backbone: Backbone,
     train_images: Sequence[ImageInput],
@@ -496,7 +167,7 @@ def finetune_fingerprint(
         "head": asdict(head_cfg),
         "finetune": asdict(ft_cfg),
         "backbone": backbone.fingerprint(),
-        "augment": _describe(augment),
+        "augment": describe_augment(augment),
         "device_type": device_type,
         "versions": library_versions(),
     }
@@ -504,18 +175,249 @@ def finetune_fingerprint(
     for images, labels in ((train_images, train_labels), (val_images, val_labels)):
         h.update(f"|{len(images)}|".encode())
         h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-        _hash_images(h, images)
+        hash_images(h, images)
     return h.hexdigest()
 
 
-def _logits(
-    backbone: Backbone, head: HeadModel, loader: DataLoader, device: torch.device
-) -> NDArray[np.float32]:
+# ------------------------------------------------------------------------------------------------- steps
+
+
+@dataclass(frozen=True)
+class _Job:
+    """:func:`finetune`'s checked inputs: labels as int64, and the LoRA targets."""
+
+    backbone: Backbone
+    train_images: Sequence[ImageInput]
+    train_y: NDArray[np.int64]
+    val_images: Sequence[ImageInput]
+    val_y: NDArray[np.int64]
+    head_cfg: HeadTrainConfig
+    ft_cfg: FinetuneConfig
+    augment: Callable[[Image.Image, np.random.Generator], Image.Image] | None
+    targets: list[str]
+
+
+def _check_arguments(
+    backbone: Backbone,
+    train_images: Sequence[ImageInput],
+    train_labels: Any,
+    val_images: Sequence[ImageInput],
+    val_labels: Any,
+    head_cfg: HeadTrainConfig,
+    ft_cfg: FinetuneConfig,
+    augment: Any,
+    accelerator: str,
+    num_workers: int,
+) -> _Job:
+    """:func:`finetune`'s arguments checked (errors name the argument)."""
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"backbone must be a roadwork Backbone, got {type(backbone).__name__}.")
+    if not isinstance(head_cfg, HeadTrainConfig):
+        raise TypeError(f"head_cfg must be a HeadTrainConfig, got {type(head_cfg).__name__}.")
+    if not isinstance(ft_cfg, FinetuneConfig):
+        raise TypeError(f"ft_cfg must be a FinetuneConfig, got {type(ft_cfg).__name__}.")
+    check_images(train_images, "train_images")
+    check_images(val_images, "val_images")
+    train_y = check_labels(train_labels, len(train_images), "train_labels")
+    val_y = check_labels(val_labels, len(val_images), "val_labels")
+    if augment is not None and not callable(augment):
+        raise TypeError(f"augment must be callable as augment(image, rng), got {type(augment).__name__}.")
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}.")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}.")
+    targets = lora_target_modules(backbone)  # also rejects a backbone that already carries adapters
+    return _Job(backbone, train_images, train_y, val_images, val_y, head_cfg, ft_cfg, augment, targets)
+
+
+def _loaders(job: _Job, num_workers: int) -> tuple[DataLoader, DataLoader]:
+    """Training batches (augmented, shuffled per epoch) and val_select batches (in order)."""
+    cfg, preprocess = job.head_cfg, job.backbone.preprocess
+    train = ImageDataset(job.train_images, job.train_y, preprocess, augment=job.augment, seed=cfg.seed)
+    val = ImageDataset(job.val_images, job.val_y, preprocess, augment=None, seed=cfg.seed)
+    return (
+        DataLoader(
+            train,
+            batch_size=cfg.batch_size,
+            sampler=EpochSampler(len(job.train_y), seed=cfg.seed, shuffle=True),
+            num_workers=num_workers,
+        ),
+        DataLoader(
+            val,
+            batch_size=cfg.batch_size,
+            sampler=EpochSampler(len(job.val_y), seed=cfg.seed, shuffle=False),
+            num_workers=num_workers,
+        ),
+    )
+
+
+def _checkpoint(job: _Job, checkpoint_dir: Path, accelerator: str) -> EpochCheckpoint:
+    """The per-epoch checkpoint callback, holding the matching checkpoint found there (if any)."""
+    path = checkpoint_dir / FINETUNE_CHECKPOINT_FILE
+    use_gpu = accelerator in ("gpu", "auto") and torch.cuda.is_available()
+    fingerprint = finetune_fingerprint(
+        job.backbone,
+        job.train_images,
+        job.train_y,
+        job.val_images,
+        job.val_y,
+        job.head_cfg,
+        job.ft_cfg,
+        augment=job.augment,
+        device_type="cuda" if use_gpu else "cpu",
+    )
+    return EpochCheckpoint(path, fingerprint, resume=load_resume_state(path, fingerprint))
+
+
+def _build(job: _Job, loggers: Sequence[Logger]) -> FinetuneModule:
+    """The module around a fresh head and adapted backbone copy (draws from torch's global RNG)."""
+    cfg = job.head_cfg
+    # Head first, so that for one seed it starts from the weights fit_head would give it; then lora_A.
+    torch.manual_seed(cfg.seed)
+    head = HeadModel.from_config(cfg, feature_dim=job.backbone.feature_dim, num_views=1)
+    net = FinetuneNet(adapted_copy(job.backbone, job.ft_cfg, job.targets), head).train()
+    class_weight = (
+        torch.tensor(inverse_frequency_weights(job.train_y), dtype=torch.float32)
+        if cfg.class_weights == "auto"
+        else None
+    )
+    steps_per_epoch = optimizer_steps_per_epoch(len(job.train_y), cfg.batch_size, cfg.accumulate_grad_batches)
+    return FinetuneModule(
+        net,
+        cfg,
+        job.ft_cfg,
+        class_weight=class_weight,
+        steps_per_epoch=steps_per_epoch,
+        val_labels=job.val_y,
+        loggers=loggers,
+    )
+
+
+def _fit(
+    module: FinetuneModule,
+    head_cfg: HeadTrainConfig,
+    loaders: tuple[DataLoader, DataLoader],
+    checkpoint: EpochCheckpoint | None,
+    loggers: Sequence[Logger],
+    callbacks: Sequence[pl.Callback],
+    show_progress: bool,
+    accelerator: str,
+) -> tuple[pl.Trainer, int]:
+    """Train the epochs a resumed checkpoint has not done; the trainer, and optimizer steps of all epochs."""
+    resume = None
+    if checkpoint is not None and checkpoint.resume is not None:
+        resume = checkpoint.resume
+        module.load_checkpoint_state(resume["module"])
+        if module.epoch_offset != int(resume["epochs_done"]):
+            raise ValueError(f"{checkpoint.path}: history rows and epochs_done disagree.")
+        loaders[0].sampler.epoch_offset = module.epoch_offset  # type: ignore[attr-defined]
+    remaining = head_cfg.max_epochs - module.epoch_offset
+    trainer = head_trainer(
+        head_cfg,
+        max_epochs=max(1, remaining),
+        accelerator=accelerator,
+        show_progress=show_progress,
+        callbacks=[*([checkpoint] if checkpoint is not None else []), *callbacks],
+    )
+    replay_history(module.history, loggers)
+    optimizer_steps = 0 if resume is None else int(resume["optimizer_steps"])
+    if remaining > 0 and not module.early_stopped:
+        # intended: the backbone network stays in eval mode (see the module docstring)
+        with quiet_fit((r".*module\(s\) in eval mode at the start of training", UserWarning)):
+            trainer.fit(module, train_dataloaders=loaders[0], val_dataloaders=loaders[1])
+        optimizer_steps += int(trainer.global_step)
+    return trainer, optimizer_steps
+
+
+def _logits(net: FinetuneNet, loader: DataLoader, device: torch.device) -> torch.Tensor:
+    """``net``'s float32 logits on ``loader``'s images, as the merge check computes them on both sides."""
     out = []
-    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+    with torch.no_grad(), torch.autocast(device.type, enabled=False), exact_float32():
         for pixels, _ in loader:
-            out.append(head(backbone(pixels.to(device)).unsqueeze(1)).float().cpu())
-    return torch.cat(out).numpy()
+            out.append(net(pixels.to(device)).float().cpu())
+    return torch.cat(out)
+
+
+def _merge_and_check(
+    module: FinetuneModule, val_loader: DataLoader, device: torch.device, backbone_dir: Path
+) -> tuple[Backbone, HeadModel, float]:
+    """The selected epoch's adapters folded into the backbone, the head, and the merge check's difference."""
+    if module.best_val_logits is None:
+        raise RuntimeError("no epoch was selected; training ran no validation.")
+    selected = module.evaluated_model
+    selected.load_state_dict(module.best_state)
+    selected.eval().to(device)
+    reference = _logits(selected, val_loader, device)
+    merged = merge_adapters(selected.backbone, backbone_id=str(backbone_dir))  # in place: selected is merged
+    diff = check_merged(
+        reference, _logits(selected, val_loader, device), what="backbone + head val_select logits"
+    )
+    return merged.cpu(), selected.head.eval().cpu(), diff
+
+
+def _save(
+    job: _Job,
+    out_dir: Path,
+    module: FinetuneModule,
+    merged: Backbone,
+    head: HeadModel,
+    diff: float,
+    optimizer_steps: int,
+    trainable: int,
+    checkpoint: EpochCheckpoint | None,
+) -> FinetuneResult:
+    """Write the merged backbone, the head (:func:`~roadwork.train.head.fit_head`'s format) and
+    ``finetune.json``; what :func:`finetune` returns."""
+    merged.save(out_dir / BACKBONE_DIR)
+    history = pd.DataFrame(module.history, columns=list(HISTORY_COLUMNS)).astype({"epoch": int})
+    head_path, config_path, history_path = save_head(
+        out_dir,
+        head,
+        job.head_cfg,
+        history=history,
+        best_epoch=module.best_epoch,
+        best_metric=module.best_metric,
+        optimizer_steps=optimizer_steps,
+    )
+    meta = {
+        "format_version": FINETUNE_FORMAT_VERSION,
+        "finetune": asdict(job.ft_cfg),
+        "lora_targets": list(job.targets),
+        "trainable_parameters": trainable,
+        "base_backbone": {
+            "id": job.backbone.backbone_id,
+            "family": job.backbone.family,
+            "fingerprint": job.backbone.fingerprint(),
+        },
+        "backbone_fingerprint": merged.fingerprint(),
+        "merge_max_abs_diff": diff,
+        "best_epoch": module.best_epoch,
+    }
+    finetune_path = atomic_write_text(out_dir / FINETUNE_CONFIG, json.dumps(meta, indent=2) + "\n")
+    resume = None if checkpoint is None else checkpoint.resume
+    return FinetuneResult(
+        backbone=merged,
+        head=head,
+        history=history,
+        best_epoch=module.best_epoch,
+        best_metric=module.best_metric,
+        epochs_run=len(module.history),
+        optimizer_steps=optimizer_steps,
+        val_logits=module.best_val_logits,  # type: ignore[arg-type]  # _merge_and_check: not None
+        merge_max_abs_diff=diff,
+        lora_targets=tuple(job.targets),
+        trainable_parameters=trainable,
+        backbone_dir=out_dir / BACKBONE_DIR,
+        head_path=head_path,
+        config_path=config_path,
+        history_path=history_path,
+        finetune_path=finetune_path,
+        resumed_epochs=0 if resume is None else int(resume["epochs_done"]),
+        checkpoint_path=None if checkpoint is None else checkpoint.path,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- public
 
 
 def finetune(
@@ -543,200 +445,52 @@ def finetune(
         train_images, val_images: RGB PIL images or image file paths (see :data:`ImageInput`); preprocessed
             with :func:`~roadwork.data.preprocess.to_tensor_batch` and the backbone's preprocessing.
         train_labels, val_labels: 0/1 per image (1 = roadwork); both classes must occur in each split.
-        head_cfg: head, loss, optimizer, schedule, epochs, batch size, precision, EMA, early stopping,
-            selection and seed, as for :func:`~roadwork.train.head.fit_head` (the aggregation fields are
-            inactive: one view per image).
+        head_cfg: everything but the LoRA settings, as for :func:`~roadwork.train.head.fit_head` (the
+            aggregation fields are inactive: one view per image).
         ft_cfg: the LoRA settings.
         out_dir: output folder (created); see the module docstring for its contents.
-        augment: optional ``augment(image, rng) -> image`` (e.g.
-            :class:`~roadwork.data.preprocess.TrainAugment`) applied to training images only, before
-            preprocessing, with a fresh ``rng`` per (seed, epoch, image).
+        augment: optional ``augment(image, rng) -> image`` for training images, before preprocessing (e.g.
+            :class:`~roadwork.data.preprocess.TrainAugment`), with a fresh ``rng`` per (seed, epoch, image).
         loggers: receive each epoch's history row (not finalised: the caller owns their runs).
         callbacks: extra Lightning callbacks. show_progress: Lightning's progress bar.
         accelerator: Lightning accelerator, one device: ``auto`` (a GPU if there is one), ``cpu``, ``gpu``.
         num_workers: DataLoader worker processes for decoding, augmenting and preprocessing (0: in-process).
-        checkpoint_dir: where the resume checkpoint :data:`FINETUNE_CHECKPOINT_FILE` is written after every
-            epoch and looked for at the start (see the module docstring); None (default): none. A matching
-            checkpoint continues training after its epoch (its history rows are first replayed to
-            ``loggers``); use one folder per job, outside anything deleted before a rerun.
+        checkpoint_dir: where :data:`FINETUNE_CHECKPOINT_FILE` is written after every epoch and resumed from
+            (see the module docstring; its history rows are first replayed to ``loggers``); None: none. Use
+            one folder per job, outside anything deleted before a rerun.
 
     Deterministic for a fixed ``head_cfg.seed`` on CPU; the caller's global torch RNG state is left
     untouched. Raises TypeError/ValueError naming the argument for bad inputs, FloatingPointError when the
-    training loss becomes non-finite and RuntimeError when the merged model fails the merge check.
+    training loss becomes non-finite and :class:`~roadwork.models.merge.MergeCheckError` (a RuntimeError)
+    when the merged model fails the merge check.
     """
-    if not isinstance(backbone, Backbone):
-        raise TypeError(f"backbone must be a roadwork Backbone, got {type(backbone).__name__}.")
-    if not isinstance(head_cfg, HeadTrainConfig):
-        raise TypeError(f"head_cfg must be a HeadTrainConfig, got {type(head_cfg).__name__}.")
-    if not isinstance(ft_cfg, FinetuneConfig):
-        raise TypeError(f"ft_cfg must be a FinetuneConfig, got {type(ft_cfg).__name__}.")
-    _check_images(train_images, "train_images")
-    _check_images(val_images, "val_images")
-    train_y = _check_labels(train_labels, len(train_images), "train_labels")
-    val_y = _check_labels(val_labels, len(val_images), "val_labels")
-    if augment is not None and not callable(augment):
-        raise TypeError(f"augment must be callable as augment(image, rng), got {type(augment).__name__}.")
-    if accelerator not in ACCELERATORS:
-        raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}.")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}.")
-    targets = lora_target_modules(backbone)  # also rejects a backbone that already carries adapters
+    job = _check_arguments(
+        backbone,
+        train_images,
+        train_labels,
+        val_images,
+        val_labels,
+        head_cfg,
+        ft_cfg,
+        augment,
+        accelerator,
+        num_workers,
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    backbone_dir = out_dir / BACKBONE_DIR
-
-    class_weight = (
-        torch.tensor(inverse_frequency_weights(train_y), dtype=torch.float32)
-        if head_cfg.class_weights == "auto"
-        else None
-    )
-    steps_per_epoch = optimizer_steps_per_epoch(
-        len(train_y), head_cfg.batch_size, head_cfg.accumulate_grad_batches
-    )
-    train_loader = DataLoader(
-        _ImageDataset(train_images, train_y, backbone.preprocess, augment=augment, seed=head_cfg.seed),
-        batch_size=head_cfg.batch_size,
-        sampler=_EpochSampler(len(train_y), seed=head_cfg.seed, shuffle=True),
-        num_workers=num_workers,
-    )
-    val_loader = DataLoader(
-        _ImageDataset(val_images, val_y, backbone.preprocess, augment=None, seed=head_cfg.seed),
-        batch_size=head_cfg.batch_size,
-        sampler=_EpochSampler(len(val_y), seed=head_cfg.seed, shuffle=False),
-        num_workers=num_workers,
-    )
-    checkpoint_path = None if checkpoint_dir is None else Path(checkpoint_dir) / FINETUNE_CHECKPOINT_FILE
-    resume = None
-    if checkpoint_path is not None:
-        use_gpu = accelerator in ("gpu", "auto") and torch.cuda.is_available()
-        fingerprint = finetune_fingerprint(
-            backbone,
-            train_images,
-            train_y,
-            val_images,
-            val_y,
-            head_cfg,
-            ft_cfg,
-            augment=augment,
-            device_type="cuda" if use_gpu else "cpu",
-        )
-        resume = load_resume_state(checkpoint_path, fingerprint)
+    loaders = _loaders(job, num_workers)
+    checkpoint = None if checkpoint_dir is None else _checkpoint(job, Path(checkpoint_dir), accelerator)
     rng_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=rng_devices):
-        # Head first, so that for one seed it starts from the weights fit_head would give it; then lora_A.
-        torch.manual_seed(head_cfg.seed)
-        head = HeadModel.from_config(head_cfg, feature_dim=backbone.feature_dim, num_views=1)
-        work = copy.deepcopy(backbone)
-        work.model = apply_lora(
-            work.model,
-            rank=ft_cfg.lora_rank,
-            alpha=ft_cfg.lora_alpha,
-            dropout=ft_cfg.lora_dropout,
-            use_dora=ft_cfg.use_dora,
-            targets=targets,
+        module = _build(job, loggers)
+        trainer, optimizer_steps = _fit(
+            module, head_cfg, loaders, checkpoint, loggers, callbacks, show_progress, accelerator
         )
-        net = FinetuneNet(work, head).train()
-        module = FinetuneModule(
-            net,
-            head_cfg,
-            ft_cfg,
-            class_weight=class_weight,
-            steps_per_epoch=steps_per_epoch,
-            val_labels=val_y,
-            loggers=loggers,
-        )
-        if resume is not None:
-            module.load_checkpoint_state(resume["module"])
-            if module.epoch_offset != int(resume["epochs_done"]):
-                raise ValueError(f"{checkpoint_path}: history rows and epochs_done disagree.")
-            train_loader.sampler.epoch_offset = module.epoch_offset  # type: ignore[attr-defined]
-        remaining = head_cfg.max_epochs - module.epoch_offset
-        checkpoint = (
-            None if checkpoint_path is None else EpochCheckpoint(checkpoint_path, fingerprint, resume=resume)
-        )
-        trainer = head_trainer(
-            head_cfg,
-            max_epochs=max(1, remaining),
-            accelerator=accelerator,
-            show_progress=show_progress,
-            callbacks=[*([checkpoint] if checkpoint is not None else []), *callbacks],
-        )
-        replay_history(module.history, loggers)
-        optimizer_steps = 0 if resume is None else int(resume["optimizer_steps"])
-        if remaining > 0 and not module.early_stopped:
-            # intended: the backbone network stays in eval mode (see the module docstring)
-            with quiet_fit((r".*module\(s\) in eval mode at the start of training", UserWarning)):
-                trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
-            optimizer_steps += int(trainer.global_step)
-    device = trainer.strategy.root_device
-    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-
-    selected = module.evaluated_model
-    selected.load_state_dict(module.best_state)
-    selected.eval().to(device)
-    merged = selected.backbone
-    merged.model = merge_lora(merged.model)
-    merged.model.requires_grad_(False)
-    merged.backbone_id = str(backbone_dir)
-    head = selected.head.eval()
-    if module.best_val_logits is None:
-        raise RuntimeError("no epoch was selected; training ran no validation.")
-    check = _logits(merged, head, val_loader, device)
-    diff = float(np.abs(check - module.best_val_logits).max())
-    tolerance = MERGE_TOLERANCE * max(1.0, float(np.abs(module.best_val_logits).max()))
-    if not diff <= tolerance:
-        raise RuntimeError(
-            f"merge check failed: merged backbone + head differ from the selected model's val_select logits "
-            f"by {diff:.3g} (tolerance {tolerance:.3g})."
-        )
-    merged.cpu()
-    head.cpu()
-
-    merged.save(backbone_dir)
-    history = pd.DataFrame(module.history, columns=list(HISTORY_COLUMNS)).astype({"epoch": int})
-    head_path, config_path, history_path = save_head(
-        out_dir,
-        head,
-        head_cfg,
-        history=history,
-        best_epoch=module.best_epoch,
-        best_metric=module.best_metric,
-        optimizer_steps=optimizer_steps,
+    trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)  # before merging
+    merged, head, diff = _merge_and_check(
+        module, loaders[1], trainer.strategy.root_device, out_dir / BACKBONE_DIR
     )
-    meta = {
-        "format_version": FINETUNE_FORMAT_VERSION,
-        "finetune": asdict(ft_cfg),
-        "lora_targets": list(targets),
-        "trainable_parameters": trainable,
-        "base_backbone": {
-            "id": backbone.backbone_id,
-            "family": backbone.family,
-            "fingerprint": backbone.fingerprint(),
-        },
-        "backbone_fingerprint": merged.fingerprint(),
-        "merge_max_abs_diff": diff,
-        "best_epoch": module.best_epoch,
-    }
-    finetune_path = atomic_write_text(out_dir / FINETUNE_CONFIG, json.dumps(meta, indent=2) + "\n")
+    result = _save(job, out_dir, module, merged, head, diff, optimizer_steps, trainable, checkpoint)
     for logger in loggers:
         logger.save()
-    return FinetuneResult(
-        backbone=merged,
-        head=head,
-        history=history,
-        best_epoch=module.best_epoch,
-        best_metric=module.best_metric,
-        epochs_run=len(module.history),
-        optimizer_steps=optimizer_steps,
-        val_logits=module.best_val_logits,
-        merge_max_abs_diff=diff,
-        lora_targets=tuple(targets),
-        trainable_parameters=trainable,
-        backbone_dir=backbone_dir,
-        head_path=head_path,
-        config_path=config_path,
-        history_path=history_path,
-        finetune_path=finetune_path,
-        resumed_epochs=0 if resume is None else int(resume["epochs_done"]),
-        checkpoint_path=checkpoint_path,
-    )
+    return result

@@ -69,7 +69,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import Logger
 from numpy.typing import NDArray
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
@@ -79,6 +78,7 @@ from roadwork.distributed import check_processes
 from roadwork.metrics import mcc
 from roadwork.policy.threshold import best_mcc_threshold
 from roadwork.progress import progress_enabled
+from roadwork.train.checkpoint import CHECKPOINT_FORMAT_VERSION, load_resume_state, write_checkpoint
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.losses import focal_loss, inverse_frequency_weights
 
@@ -89,9 +89,6 @@ HEAD_FORMAT_VERSION = 1
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_mcc", "val_best_mcc", "lr")
 ID2LABEL = {0: "None", 1: "Roadwork"}
 CHECKPOINT_FILE = "head-checkpoint.safetensors"
-CHECKPOINT_FORMAT_VERSION = 1
-
-_log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -671,82 +668,6 @@ def _lr_factor(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[
 
 # --------------------------------------------------------------------------------------- resume checkpoints
 
-_TAGS = ("__tensor__", "__tuple__", "__items__")
-
-
-def _encode(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
-    """``obj`` as JSON-compatible values; each tensor goes into ``tensors`` under its path ``key``."""
-    if isinstance(obj, torch.Tensor):
-        if key in tensors:
-            raise ValueError(f"checkpoint state: two tensors at {key!r}.")
-        tensors[key] = obj.detach().cpu().contiguous().clone()
-        return {"__tensor__": key}
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_encode(v, tensors, f"{key}/{i}") for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode(v, tensors, f"{key}/{i}") for i, v in enumerate(obj)]
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) and k not in _TAGS for k in obj):
-            return {k: _encode(v, tensors, f"{key}/{k}") for k, v in obj.items()}
-        if not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in obj):
-            raise TypeError(f"checkpoint state {key}: dict keys must be str or int, got {list(obj)[:3]}.")
-        return {"__items__": [[k, _encode(v, tensors, f"{key}/{k}")] for k, v in obj.items()]}
-    if isinstance(obj, (np.bool_, np.integer, np.floating)):
-        return obj.item()
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise TypeError(f"checkpoint state {key}: cannot store a {type(obj).__name__}.")
-
-
-def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Inverse of :func:`_encode`."""
-    if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
-    if isinstance(obj, dict):
-        if obj.keys() == {"__tensor__"}:
-            return tensors[obj["__tensor__"]]
-        if obj.keys() == {"__tuple__"}:
-            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
-        if obj.keys() == {"__items__"}:
-            return {k: _decode(v, tensors) for k, v in obj["__items__"]}
-        return {k: _decode(v, tensors) for k, v in obj.items()}
-    return obj
-
-
-def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (nested dicts, lists, tuples, tensors, JSON scalars) atomically to a safetensors file.
-
-    Tensors become the file's tensors, keyed by their path in ``state``; everything else is JSON in the
-    file's metadata under ``"state"``, tensors appearing there as ``{"__tensor__": key}``.
-    :func:`read_checkpoint` reads it back without unpickling anything.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    meta = json.dumps(_encode(state, tensors, "state"), sort_keys=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt", "state": meta}))
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The ``state`` :func:`write_checkpoint` wrote to ``path`` (tensors on CPU).
-
-    Raises OSError when the file cannot be read and ValueError when it is not such a checkpoint.
-    """
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except OSError:
-        raise
-    except Exception as exc:  # safetensors' own SafetensorError on truncated or foreign files
-        raise ValueError(f"{path}: not a safetensors file ({exc}).") from None
-    try:
-        state = _decode(json.loads(meta["state"]), tensors)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: not a roadwork checkpoint ({exc!r}).") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a roadwork checkpoint (state is a {type(state).__name__}).")
-    return state
-
 
 def _hash_split(h: Any, split: FeatureSet) -> None:
     for array in (split.features, split.labels):
@@ -782,33 +703,6 @@ def head_fingerprint(cfg: HeadTrainConfig, train: FeatureSet, val_select: Featur
     _hash_split(h, train)
     _hash_split(h, val_select)
     return h.hexdigest()
-
-
-def load_resume_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` if it exists and matches ``fingerprint`` and this format; else None.
-
-    A missing file is silent; a stale (other fingerprint), unreadable or foreign one is logged and ignored
-    (the next epoch's checkpoint replaces it).
-    """
-    if not path.is_file():
-        return None
-    try:
-        state = read_checkpoint(path)
-    except (OSError, ValueError) as exc:
-        _log.warning("ignoring unreadable checkpoint: %s", exc)
-        return None
-    if state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        _log.warning(
-            "ignoring %s: checkpoint format %r, this code writes %d.",
-            path,
-            state.get("format_version"),
-            CHECKPOINT_FORMAT_VERSION,
-        )
-        return None
-    if state.get("fingerprint") != fingerprint:
-        _log.info("ignoring %s: it was written for other inputs (config, data or world size).", path)
-        return None
-    return state
 
 
 def _rng_state(device: torch.device, generator: torch.Generator | None) -> dict[str, Any]:
