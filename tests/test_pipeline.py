@@ -342,7 +342,7 @@ def test_dvc_exp_run_set_param_reaches_mlflow(reproduced: tuple[Path, str]) -> N
     run(["git", "add", "-A"], repo)
     run([*GIT, "commit", "--allow-empty", "-qm", "pipeline"], repo)
     # a bundle-only param: the experiment re-runs bundle alone (a moved split would re-run everything)
-    log = run(["dvc", "exp", "run", "-S", "deploy.description=an experiment's model"], repo)
+    log = run(["dvc", "exp", "run", "-S", "deploy.description=an-experiment-model"], repo)
     out = log.stdout + log.stderr
     assert "Running stage 'bundle'" in out and "Running stage 'embed@base'" not in out
     client = mlflow.MlflowClient(tracking_uri=TRACKING_URI["uri"])
@@ -353,7 +353,7 @@ def test_dvc_exp_run_set_param_reaches_mlflow(reproduced: tuple[Path, str]) -> N
             [experiment.experiment_id], filter_string="tags.`roadwork.stage` = 'bundle'"
         )
     }
-    assert "an experiment's model" in descriptions
+    assert "an-experiment-model" in descriptions
 
 
 def test_export_submission_loads_in_the_miners_transformers(reproduced: tuple[Path, str]) -> None:
