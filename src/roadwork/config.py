@@ -135,6 +135,11 @@ class SplitParams:
     Attributes:
         seed: random seed of the split.
         fractions: the share of each split.
+        group_by: metadata columns (metadata.csv or parquet) whose shared values keep images in one split.
+        time_window_s: frames of one drive closer than this many seconds join one group (chained); null = off.
+        time_column: the metadata column of each frame's time (seconds or ISO 8601).
+        drive_column: the metadata column naming each frame's drive; needed by time_window_s.
+        group_tolerance: largest accepted miss of a split's share; a group too large to place is an error.
     """
 
     seed: int = 0
@@ -381,6 +386,7 @@ class EvaluateParams:
         renders_per_level: validator renders per val_test image at each of L1-L3, besides the L0 render.
         reward_streams: simulated 100-challenge streams behind expected_reward (>= 10).
         worst_errors: thumbnails in the error contact sheet.
+        scene_keywords: scene_description slices: whole words or phrases, any case, optional plural.
     """
 
     bootstrap_resamples: int = 1000
@@ -389,7 +395,6 @@ class EvaluateParams:
     renders_per_level: int = 8
     reward_streams: int = 2000
     worst_errors: int = 24
-    # slices of NATIX's scene_description: whole words or phrases, any case, optional plural
     scene_keywords: list[str] = field(default_factory=lambda: list(SCENE_KEYWORDS))
 
 
