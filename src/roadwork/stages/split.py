@@ -1,4 +1,8 @@
-"""split stage: stratified group split into train / val_select / val_calib / val_test."""
+"""split stage: stratified group split into train / val_select / val_calib / val_test.
+
+With ``data.sources`` the split stratifies by source as well as label (each source's positives and
+negatives are split in the fractions) and ``metrics.json`` counts each source's images per split.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
                 kept["group"].to_numpy(),
                 asdict(cfg.split.fractions),
                 cfg.split.seed,
+                strata=kept["source"].to_numpy() if cfg.data.sources else None,
             )
         )
         check_split(kept)
@@ -45,6 +50,9 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         for name in SPLITS:
             metrics[f"{name}_n"] = int(counts.loc[name].sum())
             metrics[f"{name}_positive_rate"] = float(counts.loc[name].get(1, 0) / counts.loc[name].sum())
+        if cfg.data.sources:
+            by_source = kept.groupby(["source", "split"]).size()
+            metrics.update({f"{name}_source_{src}_n": int(n) for (src, name), n in by_source.items()})
         metrics["known_pairs_across_splits"] = pairs_across_splits(
             kept, pd.read_csv(KNOWN_DUPLICATES, dtype=str)
         )
