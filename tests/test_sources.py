@@ -20,6 +20,8 @@ from roadwork.config import ConfigError, load_config
 from roadwork.data.ingest import ingest
 from roadwork.data.sources import Source, check_sources, source_weights
 from roadwork.data.split import group_stratified_split
+from roadwork.stages.adapt import unlabeled_folders
+from roadwork.stages.ingest import ingested_sources
 
 REPO = Path(__file__).resolve().parents[1]
 FRACTIONS = {"train": 0.6, "val_select": 0.15, "val_calib": 0.15, "val_test": 0.1}
@@ -117,6 +119,8 @@ def test_sources_are_checked(tmp_path: Path) -> None:
         "no 'labelled'": [Source("a", "x", "hard_negative")],
         "positive number": [Source("a", "x", weight=0.0)],
         "one of": [Source("a", "x", "negative")],
+        "starts with a letter": [Source("1st", "x")],
+        "not NA": [Source("None", "x")],
     }
     for message, sources in bad.items():
         with pytest.raises(ValueError, match=message):
@@ -140,6 +144,10 @@ def test_config_sources_and_hard_negative_keys() -> None:
         ("main", "main", "labelled", 1.0),
         ("orange", "pool", "hard_negative", 2.0),
     ]
+    # unlabeled sources are adapt's: ingest never reads them, adapt's pool does
+    cfg = load_config(params, [override.replace("]", ", {name: frames, dir: frames, role: unlabeled}]")])
+    assert [s.name for s in ingested_sources(cfg)] == ["main", "orange"]
+    assert unlabeled_folders(cfg) == [Path("data/frames")]
     with pytest.raises(ConfigError, match=r"unknown key 'data.sources\[0\].wieght'"):
         load_config(params, ["data.sources=[{name: a, dir: a, wieght: 2}]"])
     with pytest.raises(ConfigError, match=r"'data.sources\[0\].weight'.*expected a number"):

@@ -17,10 +17,8 @@ import pandas as pd
 import pytest
 
 from helpers.project import SHRUNK_MODEL_STAGES, prepare_project, run, working_copy
-from roadwork.config import load_config
 from roadwork.data.images import sha256_file
 from roadwork.data.synth import generate_dataset
-from roadwork.stages.adapt import unlabeled_folders
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +74,6 @@ def test_sources_reach_the_split_stratified_and_unlabeled_images_never_do(work: 
         == (splits["source"] == "pool").sum()
     )
     assert metrics("ingest")["n_source_pool"] == (manifest["source"] == "pool").sum()
-    assert unlabeled_folders(load_config("params.yaml")) == [Path("data/unl")]
 
 
 def test_hard_negative_loop_scores_train_negatives_only_and_evaluate_reports_by_source(work: Path) -> None:

@@ -38,7 +38,9 @@ class Source:
     weight: float = 1.0
 
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+# names pandas reads back from splits.csv as missing values, not as text
+_NA_NAMES = frozenset({"na", "nan", "null", "none"})
 
 
 def sources_from(entries: Iterable[Any]) -> list[Source]:
@@ -54,10 +56,15 @@ def check_sources(sources: Sequence[Source]) -> None:
     folders: dict[str, str] = {}
     for i, source in enumerate(sources):
         key = f"data.sources[{i}]"
-        if not isinstance(source.name, str) or not _NAME.fullmatch(source.name):
+        if (
+            not isinstance(source.name, str)
+            or not _NAME.fullmatch(source.name)
+            or source.name.lower() in _NA_NAMES
+        ):
             raise ValueError(
                 f"'{key}.name' is {source.name!r}; expected a name of letters, digits, '_', '.' and '-' "
-                "(it prefixes the source's paths in the manifest)"
+                "that starts with a letter and is not NA, NaN, null or None (it prefixes the source's paths "
+                "in the manifest and is read back from CSV files)"
             )
         if source.role not in SOURCE_ROLES:
             raise ValueError(f"'{key}.role' is {source.role!r}; expected one of {SOURCE_ROLES}")
