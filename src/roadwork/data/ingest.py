@@ -104,7 +104,7 @@ _LAYOUTS_HELP = (
     "expected class folders roadwork/ or 1/ (label 1) and no_roadwork/ or 0/ (label 0) with images inside, "
     "and/or NATIX parquet files (*.parquet with columns image, label, scene_description)"
 )
-_ROOT_SIDECARS = frozenset({METADATA_FILE, "near_duplicates.csv", ".gitignore"})
+_DATA_SIDECARS = frozenset({METADATA_FILE, "near_duplicates.csv"})
 _PARQUET_BATCH_ROWS = 16  # ~16 full-size photos in memory per batch
 _IN_FLIGHT_PER_WORKER = 4  # bounds memory held by queued parquet bytes
 _OUR_IMAGE_FILE = re.compile(r"^(?:[0-9a-f]{64}\.jpg|\.[0-9a-f]{64}\.jpg\..+\.tmp)$")
@@ -181,8 +181,13 @@ class _Scan:
     quarantined: list[_Quarantined] = field(default_factory=list)
 
 
+def _is_versioning_file(name: str) -> bool:
+    """Root files that belong to no data set: READMEs, .gitignore, *.dvc."""
+    return name == ".gitignore" or name.upper().startswith("README") or name.lower().endswith(".dvc")
+
+
 def _is_root_sidecar(name: str) -> bool:
-    return name in _ROOT_SIDECARS or name.upper().startswith("README") or name.lower().endswith(".dvc")
+    return name in _DATA_SIDECARS or _is_versioning_file(name)
 
 
 def _scan(data_dir: Path, root_real: Path) -> _Scan:
@@ -442,8 +447,9 @@ def _file_item(
     # a hard-negative source labels every file 0 (its positives were refused before anything was decoded)
     negatives_only = source is not None and source.role == "hard_negative"
     if not rest and not negatives_only:
+        where = "data_dir" if source is None else f"source {source.name!r}'s folder"
         return _Quarantined(
-            key, "unknown_label", f"file lies directly in data_dir, outside any class folder ({accepted})"
+            key, "unknown_label", f"file lies directly in {where}, outside any class folder ({accepted})"
         )
     if top not in CLASS_FOLDERS and not negatives_only:
         return _Quarantined(
@@ -586,14 +592,15 @@ def _read_root(data_dir: Path, source: Source | None) -> _Root:
     parquet_columns: dict[str, list[str]] = {}
     n_parquet_rows = 0
     for rel, path in scan.parquets:
+        shown = rel if source is None else f"{source.name}/{rel}"  # the identity its rows get
         try:
             parquet = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as error:
             raise ValueError(
-                f"{rel}: cannot be read as parquet ({error}); repair or remove the file"
+                f"{shown}: cannot be read as parquet ({error}); repair or remove the file"
             ) from None
         with parquet:
-            parquet_columns[rel] = _check_parquet_schema(rel, parquet.schema_arrow)
+            parquet_columns[rel] = _check_parquet_schema(shown, parquet.schema_arrow)
             n_parquet_rows += parquet.metadata.num_rows
     if negatives_only:
         _refuse_positives(what, scan)
@@ -638,6 +645,7 @@ def _unread(data_dir: Path, sources: Sequence[Source]) -> tuple[str, ...]:
     def visit(directory: Path, rel: str) -> None:
         for entry in sorted(directory.iterdir()):
             path = f"{rel}{entry.name}"
+            # data_dir's own metadata.csv is reported: with sources, each source's folder has its own
             if path in folders or (not rel and _is_versioning_file(entry.name)):
                 continue
             if entry.is_dir() and any(f.startswith(path + "/") for f in folders):
@@ -648,12 +656,6 @@ def _unread(data_dir: Path, sources: Sequence[Source]) -> tuple[str, ...]:
     if sources:
         visit(data_dir, "")
     return tuple(unread)
-
-
-def _is_versioning_file(name: str) -> bool:
-    """Root files that are no data set's (READMEs, .gitignore, *.dvc); a root metadata.csv is, and is
-    reported unread when sources name the folders."""
-    return name == ".gitignore" or name.upper().startswith("README") or name.lower().endswith(".dvc")
 
 
 def ingest(
