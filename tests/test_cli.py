@@ -66,15 +66,18 @@ def test_stage_help_lists_the_parameters_it_reads_with_values_and_descriptions(t
     assert rows["train.lr"].split() == ["0.025", "peak", "learning", "rate", "(>", "0)."]
     assert rows["train.precision"].startswith('"32" ')  # a string that would read as a number is quoted
     assert rows["embed.augment.level_probs"].startswith("[0.25, 0.25, 0.25, 0.25] ")
-    # dvc.yaml's params for train: the train, trainer, embed and backbone sections, nothing else
-    assert {key.split(".")[0] for key in rows} == {"train", "trainer", "embed", "backbone"}
-    assert len(rows) == len(params["train"]) - 1 + len(params["train"]["finetune"]) + 3 + 17 + 5
+    # dvc.yaml's params for train: the train, trainer, embed and backbone sections and data.sources
+    assert {key.split(".")[0] for key in rows} == {"train", "trainer", "embed", "backbone", "data"}
+    assert [key for key in rows if key.startswith("data.")] == ["data.sources"]
+    nested = [name for name in ("finetune", "hard_negatives") if isinstance(params["train"].get(name), dict)]
+    train_keys = len(params["train"]) - len(nested) + sum(len(params["train"][name]) for name in nested)
+    assert len(rows) == train_keys + 3 + 17 + 5 + 1
 
     rows = _rows(_help("evaluate", tmp_path, "evaluate.seed=7")[0])
     assert rows["evaluate.seed"].startswith("7 ")  # overrides given before --help count
     assert "calibrate.ece_bins" in rows and "calibrate.method" not in rows
     ingest = set(_rows(_help("ingest", tmp_path)[0]))
-    assert ingest == {"data.dir", *(f"ingest.{key}" for key in params["ingest"])}
+    assert ingest == {"data.dir", "data.sources", *(f"ingest.{key}" for key in params["ingest"])}
 
 
 def test_stage_help_without_dvc_yaml_or_with_bad_params_says_so(tmp_path: Path) -> None:

@@ -133,7 +133,13 @@ def test_train_section_mirrors_head_train_config_names_and_defaults() -> None:
     from roadwork.train.head_config import HeadTrainConfig
 
     names = [f.name for f in fields(TrainParams)]
-    assert names == ["mode", "refit", *[f.name for f in fields(HeadTrainConfig)], "finetune"]
+    assert names == [
+        "mode",
+        "refit",
+        *[f.name for f in fields(HeadTrainConfig)],
+        "finetune",
+        "hard_negatives",
+    ]
     assert head_train_config(TrainParams()) == HeadTrainConfig()
 
 

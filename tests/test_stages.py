@@ -8,7 +8,6 @@ Marked slow (about a minute on 2 cores).
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
-from helpers.project import inside, prepare_project, run
+from helpers.project import SHRUNK_MODEL_STAGES, prepare_project, run, working_copy
 from roadwork.cli import main as cli
 
 pytestmark = pytest.mark.slow
@@ -31,22 +30,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("project"),
         n=90,
         seed=5,
-        updates={
-            "embed": {"train_copies": 1},
-            "train": {"max_epochs": 3},
-            "evaluate": {"bootstrap_resamples": 50, "renders_per_level": 1, "reward_streams": 50},
-        },
+        updates=SHRUNK_MODEL_STAGES,
     )
 
 
 @pytest.fixture()
 def work(project: Path, tmp_path: Path) -> Iterator[Path]:
     """A private copy of the prepared project (the feature cache is shared to save recomputation)."""
-    copy = tmp_path / "work"
-    shutil.copytree(project, copy, ignore=shutil.ignore_patterns(".cache"))
-    if (project / ".cache").exists():
-        (copy / ".cache").symlink_to(project / ".cache")
-    with inside(copy):
+    with working_copy(project, tmp_path) as copy:
         yield copy
 
 

@@ -56,15 +56,33 @@ class SynthParams:
 
 
 @dataclass
+class SourceParams:
+    """One entry of ``data.sources``: a folder inside ``data.dir`` and how the pipeline uses its images.
+
+    ``role``: ``labelled`` (the usual layouts), ``hard_negative`` (negatives only: every image label 0) or
+    ``unlabeled`` (adapt's pool only, never ingested or split). ``weight`` multiplies how often train draws
+    each of the source's images (1 = as often as an image of any other weight-1 source).
+    """
+
+    name: str = ""
+    dir: str = ""
+    weight: float = 1.0
+    role: str = "labelled"
+
+
+@dataclass
 class DataParams:
     """Where the images come from.
 
     Attributes:
         dir: ImageFolder (roadwork/, no_roadwork/ or 1/, 0/) or a folder of NATIX parquet files.
+        sources: named folders inside dir, each {name, dir, weight, role}; empty = dir is the one source.
         synth: the embedded demo data set.
     """
 
     dir: str = "data"
+    # empty: data.dir is one source in today's layout; else the named folders inside data.dir
+    sources: list[SourceParams] = field(default_factory=list)
     synth: SynthParams = field(default_factory=SynthParams)
 
 
@@ -251,6 +269,24 @@ class FinetuneParams:
     backbone_lr: float = 1e-4
 
 
+@dataclass
+class HardNegativeParams:
+    """``train.hard_negatives``: after out-of-fold scoring of train's negatives, the hardest are up-weighted
+    and the head refitted (:mod:`roadwork.train.hard_negatives`); ``rounds: 0`` turns the loop off.
+
+    Attributes:
+        rounds: score-and-refit rounds after the first fit (0 = off).
+        top_fraction: share of train's negatives, hardest first, up-weighted each round.
+        weight: the sampling weight those negatives get (1 = as any other image).
+        folds: folds of train's dedupe groups behind the out-of-fold scores.
+    """
+
+    rounds: int = 0
+    top_fraction: float = 0.1
+    weight: float = 3.0
+    folds: int = 5
+
+
 _FIELD_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
@@ -271,7 +307,7 @@ _TRAIN_EXTRA_DOC = """How the ``train`` stage trains.
 
 def _train_params_schema() -> type:
     """``mode``, ``refit``, every field of :class:`~roadwork.train.head_config.HeadTrainConfig` (its names,
-    types and defaults: one home) and ``finetune``."""
+    types and defaults: one home), ``finetune`` and ``hard_negatives``."""
     from roadwork.train.head_config import HeadTrainConfig
 
     return make_dataclass(
@@ -281,6 +317,7 @@ def _train_params_schema() -> type:
             ("refit", bool, field(default=False)),
             *_mirrored_fields(HeadTrainConfig),
             ("finetune", FinetuneParams, field(default_factory=FinetuneParams)),
+            ("hard_negatives", HardNegativeParams, field(default_factory=HardNegativeParams)),
         ],
         namespace={"__doc__": _TRAIN_EXTRA_DOC + (HeadTrainConfig.__doc__ or "")},
     )
@@ -539,6 +576,13 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "train.finetune.lora_alpha": (lambda v: v > 0, "a positive number"),
     "train.finetune.lora_dropout": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
     "train.finetune.backbone_lr": (lambda v: v > 0, "a positive number"),
+    "train.hard_negatives.rounds": (lambda v: v >= 0, "an integer >= 0 (0 = no hard-negative loop)"),
+    "train.hard_negatives.top_fraction": (
+        lambda v: 0 < v <= 1,
+        "a fraction in (0, 1] of the train split's negatives to up-weight",
+    ),
+    "train.hard_negatives.weight": (lambda v: v >= 1, "a number >= 1 (sampling weight of a hard negative)"),
+    "train.hard_negatives.folds": (lambda v: v >= 2, "an integer >= 2 (out-of-fold scoring)"),
     "adapt.checkpoint_every_steps": (lambda v: v >= 0, "an integer >= 0 (0 = at epoch ends only)"),
     "trainer.accelerator": (lambda v: v in ("auto", "cpu", "gpu"), "one of auto, cpu, gpu"),
     "trainer.devices": (lambda v: v >= 1, "a positive integer (processes, one per device)"),
@@ -609,6 +653,7 @@ def _check_ranges(cfg: RoadworkConfig, source: str) -> None:
         value = functools.reduce(getattr, key.split("."), cfg)
         if not ok(value):
             raise ConfigError(f"{source}: '{key}' is {value!r}; expected {expected}.")
+    _check_sources(cfg.data.sources, source)
     _check_library_config(head_train_config, cfg.train, "train", source)
     _check_library_config(adapt_config, cfg.adapt, "adapt", source)
     if (cfg.calibrate.guarantee_alpha is None) != (cfg.calibrate.guarantee_delta is None):
@@ -627,6 +672,14 @@ def _check_ranges(cfg: RoadworkConfig, source: str) -> None:
             f"{source}: 'split.time_window_s' joins frames of one drive, so it needs 'split.drive_column' "
             "(the metadata column naming each frame's drive); set it, or set split.time_window_s to null."
         )
+    weighted = [s.name for s in cfg.data.sources if s.weight != 1 and s.role != "unlabeled"]
+    reasons = [f"data.sources {weighted} have weights other than 1"] if weighted else []
+    reasons += ["train.hard_negatives.rounds is above 0"] if cfg.train.hard_negatives.rounds else []
+    if cfg.train.mode == "finetune" and reasons:
+        raise ConfigError(
+            f"{source}: train.mode=finetune draws every train image alike, but {' and '.join(reasons)}; "
+            "use train.mode=head, or set those weights to 1 and the rounds to 0."
+        )
     fractions = cfg.split.fractions
     values = {f.name: getattr(fractions, f.name) for f in fields(fractions)}
     bad = [name for name, v in values.items() if not 0 < v < 1]
@@ -636,6 +689,16 @@ def _check_ranges(cfg: RoadworkConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: 'split.fractions' must sum to 1, got {sum(values.values()):.6g} from {values}."
         )
+
+
+def _check_sources(sources: list[SourceParams], source: str) -> None:
+    """``data.sources`` by :func:`roadwork.data.sources.check_sources`, its error as a ConfigError."""
+    from roadwork.data.sources import check_sources, sources_from
+
+    try:
+        check_sources(sources_from(sources))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}.") from None
 
 
 def _library_config(section: Any, cls: type) -> Any:
@@ -668,6 +731,8 @@ def _check_library_config(build: Any, section: Any, name: str, source: str) -> N
 
 _INTERPOLATION = re.compile(r"(?<!\\)\$\{")
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_SECTION = "a section (a mapping of keys)"
+_LOOKUP = object()  # _check_type: find the expected type from the dotted key
 
 
 @functools.cache
@@ -695,9 +760,9 @@ def _type_mismatch(value: Any, expected: Any) -> str | None:
         return None if inner is None else f"{inner} or null"
     if typing.get_origin(expected) is list:
         ok = isinstance(value, list) and all(_type_mismatch(item, args[0]) is None for item in value)
-        return None if ok else f"a list whose items are each {_TYPE_NAMES[args[0]]}"
+        return None if ok else f"a list whose items are each {_TYPE_NAMES.get(args[0], _SECTION)}"
     if is_dataclass(expected):
-        return None if isinstance(value, Mapping) else "a section (a mapping of keys)"
+        return None if isinstance(value, Mapping) else _SECTION
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = {
         bool: isinstance(value, bool),
@@ -725,10 +790,12 @@ def _refuse_interpolation(key: str, value: Any, source: str) -> None:
         )
 
 
-def _check_type(key: str, value: Any, source: str) -> None:
-    """Refuse a value ``key``'s schema type would have to convert; sections recurse. A key the schema
-    lacks is left to the merge, which names it with suggestions."""
-    expected = _expected_type(key)
+def _check_type(key: str, value: Any, source: str, expected: Any = _LOOKUP) -> None:
+    """Refuse a value ``key``'s schema type would have to convert; sections and lists of sections recurse.
+    A key the schema lacks is left to the merge, which names it with suggestions, except inside a list of
+    sections, where the merge would not name the item."""
+    if expected is _LOOKUP:
+        expected = _expected_type(key)
     if expected is None:
         return
     mismatch = _type_mismatch(value, expected)
@@ -739,8 +806,19 @@ def _check_type(key: str, value: Any, source: str) -> None:
             "true/false for switches)."
         )
     if isinstance(value, Mapping):
+        hints = _type_hints(expected)
         for name, item in value.items():
-            _check_type(f"{key}.{name}", item, source)
+            _check_type(f"{key}.{name}", item, source, hints.get(name))
+    item_type = typing.get_args(expected)[0] if typing.get_origin(expected) is list else None
+    if isinstance(value, list) and is_dataclass(item_type):
+        hints = _type_hints(item_type)
+        for i, item in enumerate(value):
+            unknown = sorted(set(item) - set(hints))
+            if unknown:
+                raise ConfigError(
+                    f"{source}: unknown key '{key}[{i}].{unknown[0]}'. Valid keys here: {', '.join(hints)}."
+                )
+            _check_type(f"{key}[{i}]", item, source, item_type)
 
 
 def _check_literal(key: str, value: Any, source: str) -> None:
@@ -844,7 +922,8 @@ def load_config(
         try:
             if OmegaConf.select(merged, key, default="__missing__") == "__missing__":
                 raise ConfigKeyError(f"Key '{key}' not in config")
-            OmegaConf.update(merged, key, value, merge=False)
+            # a list is replaced whole either way; merging converts a list of mappings into sections
+            OmegaConf.update(merged, key, value, merge=isinstance(value, list))
         except ConfigKeyError as exc:
             exc.full_key = key
             raise _explain(exc, "override") from None

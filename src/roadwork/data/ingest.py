@@ -32,6 +32,14 @@ rows as ``corrupt_row_group`` (the detail names the file and the row group); the
 
 Checks run in a fixed order and the first failure is the reason recorded: symlink, location/label,
 extension, then (parquet) label value and description consistency, then decoding.
+
+**Several sources** (``sources``, :mod:`roadwork.data.sources`): each source is a folder inside
+``data_dir`` read by the rules above, its inputs' paths prefixed ``<name>/`` and its name in the
+manifest's ``source`` column (without sources that column holds the layout: ``imagefolder`` or
+``parquet``). A ``hard_negative`` source holds negatives only: every image in it is label 0 wherever it
+lies (a flat folder is fine), and a file under a positive class folder (``roadwork/``, ``1/``) or a parquet
+row labelled 1 stops ingest before anything is decoded, naming it. Whatever in ``data_dir`` lies outside
+every source is not read and is listed in :attr:`IngestResult.unread`.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ from roadwork.data.images import (
     downscale_short_side,
     sha256_file,
 )
+from roadwork.data.sources import INGESTED_ROLES, Source, check_sources
 from roadwork.progress import progress_bar
 
 CLASS_FOLDERS: dict[str, int] = {"roadwork": 1, "1": 1, "no_roadwork": 0, "0": 0}
@@ -95,7 +104,7 @@ _LAYOUTS_HELP = (
     "expected class folders roadwork/ or 1/ (label 1) and no_roadwork/ or 0/ (label 0) with images inside, "
     "and/or NATIX parquet files (*.parquet with columns image, label, scene_description)"
 )
-_ROOT_SIDECARS = frozenset({METADATA_FILE, "near_duplicates.csv", ".gitignore"})
+_DATA_SIDECARS = frozenset({METADATA_FILE, "near_duplicates.csv"})
 _PARQUET_BATCH_ROWS = 16  # ~16 full-size photos in memory per batch
 _IN_FLIGHT_PER_WORKER = 4  # bounds memory held by queued parquet bytes
 _OUR_IMAGE_FILE = re.compile(r"^(?:[0-9a-f]{64}\.jpg|\.[0-9a-f]{64}\.jpg\..+\.tmp)$")
@@ -106,7 +115,9 @@ class IngestResult:
     """What :func:`ingest` did.
 
     ``n_inputs == n_kept + n_quarantined``. ``reason_counts`` has every code of :data:`QUARANTINE_REASONS`
-    (zeros included); ``label_counts`` counts *kept* inputs per label, ``{0: ..., 1: ...}``.
+    (zeros included); ``label_counts`` counts *kept* inputs per label, ``{0: ..., 1: ...}``;
+    ``source_counts`` kept inputs per source name and ``unread`` the paths in ``data_dir`` outside every
+    source (both empty without sources).
     """
 
     n_inputs: int
@@ -116,6 +127,8 @@ class IngestResult:
     label_counts: dict[int, int]
     manifest_path: Path
     quarantine_path: Path
+    source_counts: dict[str, int] = field(default_factory=dict)
+    unread: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,8 +181,13 @@ class _Scan:
     quarantined: list[_Quarantined] = field(default_factory=list)
 
 
+def _is_versioning_file(name: str) -> bool:
+    """Root files that belong to no data set: READMEs, .gitignore, *.dvc."""
+    return name == ".gitignore" or name.upper().startswith("README") or name.lower().endswith(".dvc")
+
+
 def _is_root_sidecar(name: str) -> bool:
-    return name in _ROOT_SIDECARS or name.upper().startswith("README") or name.lower().endswith(".dvc")
+    return name in _DATA_SIDECARS or _is_versioning_file(name)
 
 
 def _scan(data_dir: Path, root_real: Path) -> _Scan:
@@ -360,10 +378,13 @@ def _contradiction(label: int, description: str | None) -> str | None:
     return None
 
 
-def _parquet_items(rel: str, path: Path, metadata_columns: list[str]) -> Iterator[_Task | _Quarantined]:
+def _parquet_items(
+    rel: str, path: Path, metadata_columns: list[str], source: str = "parquet"
+) -> Iterator[_Task | _Quarantined]:
     """Rows of one parquet file, row group by row group in batches of :data:`_PARQUET_BATCH_ROWS` (memory
     stays bounded). A row group that cannot be decoded (a corrupt page; the footer is intact, or the file
-    would not have opened) quarantines its remaining rows, and the next row group is read."""
+    would not have opened) quarantines its remaining rows, and the next row group is read. ``rel`` is the
+    file's identity (source prefix included), ``source`` the manifest's ``source`` value."""
     with pq.ParquetFile(path) as parquet:
         row = 0
         for group in range(parquet.num_row_groups):
@@ -383,13 +404,13 @@ def _parquet_items(rel: str, path: Path, metadata_columns: list[str]) -> Iterato
                     break
                 if batch is None:
                     break
-                yield from _batch_rows(rel, batch, row, metadata_columns)
+                yield from _batch_rows(rel, batch, row, metadata_columns, source)
                 row += batch.num_rows
             row = end
 
 
 def _batch_rows(
-    rel: str, batch: pa.RecordBatch, first_row: int, metadata_columns: list[str]
+    rel: str, batch: pa.RecordBatch, first_row: int, metadata_columns: list[str], source: str
 ) -> Iterator[_Task | _Quarantined]:
     image_column = batch.column("image")
     if pa.types.is_struct(image_column.type):
@@ -413,26 +434,35 @@ def _batch_rows(
         values = tuple(
             (name, "" if extra[name][i] is None else str(extra[name][i])) for name in metadata_columns
         )
-        yield _Task(path=key, label=label, source="parquet", metadata=values, data=data)
+        yield _Task(path=key, label=label, source=source, metadata=values, data=data)
 
 
-def _file_item(rel: str, path: Path, metadata: Mapping[str, Mapping[str, str]]) -> _Task | _Quarantined:
+def _file_item(
+    rel: str, path: Path, metadata: Mapping[str, Mapping[str, str]], source: Source | None = None
+) -> _Task | _Quarantined:
+    """The input at ``rel`` (relative to its source's folder, or to data_dir without sources)."""
+    key = rel if source is None else f"{source.name}/{rel}"
     top, _, rest = rel.partition("/")
     accepted = ", ".join(f"{name}/" for name in CLASS_FOLDERS)
-    if not rest:
+    # a hard-negative source labels every file 0 (its positives were refused before anything was decoded)
+    negatives_only = source is not None and source.role == "hard_negative"
+    if not rest and not negatives_only:
+        where = "data_dir" if source is None else f"source {source.name!r}'s folder"
         return _Quarantined(
-            rel, "unknown_label", f"file lies directly in data_dir, outside any class folder ({accepted})"
+            key, "unknown_label", f"file lies directly in {where}, outside any class folder ({accepted})"
         )
-    if top not in CLASS_FOLDERS:
+    if top not in CLASS_FOLDERS and not negatives_only:
         return _Quarantined(
-            rel, "unknown_label", f"folder '{top}/' is not a class folder; accepted: {accepted}"
+            key, "unknown_label", f"folder '{top}/' is not a class folder; accepted: {accepted}"
         )
     if Path(rel).suffix.lower() not in IMAGE_EXTENSIONS:
         return _Quarantined(
-            rel, "unsupported_extension", f"extension not one of {', '.join(sorted(IMAGE_EXTENSIONS))}"
+            key, "unsupported_extension", f"extension not one of {', '.join(sorted(IMAGE_EXTENSIONS))}"
         )
     values = tuple(metadata.get(rel, {}).items())
-    return _Task(path=rel, label=CLASS_FOLDERS[top], source="imagefolder", metadata=values, file=path)
+    label = 0 if negatives_only else CLASS_FOLDERS[top]
+    name = "imagefolder" if source is None else source.name
+    return _Task(path=key, label=label, source=name, metadata=values, file=path)
 
 
 def _process(task: _Task, settings: _Settings) -> _Kept | _Quarantined:
@@ -529,6 +559,109 @@ def _remove_stale_images(images_dir: Path, keep: set[str]) -> None:
             entry.unlink()
 
 
+@dataclass(frozen=True)
+class _Root:
+    """One folder ingest reads (``data_dir`` itself, or a source's folder in it), scanned and checked."""
+
+    source: Source | None
+    scan: _Scan
+    metadata_columns: list[str]
+    metadata: dict[str, dict[str, str]]
+    parquet_columns: dict[str, list[str]]
+    n_parquet_rows: int
+
+
+def _read_root(data_dir: Path, source: Source | None) -> _Root:
+    """Scan ``data_dir`` (``source`` None) or ``source``'s folder in it and check its layout, metadata and
+    parquet schemas; a hard-negative source's positives stop ingest here, before anything is decoded."""
+    folder = data_dir if source is None else _source_folder(data_dir, source)
+    what = f"data_dir {data_dir}" if source is None else f"source {source.name!r} ({folder})"
+    root_real = folder.resolve()
+    scan = _scan(folder, root_real)
+    negatives_only = source is not None and source.role == "hard_negative"
+    if negatives_only:
+        if not scan.files and not scan.parquets:
+            raise ValueError(f"{what} holds no file; a hard_negative source holds images of label 0")
+    elif not any((folder / name).is_dir() for name in CLASS_FOLDERS) and not scan.parquets:
+        raise ValueError(f"{what} holds no class folder and no parquet file; {_LAYOUTS_HELP}")
+
+    metadata_columns, metadata = _read_metadata(folder, root_real)
+    unmatched = sorted(set(metadata) - {rel for rel, _ in scan.files})
+    if unmatched:
+        raise ValueError(
+            f"{folder / METADATA_FILE}: row(s) for path(s) that name no file under "
+            f"{'data_dir' if source is None else what}: {unmatched[:5]}; keys must be POSIX paths relative "
+            "to that folder of ImageFolder files (e.g. roadwork/a.jpg)"
+        )
+    parquet_columns: dict[str, list[str]] = {}
+    n_parquet_rows = 0
+    for rel, path in scan.parquets:
+        shown = rel if source is None else f"{source.name}/{rel}"  # the identity its rows get
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as error:
+            raise ValueError(
+                f"{shown}: cannot be read as parquet ({error}); repair or remove the file"
+            ) from None
+        with parquet:
+            parquet_columns[rel] = _check_parquet_schema(shown, parquet.schema_arrow)
+            n_parquet_rows += parquet.metadata.num_rows
+    if negatives_only:
+        _refuse_positives(what, scan)
+    return _Root(source, scan, metadata_columns, metadata, parquet_columns, n_parquet_rows)
+
+
+def _source_folder(data_dir: Path, source: Source) -> Path:
+    if source.role not in INGESTED_ROLES:
+        raise ValueError(
+            f"source {source.name!r} has role {source.role!r}; ingest reads roles {INGESTED_ROLES} "
+            "(unlabeled sources feed adapt only)"
+        )
+    folder = data_dir / source.dir
+    if not folder.is_dir():
+        raise ValueError(
+            f"source {source.name!r}: folder {folder} does not exist or is not a folder; data.sources dirs "
+            f"are relative to data_dir {data_dir}"
+        )
+    return folder
+
+
+def _refuse_positives(what: str, scan: _Scan) -> None:
+    """A hard-negative source holds negatives only: a file in a positive class folder or a parquet row
+    labelled 1 is a contradiction its owner must resolve (relabelling it would hide it)."""
+    fix = "move it to a labelled source or out of this one (a hard_negative source holds label 0 only)"
+    for rel, _ in scan.files:
+        top, _, rest = rel.partition("/")
+        if rest and CLASS_FOLDERS.get(top) == 1:
+            raise ValueError(f"{what}: {rel} lies in the positive class folder {top}/; {fix}")
+    for rel, path in scan.parquets:
+        labels = pq.read_table(path, columns=["label"]).column("label").to_numpy(zero_copy_only=False)
+        positive = [i for i, label in enumerate(labels.tolist()) if label == 1]
+        if positive:
+            raise ValueError(f"{what}: {rel} row {positive[0]} is labelled 1 (roadwork); {fix}")
+
+
+def _unread(data_dir: Path, sources: Sequence[Source]) -> tuple[str, ...]:
+    """Entries of ``data_dir`` (POSIX paths relative to it) that lie in no source's folder and hold none."""
+    folders = {Path(s.dir).as_posix() for s in sources}
+    unread: list[str] = []
+
+    def visit(directory: Path, rel: str) -> None:
+        for entry in sorted(directory.iterdir()):
+            path = f"{rel}{entry.name}"
+            # data_dir's own metadata.csv is reported: with sources, each source's folder has its own
+            if path in folders or (not rel and _is_versioning_file(entry.name)):
+                continue
+            if entry.is_dir() and any(f.startswith(path + "/") for f in folders):
+                visit(entry, path + "/")
+            else:
+                unread.append(path)
+
+    if sources:
+        visit(data_dir, "")
+    return tuple(unread)
+
+
 def ingest(
     data_dir: Path,
     out_dir: Path,
@@ -539,6 +672,7 @@ def ingest(
     min_side: int = 16,
     workers: int = 1,
     show_progress: bool = True,
+    sources: Sequence[Source] = (),
 ) -> IngestResult:
     """Decode and verify every input under ``data_dir``; write working copies, manifest and quarantine list.
 
@@ -572,10 +706,14 @@ def ingest(
         workers: decoding processes (1 = in this process). Workers are *spawned*, so a script calling
             this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
         show_progress: a progress bar over inputs (where :mod:`roadwork.progress` allows one).
+        sources: the :class:`~roadwork.data.sources.Source` folders inside ``data_dir`` to read instead of
+            ``data_dir`` itself (see the module docstring); empty (default): ``data_dir`` is the one source.
 
     Raises:
-        ValueError: ``data_dir`` is missing, not a folder, cannot be listed, or holds neither a class folder
-            nor a parquet file; ``out_dir`` is inside ``data_dir``; ``metadata.csv`` is unreadable or
+        ValueError: ``data_dir`` (or a source's folder) is missing, not a folder, cannot be listed, or holds
+            neither a class folder nor a parquet file (a hard-negative source: no file at all); a
+            hard-negative source holds a positive; a source is invalid (:func:`~roadwork.data.sources.
+            check_sources`); ``out_dir`` is inside ``data_dir``; ``metadata.csv`` is unreadable or
             malformed (no ``path`` column, duplicate key, a key naming no file, a column clashing with the
             manifest's); a parquet file cannot be opened, lacks a required column or has a wrong column
             type; or arguments are out of range. Bad rows and files never raise: they are quarantined.
@@ -595,49 +733,25 @@ def ingest(
         raise TypeError(f"show_progress must be a bool, got {type(show_progress).__name__}")
     if not data_dir.is_dir():
         raise ValueError(f"data_dir {data_dir} does not exist or is not a folder; {_LAYOUTS_HELP}")
-    root_real = data_dir.resolve()
     out_real = out_dir.resolve()
-    if out_real.is_relative_to(root_real):
+    if out_real.is_relative_to(data_dir.resolve()):
         raise ValueError(
             f"out_dir {out_dir} lies inside data_dir {data_dir}; its outputs would become inputs of the next "
             "run. Choose an out_dir outside data_dir"
         )
-
-    scan = _scan(data_dir, root_real)
-    has_class_folder = any((data_dir / name).is_dir() for name in CLASS_FOLDERS)
-    if not has_class_folder and not scan.parquets:
-        raise ValueError(f"data_dir {data_dir} holds no class folder and no parquet file; {_LAYOUTS_HELP}")
-
-    metadata_columns, metadata = _read_metadata(data_dir, root_real)
-    file_paths = {rel for rel, _ in scan.files}
-    unmatched = sorted(set(metadata) - file_paths)
-    if unmatched:
-        raise ValueError(
-            f"{data_dir / METADATA_FILE}: row(s) for path(s) that name no file under data_dir: "
-            f"{unmatched[:5]}; keys must be POSIX paths relative to data_dir of ImageFolder files "
-            "(e.g. roadwork/a.jpg)"
-        )
-
-    parquet_columns: dict[str, list[str]] = {}
-    n_parquet_rows = 0
-    for rel, path in scan.parquets:
-        try:
-            parquet = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as error:
-            raise ValueError(
-                f"{rel}: cannot be read as parquet ({error}); repair or remove the file"
-            ) from None
-        with parquet:
-            parquet_columns[rel] = _check_parquet_schema(rel, parquet.schema_arrow)
-            n_parquet_rows += parquet.metadata.num_rows
-    n_inputs = len(scan.quarantined) + len(scan.files) + n_parquet_rows
+    check_sources(sources)
+    roots = [_read_root(data_dir, None)] if not sources else [_read_root(data_dir, s) for s in sources]
+    n_inputs = sum(len(r.scan.quarantined) + len(r.scan.files) + r.n_parquet_rows for r in roots)
 
     def items() -> Iterator[_Task | _Quarantined]:
-        yield from scan.quarantined
-        for rel, path in scan.files:
-            yield _file_item(rel, path, metadata)
-        for rel, path in scan.parquets:
-            yield from _parquet_items(rel, path, parquet_columns[rel])
+        for root in roots:
+            prefix = "" if root.source is None else f"{root.source.name}/"
+            name = "parquet" if root.source is None else root.source.name
+            yield from (_Quarantined(prefix + q.path, q.reason, q.detail) for q in root.scan.quarantined)
+            for rel, path in root.scan.files:
+                yield _file_item(rel, path, root.metadata, root.source)
+            for rel, path in root.scan.parquets:
+                yield from _parquet_items(prefix + rel, path, root.parquet_columns[rel], name)
 
     images_dir = out_dir / IMAGES_DIR
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -661,9 +775,10 @@ def ingest(
             f"inputs share a path identity (file vs parquet row?): {collisions[:5]}; rename them"
         )
 
-    extra_columns = list(metadata_columns)
-    for rel in parquet_columns:
-        extra_columns += [c for c in parquet_columns[rel] if c not in extra_columns]
+    extra_columns: list[str] = []
+    for root in roots:
+        for columns in (root.metadata_columns, *root.parquet_columns.values()):
+            extra_columns += [c for c in columns if c not in extra_columns]
     kept.sort(key=lambda item: item.path)
     quarantined.sort(key=lambda item: item.path)
     manifest_rows = []
@@ -685,6 +800,7 @@ def ingest(
     if unknown:
         raise RuntimeError(f"quarantine reasons outside QUARANTINE_REASONS: {unknown}")
     labels = Counter(item.label for item in kept)
+    by_source = Counter(item.source for item in kept)
     return IngestResult(
         n_inputs=n_inputs,
         n_kept=len(kept),
@@ -693,4 +809,6 @@ def ingest(
         label_counts={0: labels.get(0, 0), 1: labels.get(1, 0)},
         manifest_path=manifest_path,
         quarantine_path=quarantine_path,
+        source_counts={s.name: by_source.get(s.name, 0) for s in sources},
+        unread=_unread(data_dir, sources),
     )

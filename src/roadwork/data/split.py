@@ -38,13 +38,19 @@ class SplitAccessError(PermissionError):
 
 
 def group_stratified_split(
-    labels: np.ndarray, groups: np.ndarray, fractions: Mapping[str, float], seed: int
+    labels: np.ndarray,
+    groups: np.ndarray,
+    fractions: Mapping[str, float],
+    seed: int,
+    strata: np.ndarray | None = None,
 ) -> np.ndarray:
     """Assign each item to a split; items of one group always share a split.
 
     Groups are visited largest first (ties in a seeded random order) and each goes to the split whose
-    class target is least filled, relative to its size. A group's class is its majority label (ties go to
-    the positive class). Returns an array of split names aligned with ``labels``.
+    class target is least filled, relative to its size. A class is a label, or with ``strata`` (e.g. each
+    item's source) a (stratum, label) pair, so every stratum is split in the fractions too. A group's class
+    is its most common one (ties go to the later class: the positive label, without strata). Returns an
+    array of split names aligned with ``labels``.
 
     Raises ValueError when inputs disagree in length, labels are not 0/1, or fractions are not the four
     split names with positive values summing to 1.
@@ -55,6 +61,8 @@ def group_stratified_split(
         raise ValueError(
             f"labels and groups must be 1-D of equal length, got {labels.shape} and {groups.shape}"
         )
+    if strata is not None and np.shape(strata) != labels.shape:
+        raise ValueError(f"strata must match labels' shape {labels.shape}, got {np.shape(strata)}")
     if labels.size == 0:
         raise ValueError("labels is empty: nothing to split")
     if not np.isin(labels, (0, 1)).all():
@@ -67,14 +75,21 @@ def group_stratified_split(
 
     unique_groups, inverse = np.unique(groups, return_inverse=True)
     sizes = np.bincount(inverse)
-    positives = np.bincount(inverse, weights=labels).astype(np.int64)
-    group_class = (positives * 2 >= sizes).astype(np.int64)
+    # class of each item: its label, or (stratum, label) numbered stratum-major
+    stratum = np.zeros(labels.size, dtype=np.int64)
+    if strata is not None:
+        stratum = np.unique(np.asarray(strata).astype(str), return_inverse=True)[1].reshape(-1)
+    item_class = stratum * 2 + labels.astype(np.int64)
+    n_classes = 2 * (int(stratum.max()) + 1)
+    members = np.zeros((unique_groups.size, n_classes), dtype=np.int64)  # [group, class]
+    np.add.at(members, (inverse, item_class), 1)
+    group_class = n_classes - 1 - np.argmax(members[:, ::-1], axis=1)  # most common, ties to the later
 
     rng = np.random.default_rng(seed)
     shuffled = rng.permutation(unique_groups.size)
     order = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
 
-    class_totals = np.array([(labels == 0).sum(), (labels == 1).sum()], dtype=float)
+    class_totals = members.sum(axis=0).astype(float)
     targets = shares[:, None] * class_totals[None, :]  # [split, class]
     filled = np.zeros_like(targets)
     assignment = np.empty(unique_groups.size, dtype=np.int64)
@@ -84,8 +99,7 @@ def group_stratified_split(
         ratio = (filled[:, c] + sizes[g]) / np.maximum(targets[:, c], 1e-12)
         chosen = int(np.argmin(ratio))
         assignment[g] = chosen
-        filled[chosen, 0] += sizes[g] - positives[g]
-        filled[chosen, 1] += positives[g]
+        filled[chosen] += members[g]
     return np.asarray(SPLITS, dtype=object)[assignment[inverse]]
 
 

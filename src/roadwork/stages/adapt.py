@@ -1,7 +1,8 @@
 """adapt stage: ExPLoRA domain adaptation of the configured backbone, for the ``adapted`` variant.
 
 Continues the backbone's self-supervised pretraining (DINO self-distillation with an EMA teacher; iBOT for
-ViTs) on the **train split's images only**, plus the images of ``adapt.unlabeled_dir`` when set, with the
+ViTs) on the **train split's images only**, plus the images of ``adapt.unlabeled_dir`` when set and of every
+``data.sources`` folder of role ``unlabeled`` (inside ``data.dir``), with the
 last ``adapt.unfreeze_last_blocks`` blocks and all norms unfrozen and LoRA/DoRA on the other blocks; merges
 the adapters and checks the merge (see :mod:`roadwork.adapt.explora`). val_select, val_calib and val_test are
 never read: the split contract allows this stage the train split only, and an unlabeled image that is one of
@@ -10,7 +11,7 @@ the data set's own images outside the train split (same sha256) is excluded and 
 Outputs in ``outputs/adapt/``: ``backbone/`` (the merged backbone, loadable by ``load_backbone``; embed,
 train and evaluate of the ``adapted`` variant read it), ``history.csv`` (one row per step, a DVC plot),
 ``ssl_curves.png``, ``adapt.json`` (settings, adapter layout, parameter counts, fingerprints),
-``unlabeled.csv`` (every file found in ``adapt.unlabeled_dir`` and whether it was used, with the reason when
+``unlabeled.csv`` (every file found in those folders and whether it was used, with the reason when
 not) and ``metrics.json``. Where a run resumed goes to MLflow only, so the outputs depend on the inputs alone.
 
 Resumption: checkpoints go to ``.cache/checkpoints/adapt/<key>``, the key a digest of everything the
@@ -43,6 +44,7 @@ from roadwork.stages.common import (
 )
 
 UNLABELED_CSV = "unlabeled.csv"
+POOL_COLUMNS = ["path", "sha256", "used", "reason"]
 
 
 def unlabeled_images(
@@ -56,15 +58,16 @@ def unlabeled_images(
     ingest's rule, so the pool cannot point the stage outside the folder.
 
     Raises:
-        FileNotFoundError: ``folder`` is not a directory (naming ``adapt.unlabeled_dir``).
+        FileNotFoundError: ``folder`` is not a directory (naming the settings that point at it).
     """
     from roadwork.data.images import ImageRejected, decode_image, sha256_file
     from roadwork.data.ingest import IMAGE_EXTENSIONS
 
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"adapt.unlabeled_dir: {folder} is not a directory; point it at a folder of images or set it "
-            "to null."
+            f"unlabeled folder {folder} (adapt.unlabeled_dir, or an unlabeled data.sources entry's dir "
+            "inside data.dir) is not a directory; point it at a folder of images, or set "
+            "adapt.unlabeled_dir to null / remove the entry."
         )
     used: list[Path] = []
     rows: list[dict[str, Any]] = []
@@ -86,7 +89,13 @@ def unlabeled_images(
         if not reason:
             used.append(path)
         rows.append({"path": str(path), "sha256": sha, "used": not reason, "reason": reason})
-    return used, pd.DataFrame(rows, columns=["path", "sha256", "used", "reason"])
+    return used, pd.DataFrame(rows, columns=POOL_COLUMNS)
+
+
+def unlabeled_folders(cfg: RoadworkConfig) -> list[Path]:
+    """The unlabeled pool's folders: ``adapt.unlabeled_dir`` (if set), then each ``unlabeled`` source's."""
+    folders = [Path(cfg.adapt.unlabeled_dir)] if cfg.adapt.unlabeled_dir else []
+    return folders + [Path(cfg.data.dir) / s.dir for s in cfg.data.sources if s.role == "unlabeled"]
 
 
 def _checkpoint_key(cfg: RoadworkConfig, images: list[Path]) -> str:
@@ -118,14 +127,18 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
     out = stage_dir("adapt")
     train = read_split(SPLITS_CSV, "adapt", ["train"]).sort_values("path")
     images = [INGEST / p for p in train["working_path"]]
-    pool = pd.DataFrame(columns=["path", "sha256", "used", "reason"])
-    if cfg.adapt.unlabeled_dir:
+    pools = []
+    folders = unlabeled_folders(cfg)
+    if folders:
         manifest = pd.read_csv(INGEST / "manifest.csv", dtype={"sha256": str})
         outside_train = set(manifest["sha256"]) - set(train["sha256"])
-        extra, pool = unlabeled_images(
-            Path(cfg.adapt.unlabeled_dir), max_pixels=cfg.ingest.max_pixels, outside_train=outside_train
-        )
-        images += extra
+        for folder in folders:
+            extra, found = unlabeled_images(
+                folder, max_pixels=cfg.ingest.max_pixels, outside_train=outside_train
+            )
+            images += extra
+            pools.append(found)
+    pool = pd.concat(pools, ignore_index=True) if pools else pd.DataFrame(columns=POOL_COLUMNS)
     backbone = configured_backbone(cfg, cfg.backbone.id)
     with tracked("adapt", cfg, ("adapt", "backbone", "trainer"), overrides) as run:
         result = adapt_backbone(

@@ -15,10 +15,14 @@ evaluate read train and val_select labels for this and nothing else). Outputs in
   paired group-bootstrap interval; then the clean-render figures ``test_*``;
 * ``metrics.json`` (DVC metrics): the :data:`HEADLINE` figures of the report only;
 * ``robustness.csv``: per level, ours and the probe's MCC / accuracy with intervals;
-* ``predictions.csv`` (one row per image and render), ``slices.csv``, ``errors.csv``,
-  ``hard_negatives.csv`` (a report on val_test, never fed back into training);
-* ``plots/``: ROC, PR, reliability, threshold sweep, confusion matrix, risk-coverage and the error contact
-  sheet as PNGs; the ROC, PR and reliability curves also as CSV (DVC plots, so two revisions overlay).
+* ``predictions.csv`` (one row per image and render), ``slices.csv`` (``source`` among its columns),
+  ``errors.csv``, ``hard_negatives.csv`` (a report on val_test, never fed back into training; its ``note``
+  column says so: ``train.hard_negatives`` mines the train split instead);
+* with ``data.sources``, per source in ``metrics.json``: ``source_<name>_n``, ``_fpr`` / ``_fnr`` on the
+  validator's level mix and ``_validator_mcc`` where the source holds both labels;
+* ``plots/``: ROC, PR, reliability, threshold sweep, confusion matrix, risk-coverage, per-level bars and the
+  error contact sheet as PNGs; the ROC, PR and reliability curves also as CSV (DVC plots, so two
+  revisions overlay).
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ from roadwork.stages.common import (
     write_csv,
     write_metrics,
 )
-from roadwork.stages.scoring import evaluation_renders, headline, render_predictions
+from roadwork.stages.scoring import evaluation_renders, headline, render_predictions, scored_decisions
+
+HARD_NEGATIVES_NOTE = "val_test report only: never fed back into training (train.hard_negatives mines train)"
 
 # splits.csv columns that are not slice metadata
 _NOT_METADATA = {"path", "sha256", "size_bytes", "width", "height", "label", "working_path", "group", "split"}
@@ -257,6 +263,32 @@ def level_table(predictions: pd.DataFrame, figures: dict[str, float]) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def source_figures(predictions: pd.DataFrame, frame: pd.DataFrame) -> dict[str, float]:
+    """Per source of ``frame`` (val_test's rows), on the validator's level mix (each level counted equally,
+    each image equally within a level): its image count, the false-positive rate over its negatives, the
+    false-negative rate over its positives and, where it holds both labels, its validator MCC."""
+    from roadwork import metrics as M
+
+    source = predictions["sha256"].map(frame.drop_duplicates("sha256").set_index("sha256")["source"])
+    decision = scored_decisions(predictions)
+    out: dict[str, float] = {}
+    for name, index in predictions.groupby(source).indices.items():
+        part = predictions.iloc[index]
+        y, d, level = part["label"].to_numpy(), decision[index], part["level"].to_numpy()
+        out[f"source_{name}_n"] = part["sha256"].nunique()
+        for label, rate in ((0, "fpr"), (1, "fnr")):
+            wrong = (d != y)[y == label]
+            if wrong.size:
+                at = level[y == label]
+                out[f"source_{name}_{rate}"] = float(
+                    np.mean([wrong[at == lv].mean() for lv in np.unique(at)])
+                )
+        if np.unique(y).size == 2:
+            mix = M.validator_metrics(y, d, level, groups=part["sha256"].to_numpy())
+            out[f"source_{name}_validator_mcc"] = mix["validator_mcc"]
+    return out
+
+
 def clean_figures(clean: pd.DataFrame, cfg: RoadworkConfig, threshold: float) -> dict[str, float]:
     """``test_*``: every scalar of the classification report on the clean (level-0) renders, with
     group-bootstrap intervals for MCC, accuracy, FNR and AUROC."""
@@ -312,10 +344,8 @@ def write_reports(
     negatives = clean[clean["label"] == 0].sort_values(
         ["calibrated_probability", "path"], ascending=[False, True]
     )
-    write_csv(
-        negatives.head(max(params.worst_errors, int((negatives["decision"] == 1).sum()))),
-        out / "hard_negatives.csv",
-    )
+    hardest = negatives.head(max(params.worst_errors, int((negatives["decision"] == 1).sum())))
+    write_csv(hardest.assign(note=HARD_NEGATIVES_NOTE), out / "hard_negatives.csv")
     p_cal = clean["calibrated_probability"].to_numpy()
     plots.roc_plot(y, margin, plot_dir / "roc.png")
     plots.pr_plot(y, margin, plot_dir / "pr.png")
@@ -381,6 +411,8 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         clean = predictions[predictions["level"] == 0].reset_index(drop=True)
         figures.update(probe_C=probe.C, probe_test_mcc=M.mcc(clean["label"], clean["probe_decision"]))
         figures.update(clean_figures(clean, cfg, policy.threshold))
+        if cfg.data.sources:
+            figures.update(source_figures(predictions, frame))
         levels = level_table(predictions, figures)
         write_csv(levels, out / "robustness.csv")
         write_reports(out, frame, predictions, cfg, variant, policy)

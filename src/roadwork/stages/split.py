@@ -3,6 +3,8 @@
 The groups kept whole are dedupe's joined with the groups the user knows (``split.group_by``,
 ``split.time_window_s``: :mod:`roadwork.data.groups`); splits.csv's ``group`` column holds the joined group,
 so evaluate's group bootstrap resamples drives, not frames.
+With ``data.sources`` the split stratifies by source as well as label (each source's positives and
+negatives are split in the fractions) and ``metrics.json`` counts each source's images per split.
 """
 
 from __future__ import annotations
@@ -106,7 +108,11 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         fractions = asdict(cfg.split.fractions)
         kept = kept.assign(
             split=group_stratified_split(
-                kept["label"].to_numpy(), kept["group"].to_numpy(), fractions, cfg.split.seed
+                kept["label"].to_numpy(),
+                kept["group"].to_numpy(),
+                fractions,
+                cfg.split.seed,
+                strata=kept["source"].to_numpy() if cfg.data.sources else None,
             )
         )
         # Fractions first: a group too large to place is the cause a missing class would only hint at.
@@ -118,6 +124,9 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         for column in grouping.columns():
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", column)  # MLflow's metric-name alphabet
             metrics[f"n_empty_{name}"] = int((kept[column].str.strip() == "").sum())
+        if cfg.data.sources:
+            by_source = kept.groupby(["source", "split"]).size()
+            metrics.update({f"{name}_source_{src}_n": int(n) for (src, name), n in by_source.items()})
         metrics["known_pairs_across_splits"] = pairs_across_splits(
             kept, pd.read_csv(KNOWN_DUPLICATES, dtype=str)
         )

@@ -15,6 +15,12 @@ Outputs in ``outputs/train/<variant>/``: ``model/`` (``head.safetensors``, ``hea
 ``backbone.json`` naming the backbone, and after finetuning ``backbone/`` and ``finetune.json``),
 ``history.csv`` (per-epoch curves, a DVC plot), ``training_curves.png``, ``logits/<split>.csv`` (sha256,
 path, render, level, margin: one row per validator render) and ``metrics.json``.
+
+Sampling (head mode): with ``data.sources`` every train row is drawn in proportion to its source's
+``weight``; with ``train.hard_negatives.rounds`` > 0 the hardest of the train split's negatives, found by
+out-of-fold scoring of the train split alone (:mod:`roadwork.train.hard_negatives`), are up-weighted
+before the fit, and ``logits/train_out_of_fold.csv`` lists every scored negative per round (its
+out-of-fold margin and whether it was selected). Equal weights everywhere leave the plain shuffle.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from roadwork.config import RoadworkConfig, head_train_config
+from roadwork.data.sources import source_weights
 from roadwork.data.split import read_split
 from roadwork.stages.common import (
     INGEST,
@@ -48,6 +55,7 @@ from roadwork.stages.common import (
 from roadwork.stages.embed import features_path, index_path
 
 LOGIT_SPLITS = ("val_select", "val_calib")
+OUT_OF_FOLD_CSV = "train_out_of_fold.csv"
 
 
 def load_features(variant: str, split: str) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
@@ -94,10 +102,53 @@ def _labels_for(rows: pd.DataFrame, labelled: pd.DataFrame, split: str) -> np.nd
     return by_sha.loc[rows["sha256"]].to_numpy(dtype=np.int64)
 
 
+def _source_weights(cfg: RoadworkConfig, labelled: pd.DataFrame, split: str, ids: np.ndarray) -> np.ndarray:
+    """Each feature row's source weight (``data.sources``; all 1 without sources)."""
+    if not cfg.data.sources:
+        return np.ones(len(ids))
+    rows = labelled[labelled["split"] == split].drop_duplicates("sha256").set_index("sha256")
+    return source_weights(rows.loc[ids, "source"].to_numpy(), {s.name: s.weight for s in cfg.data.sources})
+
+
+def _hard_negatives(
+    cfg: RoadworkConfig, labelled: pd.DataFrame, sets: dict, head_cfg: Any, hardware: dict, out: Path
+) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """The train rows' sampling weights: their sources', times ``train.hard_negatives.weight`` for the
+    hardest negatives when the loop is on (then also its report, else None)."""
+    from roadwork.train.hard_negatives import head_fitter, mine_hard_negatives
+
+    train, params = sets["train"], cfg.train.hard_negatives
+    weights = _source_weights(cfg, labelled, "train", train.ids)
+    if not params.rounds:
+        return weights, None
+    rows = labelled[labelled["split"] == "train"].drop_duplicates("sha256").set_index("sha256")
+    mined = mine_hard_negatives(
+        train,
+        sets["val_select"],
+        rows.loc[train.ids, "group"].to_numpy(),
+        weights,
+        head_fitter(head_cfg, hardware, out.parent),
+        rounds=params.rounds,
+        top_fraction=params.top_fraction,
+        weight=params.weight,
+        folds=params.folds,
+        seed=head_cfg.seed,
+    )
+    report = mined.report.merge(rows["path"], left_on="sha256", right_index=True)
+    print(
+        f"train: {len(mined.selected)} of the train split's {int((rows['label'] == 0).sum())} negatives "
+        f"up-weighted x{params.weight:g} after {params.rounds} round(s) of {params.folds}-fold scoring"
+    )
+    return mined.weights, report
+
+
 def _fit_on_features(
     cfg: RoadworkConfig, variant: str, labelled: pd.DataFrame, head_cfg: Any, out: Path, loggers: list
-) -> Any:
+) -> tuple[Any, pd.DataFrame | None]:
+    """The head fitted on the cached features (then refitted with ``train.refit``), and the hard-negative
+    loop's report (None when it is off)."""
     from roadwork.train.head import FeatureSet, fit_head
+    from roadwork.train.sampling import sampler_weights
 
     sets = {}
     for split in ("train", "val_select"):
@@ -109,6 +160,7 @@ def _fit_on_features(
         "devices": cfg.trainer.devices,
         "strategy": cfg.trainer.strategy,
     }
+    weights, report = _hard_negatives(cfg, labelled, sets, head_cfg, hardware, out)
     selected = fit_head(
         sets["train"],
         sets["val_select"],
@@ -116,14 +168,25 @@ def _fit_on_features(
         out_dir=out,
         loggers=loggers,
         checkpoint_dir=checkpoint_dir("train", variant),
+        sample_weights=sampler_weights(weights),
         **hardware,
     )
     if not cfg.train.refit or selected.global_rank != 0:
-        return selected
-    return _refit(sets["train"], sets["val_select"], head_cfg, selected, out, hardware)
+        return selected, report
+    val_weights = _source_weights(cfg, labelled, "val_select", sets["val_select"].ids)
+    both = sampler_weights(np.concatenate([weights, val_weights]))
+    return _refit(sets["train"], sets["val_select"], head_cfg, selected, out, hardware, both), report
 
 
-def _refit(train: Any, val_select: Any, head_cfg: Any, selected: Any, out: Path, hardware: dict) -> Any:
+def _refit(
+    train: Any,
+    val_select: Any,
+    head_cfg: Any,
+    selected: Any,
+    out: Path,
+    hardware: dict,
+    sample_weights: np.ndarray | None,
+) -> Any:
     """``train.refit``: the head trained again from scratch on train + val_select for the epochs the
     selection run chose (its warmup capped at half of them), the last epoch kept. The selection run's history,
     best epoch and metric stay what the stage reports and plots; the refit only replaces the saved head."""
@@ -142,7 +205,15 @@ def _refit(train: Any, val_select: Any, head_cfg: Any, selected: Any, out: Path,
         np.concatenate([train.ids, val_select.ids]),
     )
     with tempfile.TemporaryDirectory(dir=out.parent) as work:
-        refit = fit_head(union, val_select, refit_cfg, out_dir=Path(work), show_progress=False, **hardware)
+        refit = fit_head(
+            union,
+            val_select,
+            refit_cfg,
+            out_dir=Path(work),
+            show_progress=False,
+            sample_weights=sample_weights,
+            **hardware,
+        )
         for path in (refit.head_path, refit.config_path):
             os.replace(path, out / path.name)
     print(f"train: head refit on train + val_select for {epochs} epochs (the selection run's best)")
@@ -192,6 +263,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     model = model_dir(variant)
     labelled = read_split(SPLITS_CSV, "train", ["train", "val_select"])
     head_cfg = head_train_config(cfg.train)
+    hard_negatives = None  # the hard-negative loop's report (head mode, rounds > 0)
     with tracked("train", cfg, ("train", "embed", "backbone", "trainer"), overrides, variant=variant) as run:
         loggers = run.loggers()
         if cfg.train.mode == "finetune":
@@ -199,7 +271,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
             backbone, head = result.backbone, result.head
             write_backbone_ref(model, backbone, finetuned=True)
         else:
-            result = _fit_on_features(cfg, variant, labelled, head_cfg, model, loggers)
+            result, hard_negatives = _fit_on_features(cfg, variant, labelled, head_cfg, model, loggers)
             if result.global_rank != 0:  # rank 0 writes everything below
                 return
             backbone, head = load_variant_backbone(cfg, variant), result.model
@@ -211,6 +283,10 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
             "epochs_run": result.epochs_run,
             "optimizer_steps": result.optimizer_steps,
         }
+        if hard_negatives is not None:
+            write_csv(hard_negatives, out / "logits" / OUT_OF_FOLD_CSV)
+            selected = hard_negatives.loc[hard_negatives["selected"], "sha256"]
+            metrics["hard_negatives_selected"] = selected.nunique()
         if cfg.train.mode == "finetune":
             metrics["trainable_parameters"] = result.trainable_parameters
             metrics["merge_max_abs_diff"] = result.merge_max_abs_diff

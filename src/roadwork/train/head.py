@@ -351,10 +351,7 @@ class ShardSampler(Sampler[int]):
         return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
-        if self.generator is None:
-            order = list(range(self.n))
-        else:
-            order = torch.randperm(self.n, generator=self.generator).tolist()
+        order = list(range(self.n)) if self.generator is None else self.epoch_order()
         total = self.num_samples * self.world_size
         order = (order * math.ceil(total / self.n))[:total]
         yield from order[self.rank :: self.world_size]
@@ -362,6 +359,10 @@ class ShardSampler(Sampler[int]):
             # RandomSampler draws one more permutation (and yields none of it) when it is exhausted; doing
             # the same keeps the generator's stream, hence every later epoch's order, identical to it.
             torch.randperm(self.n, generator=self.generator)
+
+    def epoch_order(self) -> list[int]:
+        """One pass's rows (a subclass may draw them otherwise: :mod:`roadwork.train.sampling`)."""
+        return torch.randperm(self.n, generator=self.generator).tolist()
 
 
 class FeatureDataModule(pl.LightningDataModule):
@@ -381,8 +382,10 @@ class FeatureDataModule(pl.LightningDataModule):
         *,
         batch_size: int,
         seed: int,
+        sample_weights: NDArray[np.float64] | None = None,
     ) -> None:
         super().__init__()
+        self._weights = sample_weights  # None: a permutation per epoch; else weighted draws
         self._train = _tensors(train.features, train.labels)
         self._val = _tensors(val_select.features, val_select.labels, index=True)
         self._batch_size = batch_size
@@ -402,6 +405,12 @@ class FeatureDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world, batch_size = self._shard()
         sampler = ShardSampler(len(self._train), rank=rank, world_size=world, generator=self.generator)
+        if self._weights is not None:
+            from roadwork.train.sampling import WeightedShardSampler  # it subclasses ShardSampler
+
+            sampler = WeightedShardSampler(
+                self._weights, rank=rank, world_size=world, generator=self.generator
+            )
         # The loader draws its (unused, no workers) base seed from the same generator, as shuffle=True does.
         return DataLoader(self._train, batch_size=batch_size, sampler=sampler, generator=self.generator)
 
@@ -680,7 +689,9 @@ def library_versions() -> dict[str, str]:
     return {"torch": torch.__version__, "lightning": pl.__version__}
 
 
-def head_fingerprint(cfg: HeadTrainConfig, train: FeatureSet, val_select: FeatureSet, world_size: int) -> str:
+def head_fingerprint(
+    cfg: HeadTrainConfig, train: FeatureSet, val_select: FeatureSet, world_size: int, weights: Any = None
+) -> str:
     """SHA-256 (hex) tying a :func:`fit_head` checkpoint to its inputs.
 
     Covers the checkpoint format, every :class:`HeadTrainConfig` field, the number of processes, the torch
@@ -702,6 +713,8 @@ def head_fingerprint(cfg: HeadTrainConfig, train: FeatureSet, val_select: Featur
     h.update(json.dumps(header, sort_keys=True).encode())
     _hash_split(h, train)
     _hash_split(h, val_select)
+    if weights is not None:  # fit_head's sample_weights
+        h.update(np.ascontiguousarray(weights, dtype=np.float64).data)
     return h.hexdigest()
 
 
@@ -921,6 +934,7 @@ def fit_head(
     accelerator: str = "cpu",
     devices: int = 1,
     strategy: str = "auto",
+    sample_weights: NDArray[np.float64] | None = None,
 ) -> FitResult:
     """Train a head on ``train``, select and stop early on ``val_select``, and save it in ``out_dir``.
 
@@ -947,6 +961,8 @@ def fit_head(
             that start every rank themselves work too). Spawn/fork strategies are refused: they train in
             child processes whose state never comes back to this call. Only global rank 0 writes files and
             checkpoints and calls the loggers; every rank returns the same :class:`FitResult`.
+        sample_weights: one weight per ``train`` row; each epoch then draws as many rows with replacement,
+            row ``i`` with probability ``w_i / sum(w)`` (:mod:`roadwork.train.sampling`). None: a shuffle.
 
     Raises TypeError/ValueError naming the argument when the splits are not FeatureSets, lack a class,
     disagree in views or dims, share image ids, or val_select repeats an id, or when a hardware argument is
@@ -971,7 +987,7 @@ def fit_head(
     checkpoint_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
     resume = None
     if checkpoint_path is not None:
-        fingerprint = head_fingerprint(cfg, train, val_select, devices)
+        fingerprint = head_fingerprint(cfg, train, val_select, devices, sample_weights)
         resume = load_resume_state(checkpoint_path, fingerprint)
     rng_devices = (
         list(range(torch.cuda.device_count())) if accelerator != "cpu" and torch.cuda.is_available() else []
@@ -993,7 +1009,9 @@ def fit_head(
             if module.epoch_offset != int(resume["epochs_done"]):
                 raise ValueError(f"{checkpoint_path}: history rows and epochs_done disagree.")
         remaining = cfg.max_epochs - module.epoch_offset
-        data = FeatureDataModule(train, val_select, batch_size=cfg.batch_size, seed=cfg.seed)
+        data = FeatureDataModule(
+            train, val_select, batch_size=cfg.batch_size, seed=cfg.seed, sample_weights=sample_weights
+        )
         checkpoint = (
             None
             if checkpoint_path is None
