@@ -67,7 +67,7 @@ def _export(family: str, images: list[Path], out: Path) -> Predictor:
         aggregation="topk_mean", topk=1, attention_hidden=4,
     ).eval()  # fmt: skip
     probe = Predictor(backbone, head, fit_policy([-1.0, 1.0], [0, 1], split_hash="s"), PredictorSpec())
-    z = probe.margins([probe.decode(path) for path in images]).astype(np.float64)
+    z = probe.margins([probe.decode(path.read_bytes()) for path in images]).astype(np.float64)
     policy = fit_policy(z, (z > np.median(z)).astype(int), split_hash="s", threshold_rule="argmax")
     export_hf(backbone, head, policy, out, model_card=CARD)
     return Predictor(backbone, head, policy, PredictorSpec())
@@ -79,7 +79,7 @@ def test_export_loads_in_the_miners_transformers_and_agrees_with_our_path(
 ) -> None:
     images = _validator_images(tmp_path)
     predictor = _export(family, images, tmp_path / "export")
-    ours = predictor.predict(images)
+    ours = predictor.predict([path.read_bytes() for path in images])  # the served path takes bytes
     assert set(ours["decision"]) == {0, 1}
     for pythonpath, version in ((pinned, "4.45.2"), (None, None)):
         result = miner_scores(tmp_path / "export", images, pythonpath)
