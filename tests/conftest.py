@@ -17,6 +17,10 @@ def _isolated_tracking(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     store = tmp_path_factory.mktemp("mlflow")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    # an earlier test's mlflow.set_experiment / start_run leaves these in the environment, and a child
+    # `mlflow run` refuses an experiment id beside its --experiment-name
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     _unpin_mlflow_uris()
 
