@@ -83,8 +83,9 @@ def throughput(
 
 
 def head_steps_per_second(device: str, rows: int, epochs: int) -> float:
-    from roadwork.train.head import FeatureSet, fit_head
+    from roadwork.train.head import fit_head
     from roadwork.train.head_config import HeadTrainConfig
+    from roadwork.train.head_data import FeatureSet
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(rows, 1, 1536)).astype(np.float32)

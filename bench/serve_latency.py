@@ -78,9 +78,10 @@ def build_model(backbone_id: str, work: Path, seed: int) -> Path:
 
     from roadwork.deploy.predictor import Predictor, PredictorSpec
     from roadwork.models.backbone import load_backbone
+    from roadwork.models.head import HeadModel, save_head
     from roadwork.policy import fit_policy
-    from roadwork.train.head import HISTORY_COLUMNS, HeadModel, save_head
     from roadwork.train.head_config import HeadTrainConfig
+    from roadwork.train.head_module import HISTORY_COLUMNS
 
     cfg = HeadTrainConfig(dropout=0.0, topk=1)
     backbone = load_backbone(backbone_id)

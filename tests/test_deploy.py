@@ -24,9 +24,10 @@ from roadwork.data.preprocess import to_tensor_batch
 from roadwork.deploy.predictor import Predictor, PredictorSpec
 from roadwork.deploy.registry import decide_promotion
 from roadwork.models.backbone import load_backbone
+from roadwork.models.head import HeadModel, predict_logits, save_head
 from roadwork.policy import fit_policy
-from roadwork.train.head import HISTORY_COLUMNS, HeadModel, predict_logits, save_head
 from roadwork.train.head_config import HeadTrainConfig
+from roadwork.train.head_module import HISTORY_COLUMNS
 
 BIN = Path(sys.executable).parent
 
@@ -124,6 +125,36 @@ def test_model_folder_round_trip(tmp_path: Path) -> None:
     (folder / "predictor.json").write_text('{"views": "global", "bogus": 1}')
     with pytest.raises(ValueError, match=r"predictor\.json"):
         Predictor.from_dir(folder)
+
+
+SERVING_ONLY = """
+import base64, sys
+from types import SimpleNamespace
+import pandas as pd
+import roadwork.deploy.fallback, roadwork.deploy.hf_export, roadwork.deploy.onnx_export
+import roadwork.deploy.submission, roadwork.stages.predict
+from roadwork.deploy.pyfunc_model import RoadworkClassifier
+model = RoadworkClassifier()
+model.load_context(SimpleNamespace(artifacts={"model": sys.argv[1]}))
+image = base64.b64encode(open(sys.argv[2], "rb").read()).decode()
+answer = model.predict(None, pd.DataFrame({"image": [image]}))
+assert not answer["error"].fillna("").astype(bool).any(), answer
+loaded = {m.split(".")[0] for m in sys.modules}
+print(sorted(loaded & {"lightning", "pytorch_lightning", "lightning_fabric", "dvc"}))
+"""
+
+
+def test_serving_and_exports_import_neither_lightning_nor_dvc(tmp_path: Path) -> None:
+    folder = save_model(make_predictor(), tmp_path)
+    (tmp_path / "x.jpg").write_bytes(jpeg(0))
+    done = subprocess.run(
+        [sys.executable, "-c", SERVING_ONLY, str(folder), str(tmp_path / "x.jpg")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def solid_png(side: int) -> bytes:

@@ -39,8 +39,8 @@ from roadwork.deploy import (
 )
 from roadwork.deploy.onnx_export import FoldedClassifier
 from roadwork.models.backbone import Backbone, load_backbone
+from roadwork.models.head import HeadModel, predict_logits
 from roadwork.policy import Policy, TemperatureScaling, fit_policy
-from roadwork.train.head import HeadModel, predict_logits
 
 CARD = {
     "model_name": "roadwork-tiny",

@@ -18,11 +18,13 @@ from torch import nn
 from roadwork.data.preprocess import PreprocessConfig, TrainAugment, to_tensor_batch
 from roadwork.metrics import mcc
 from roadwork.models.backbone import Backbone, load_backbone
+from roadwork.models.head import HEAD_CONFIG, load_head, predict_logits
 from roadwork.models.lora import apply_lora, backbone_blocks, lora_layers, lora_target_modules, merge_lora
 from roadwork.models.merge import MERGE_TOLERANCE, MergeCheckError
 from roadwork.train import finetune as finetune_module
 from roadwork.train.finetune import FinetuneConfig, FinetuneResult, finetune
-from roadwork.train.head import HEAD_CONFIG, HISTORY_COLUMNS, HeadTrainConfig, load_head, predict_logits
+from roadwork.train.head_config import HeadTrainConfig
+from roadwork.train.head_module import HISTORY_COLUMNS
 
 HEAD_KW: dict[str, Any] = {
     "max_epochs": 3,

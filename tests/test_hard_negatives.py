@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
+from roadwork.models.head import HeadModel
 from roadwork.train.hard_negatives import group_folds, mine_hard_negatives, select_hard_negatives
-from roadwork.train.head import FeatureSet, HeadModel
 from roadwork.train.head_config import HeadTrainConfig
+from roadwork.train.head_data import FeatureSet
 
 
 def test_selection_takes_the_highest_scoring_negatives_ties_by_id() -> None:

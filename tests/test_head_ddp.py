@@ -23,18 +23,12 @@ from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
 import roadwork.train.head as head_module
+from roadwork.models.head import HeadModel, load_head, predict_margins
 from roadwork.train.checkpoint import read_checkpoint
-from roadwork.train.head import (
-    CHECKPOINT_FILE,
-    FeatureSet,
-    HeadModel,
-    HeadModule,
-    HeadTrainConfig,
-    ShardSampler,
-    fit_head,
-    load_head,
-    predict_margins,
-)
+from roadwork.train.head import CHECKPOINT_FILE, fit_head
+from roadwork.train.head_config import HeadTrainConfig
+from roadwork.train.head_data import FeatureSet, ShardSampler
+from roadwork.train.head_module import HeadModule
 
 # 96 train rows = 6 global batches of 16 (8 per process); 41 val rows, so validation shards need padding.
 # No dropout and no class weights: then the two-process gradient (mean over processes of each process's

@@ -34,7 +34,9 @@ from roadwork.train.checkpoint import (
     write_checkpoint,
 )
 from roadwork.train.finetune import FINETUNE_CHECKPOINT_FILE, FinetuneConfig, finetune
-from roadwork.train.head import CHECKPOINT_FILE, FeatureSet, FitResult, HeadTrainConfig, fit_head
+from roadwork.train.head import CHECKPOINT_FILE, FitResult, fit_head
+from roadwork.train.head_config import HeadTrainConfig
+from roadwork.train.head_data import FeatureSet
 
 OUTPUTS = ("head.safetensors", "head.json", "history.csv")
 # 100 train rows in batches of 16 -> 7 optimizer steps per epoch (the last batch has 4 rows).

@@ -24,19 +24,12 @@ from safetensors.torch import load_file
 from sklearn.metrics import matthews_corrcoef
 from sklearn.utils.class_weight import compute_class_weight
 
+from roadwork.models.head import HeadModel, load_head, predict_logits, predict_margins
 from roadwork.policy.threshold import best_mcc_threshold
-from roadwork.train.head import (
-    HISTORY_COLUMNS,
-    FeatureSet,
-    FitResult,
-    HeadModel,
-    HeadTrainConfig,
-    fit_head,
-    head_trainer,
-    load_head,
-    predict_logits,
-    predict_margins,
-)
+from roadwork.train.head import FitResult, fit_head, head_trainer
+from roadwork.train.head_config import HeadTrainConfig
+from roadwork.train.head_data import FeatureSet
+from roadwork.train.head_module import HISTORY_COLUMNS
 from roadwork.train.losses import focal_loss, inverse_frequency_weights
 
 # Small and fast: 96 train rows in batches of 16 -> 6 optimizer steps per epoch.
@@ -662,7 +655,7 @@ def test_predict_rejects_wrong_shapes_and_missing_files(tmp_path: Path) -> None:
 
 def test_sqrt_l2_transform_matches_numpy_and_blocks_the_hf_fold() -> None:
     from roadwork.deploy.fold import linear_layer
-    from roadwork.train.head import HeadModel
+    from roadwork.models.head import HeadModel
 
     x = np.random.default_rng(0).normal(size=(5, 1, 7)).astype(np.float32)
     x[0] = 0.0

@@ -21,8 +21,8 @@ from helpers.miner import TEST_HOTKEY, miner_scores, pinned_transformers
 from roadwork.deploy.hf_export import export_hf
 from roadwork.deploy.predictor import Predictor, PredictorSpec
 from roadwork.models.backbone import load_backbone
+from roadwork.models.head import HeadModel
 from roadwork.policy import fit_policy
-from roadwork.train.head import HeadModel
 
 pytestmark = pytest.mark.slow
 

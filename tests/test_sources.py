@@ -194,7 +194,7 @@ def test_split_stratifies_each_source_and_one_stratum_changes_nothing() -> None:
 def test_source_weights_change_the_sampling_frequency_as_stated() -> None:
     """An epoch of the head's DataLoader draws source s with probability w_s n_s / sum_t w_t n_t: counted
     over one epoch against that frequency, within a binomial tolerance of 4.5 standard deviations."""
-    from roadwork.train.head import FeatureDataModule, FeatureSet
+    from roadwork.train.head_data import FeatureDataModule, FeatureSet
 
     n_by_source = {"main": 6000, "orange": 2000, "extra": 1000}
     weights = {"main": 1.0, "orange": 3.0, "extra": 0.5}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from roadwork.train.head import HeadModel
+from roadwork.models.head import HeadModel
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.probe import Probe
 

@@ -40,8 +40,8 @@ import math
 import torch
 from torch import nn
 
+from roadwork.models.head import HeadModel
 from roadwork.policy.policy import Policy
-from roadwork.train.head import HeadModel
 
 __all__ = ["folded_classifier", "linear_layer"]
 

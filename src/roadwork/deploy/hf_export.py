@@ -57,8 +57,8 @@ from PIL import Image
 from roadwork.deploy.effnet_hf import LITE_ARCHITECTURES, efficientnet_lite_classifier
 from roadwork.deploy.fold import folded_classifier
 from roadwork.models.backbone import Backbone, _image_processor_for
+from roadwork.models.head import ID2LABEL, HeadModel
 from roadwork.policy.policy import Policy
-from roadwork.train.head import ID2LABEL, HeadModel
 
 __all__ = [
     "LABEL2ID",

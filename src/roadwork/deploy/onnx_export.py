@@ -30,8 +30,8 @@ from torch import nn
 
 from roadwork.deploy.fold import folded_classifier
 from roadwork.models.backbone import Backbone
+from roadwork.models.head import ID2LABEL, HeadModel
 from roadwork.policy.policy import Policy
-from roadwork.train.head import ID2LABEL, HeadModel
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "export_onnx", "onnx_outputs", "onnx_probabilities"]
 

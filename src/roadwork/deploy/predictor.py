@@ -121,8 +121,8 @@ class Predictor:
     @classmethod
     def from_dir(cls, directory: Path | str) -> Predictor:
         from roadwork.models.backbone import load_backbone
+        from roadwork.models.head import load_head
         from roadwork.policy import Policy
-        from roadwork.train.head import load_head
 
         directory = Path(directory)
         spec_path = directory / SPEC_FILE
@@ -287,7 +287,7 @@ def export_onnx_from_dir(model_dir: Path | str, path: Path | str, *, opset: int 
     pixels = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         features = predictor.backbone(pixels).numpy()
-    from roadwork.train.head import predict_logits
+    from roadwork.models.head import predict_logits
 
     logits = predict_logits(predictor.head, features[:, None, :])
     expected = predictor.policy.apply((logits[:, 1] - logits[:, 0]).astype(np.float64))["probability"]

@@ -441,7 +441,7 @@ def infer_margins(
 ) -> NDArray[np.float64]:
     """Margins ``z1 - z0`` of the model on ``inputs``: :func:`embed_inputs` then the head, logits averaged
     over the plain and mirrored picture when ``tta_flip``. The policy is the caller's last step."""
-    from roadwork.train.head import predict_logits
+    from roadwork.models.head import predict_logits
 
     logits = []
     for flip in (False, True) if tta_flip else (False,):

@@ -232,9 +232,9 @@ def _probe_fallback(cfg: RoadworkConfig, variant: str, chosen: Any, directory: P
     from roadwork.config import head_train_config
     from roadwork.deploy.fallback import linear_head_from_probe, probe_head_config
     from roadwork.deploy.predictor import Predictor
+    from roadwork.models.head import save_head
     from roadwork.stages.calibrate import fit_validator_policy, validator_mix
     from roadwork.stages.train import fit_variant_probe, load_features
-    from roadwork.train.head import save_head
 
     probe = fit_variant_probe(cfg, variant, read_split(SPLITS_CSV, "bundle", ["train", "val_select"]))
     config = probe_head_config(head_train_config(cfg.train))

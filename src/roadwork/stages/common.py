@@ -293,7 +293,7 @@ def write_backbone_ref(directory: Path, backbone: Any, *, finetuned: bool) -> No
 def load_model(cfg: RoadworkConfig, variant: str) -> tuple[Any, Any]:
     """(backbone, head) of the variant's trained model; fails if the backbone no longer matches the head."""
     from roadwork.models.backbone import load_backbone
-    from roadwork.train.head import load_head
+    from roadwork.models.head import load_head
 
     directory = model_dir(variant)
     ref_path = directory / "backbone.json"

@@ -147,7 +147,8 @@ def _fit_on_features(
 ) -> tuple[Any, pd.DataFrame | None]:
     """The head fitted on the cached features (then refitted with ``train.refit``), and the hard-negative
     loop's report (None when it is off)."""
-    from roadwork.train.head import FeatureSet, fit_head
+    from roadwork.train.head import fit_head
+    from roadwork.train.head_data import FeatureSet
     from roadwork.train.sampling import sampler_weights
 
     sets = {}
@@ -190,7 +191,8 @@ def _refit(
     """``train.refit``: the head trained again from scratch on train + val_select for the epochs the
     selection run chose (its warmup capped at half of them), the last epoch kept. The selection run's history,
     best epoch and metric stay what the stage reports and plots; the refit only replaces the saved head."""
-    from roadwork.train.head import FeatureSet, fit_head
+    from roadwork.train.head import fit_head
+    from roadwork.train.head_data import FeatureSet
 
     epochs = selected.best_epoch + 1
     refit_cfg = replace(

@@ -63,6 +63,7 @@ from torch.utils.data import DataLoader
 from roadwork.atomic import atomic_write_text
 from roadwork.distributed import ACCELERATORS
 from roadwork.models.backbone import Backbone
+from roadwork.models.head import HeadModel, save_head
 from roadwork.models.lora import adapted_copy, lora_target_modules
 from roadwork.models.merge import check_merged, exact_float32, merge_adapters
 from roadwork.train.checkpoint import CHECKPOINT_FORMAT_VERSION, load_resume_state
@@ -76,18 +77,10 @@ from roadwork.train.finetune_data import (
     hash_images,
 )
 from roadwork.train.finetune_model import FinetuneConfig, FinetuneModule, FinetuneNet
-from roadwork.train.head import (
-    HISTORY_COLUMNS,
-    EpochCheckpoint,
-    HeadModel,
-    HeadTrainConfig,
-    head_trainer,
-    library_versions,
-    optimizer_steps_per_epoch,
-    quiet_fit,
-    replay_history,
-    save_head,
-)
+from roadwork.train.head import EpochCheckpoint, head_trainer, library_versions, quiet_fit, replay_history
+from roadwork.train.head_config import HeadTrainConfig
+from roadwork.train.head_data import optimizer_steps_per_epoch
+from roadwork.train.head_module import HISTORY_COLUMNS
 from roadwork.train.losses import inverse_frequency_weights
 
 __all__ = [

@@ -19,8 +19,10 @@ from numpy.typing import NDArray
 from torch import nn
 
 from roadwork.models.backbone import Backbone
+from roadwork.models.head import HeadModel
 from roadwork.models.lora import set_adapter_mode
-from roadwork.train.head import HeadModel, HeadModule, HeadTrainConfig
+from roadwork.train.head_config import HeadTrainConfig
+from roadwork.train.head_module import HeadModule
 
 __all__ = ["FinetuneConfig", "FinetuneModule", "FinetuneNet"]
 

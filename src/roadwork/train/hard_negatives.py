@@ -105,7 +105,8 @@ def out_of_fold_margins(
     rows its fold; ``fit(train_part, val_select, sample_weights)`` returns a fitted
     :class:`~roadwork.train.head.HeadModel`. Returns ``sha256``, ``fold``, ``oof_margin`` per negative image.
     """
-    from roadwork.train.head import FeatureSet, predict_margins
+    from roadwork.models.head import predict_margins
+    from roadwork.train.head_data import FeatureSet
 
     blocks = []
     for fold in np.unique(folds):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from roadwork.train.head import ShardSampler
+from roadwork.train.head_data import ShardSampler
 
 
 def check_sample_weights(weights: Sequence[float] | np.ndarray, n: int) -> np.ndarray:
