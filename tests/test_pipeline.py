@@ -285,7 +285,7 @@ def test_what_is_evaluated_is_what_ships(
 
     from roadwork.config import load_config
     from roadwork.deploy.registry import predict_with
-    from roadwork.stages.common import rendered_bytes
+    from roadwork.stages.modelling import rendered_bytes
     from roadwork.stages.scoring import evaluation_renders
 
     repo, _ = reproduced

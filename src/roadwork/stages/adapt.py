@@ -36,12 +36,12 @@ from roadwork.stages.common import (
     INGEST,
     SPLITS_CSV,
     checkpoint_dir,
-    configured_backbone,
     stage_dir,
     tracked,
     write_csv,
     write_json,
 )
+from roadwork.stages.modelling import configured_backbone
 
 UNLABELED_CSV = "unlabeled.csv"
 POOL_COLUMNS = ["path", "sha256", "used", "reason"]

@@ -31,19 +31,9 @@ import pandas as pd
 from roadwork.atomic import atomic_write_text
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
-from roadwork.stages.common import (
-    OUTPUTS,
-    SPLITS_CSV,
-    VARIANTS,
-    check_export_agreement,
-    load_model,
-    load_variant_backbone,
-    model_dir,
-    rendered_bytes,
-    stage_dir,
-    tracked,
-    write_json,
-)
+from roadwork.stages.agreement import check_export_agreement
+from roadwork.stages.common import OUTPUTS, SPLITS_CSV, VARIANTS, stage_dir, tracked, write_json
+from roadwork.stages.modelling import load_model, load_variant_backbone, model_dir, rendered_bytes
 
 SELECTION_METRIC = "val_calib_validator_mcc"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -89,7 +88,7 @@ def _expand(node: Any, key: str, item: Any) -> Any:
     return node
 
 
-def _dvc_stages(dvc_yaml: Path) -> dict[str, dict[str, Any]]:
+def dvc_stages(dvc_yaml: Path) -> dict[str, dict[str, Any]]:
     """The stages of ``dvc_yaml``, ``foreach`` ones expanded to ``name@key`` as DVC names them."""
     spec = yaml.safe_load(dvc_yaml.read_text()) or {}
     if not isinstance(spec, dict) or not isinstance(spec.get("stages", {}), dict):
@@ -106,7 +105,7 @@ def _dvc_stages(dvc_yaml: Path) -> dict[str, dict[str, Any]]:
     return stages
 
 
-def _entry_paths(entries: list[Any] | None) -> list[str]:
+def entry_paths(entries: list[Any] | None) -> list[str]:
     """Paths of ``deps`` / ``outs`` / ``metrics`` / ``plots`` entries (a path, or a path with options)."""
     return [(e if isinstance(e, str) else next(iter(e))).rstrip("/") for e in entries or []]
 
@@ -118,11 +117,11 @@ def lineage_params(dvc_yaml: Path, dvc_stage: str) -> list[str]:
     """
     if not dvc_yaml.is_file():
         return []
-    stages = _dvc_stages(dvc_yaml)
+    stages = dvc_stages(dvc_yaml)
     if dvc_stage not in stages:
         return []
     produced = {
-        name: [p for field_ in ("outs", "metrics", "plots") for p in _entry_paths(body.get(field_))]
+        name: [p for field_ in ("outs", "metrics", "plots") for p in entry_paths(body.get(field_))]
         for name, body in stages.items()
     }
 
@@ -131,7 +130,7 @@ def lineage_params(dvc_yaml: Path, dvc_stage: str) -> list[str]:
 
     upstream, todo = {dvc_stage}, [dvc_stage]
     while todo:
-        deps = _entry_paths(stages[todo.pop()].get("deps"))
+        deps = entry_paths(stages[todo.pop()].get("deps"))
         for name, outs in produced.items():
             if name not in upstream and any(feeds(o, d) for o in outs for d in deps):
                 upstream.add(name)
@@ -172,210 +171,3 @@ def tracked(
         overrides=overrides,
     ) as run:
         yield run
-
-
-def variant_backbone_id(cfg: RoadworkConfig, variant: str) -> str:
-    """The ``load_backbone`` id of ``variant``: ``backbone.id`` for base, the adapted folder otherwise."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; the variants are {', '.join(VARIANTS)}.")
-    return VARIANTS[variant] or cfg.backbone.id
-
-
-def load_variant_backbone(cfg: RoadworkConfig, variant: str) -> Any:
-    """The variant's backbone (:func:`configured_backbone`), on ``embed.device`` (compiled with
-    ``embed.compile``)."""
-    return place_backbone(cfg, configured_backbone(cfg, variant_backbone_id(cfg, variant)))
-
-
-def configured_backbone(cfg: RoadworkConfig, backbone_id: str) -> Any:
-    """``load_backbone(backbone_id)`` with ``backbone.input_size`` / ``backbone.pooling`` applied: the
-    network every stage runs (adapt adapts it, embed and the exports use it)."""
-    return build_backbone(
-        backbone_id,
-        seed=cfg.backbone.seed,
-        attn_implementation=cfg.backbone.attn_implementation,
-        input_size=cfg.backbone.input_size,
-        pooling=cfg.backbone.pooling,
-    )
-
-
-def build_backbone(
-    backbone_id: str, *, seed: int, attn_implementation: str, input_size: int | None, pooling: str
-) -> Any:
-    """``load_backbone(backbone_id)`` reconfigured to ``input_size`` and ``pooling`` (None, "avg": as is)."""
-    from roadwork.models.backbone import load_backbone
-
-    backbone = load_backbone(backbone_id, seed=seed, attn_implementation=attn_implementation)
-    if input_size is not None or pooling != "avg":
-        backbone = backbone.reconfigured(input_size=input_size, pooling=pooling)
-    return backbone
-
-
-def place_backbone(cfg: RoadworkConfig, backbone: Any) -> Any:
-    """Move ``backbone`` to ``embed.device`` and, with ``embed.compile``, compile its network's forward.
-
-    Compiling the bound ``forward`` (not wrapping the module) keeps the parameter names, so the fingerprint
-    and saved files are those of the plain module.
-    """
-    import torch
-
-    place_on_device(cfg, backbone)
-    if cfg.embed.compile:
-        backbone.model.forward = torch.compile(backbone.model.forward)
-    return backbone
-
-
-def place_on_device(cfg: RoadworkConfig, backbone: Any) -> Any:
-    """Move ``backbone`` to ``embed.device`` ("auto": CUDA when there is one)."""
-    import torch
-
-    device = cfg.embed.device
-    if device == "gpu" and not torch.cuda.is_available():
-        raise ValueError("embed.device is 'gpu' but no CUDA device is available; use auto or cpu.")
-    if device in ("auto", "gpu") and torch.cuda.is_available():
-        backbone.to("cuda")
-    return backbone
-
-
-def feature_cache(
-    cfg: RoadworkConfig, backbone: Any, fingerprint: str | None = None, *, precision: str | None = None
-) -> Any:
-    """The shared feature cache for ``backbone`` as this configuration runs it (device and precision:
-    ``embed.precision`` unless given)."""
-    from roadwork.models.inference import FeatureCache, numerics_key
-
-    device_type = next(backbone.parameters()).device.type
-    key = numerics_key(fingerprint or backbone.fingerprint(), device_type, precision or cfg.embed.precision)
-    return FeatureCache(Path(cfg.embed.cache_dir), key)
-
-
-def render_store() -> Any:
-    from roadwork.train.embed import RenderStore
-
-    return RenderStore(RENDERS)
-
-
-def view_spec(cfg: RoadworkConfig) -> Any:
-    from roadwork.models.inference import ViewSpec
-
-    return ViewSpec(cfg.embed.views, cfg.embed.grid, cfg.embed.tile_overlap)
-
-
-def train_augment(cfg: RoadworkConfig) -> Any:
-    from roadwork.data.preprocess import TrainAugment
-
-    aug = cfg.embed.augment
-    return TrainAugment(
-        tuple(aug.level_probs),
-        color_jitter=aug.color_jitter,
-        erase_p=aug.erase_p,
-        flip_p=aug.flip_p,
-        jpeg=aug.jpeg,
-    )
-
-
-# ------------------------------------------------------------------ the trained model of a variant
-
-
-def model_dir(variant: str) -> Path:
-    """``outputs/train/<variant>/model``: the head, ``backbone.json`` and, if finetuned, ``backbone/``."""
-    return OUTPUTS / "train" / variant / "model"
-
-
-def write_backbone_ref(directory: Path, backbone: Any, *, finetuned: bool) -> None:
-    """Record which backbone the head in ``directory`` was trained on (the folder itself when finetuned)."""
-    write_json(
-        directory / "backbone.json",
-        {"finetuned": finetuned, "source": backbone.backbone_id, "fingerprint": backbone.fingerprint()},
-    )
-
-
-def load_model(cfg: RoadworkConfig, variant: str) -> tuple[Any, Any]:
-    """(backbone, head) of the variant's trained model; fails if the backbone no longer matches the head."""
-    from roadwork.models.backbone import load_backbone
-    from roadwork.models.head import load_head
-
-    directory = model_dir(variant)
-    ref_path = directory / "backbone.json"
-    if not ref_path.is_file():
-        raise FileNotFoundError(f"{ref_path}: missing; run `roadwork train --variant {variant}` first.")
-    ref = json.loads(ref_path.read_text())
-    if ref["finetuned"]:
-        backbone = place_backbone(cfg, load_backbone(str(directory / "backbone")))
-    else:
-        backbone = load_variant_backbone(cfg, variant)
-    if backbone.fingerprint() != ref["fingerprint"]:
-        raise ValueError(
-            f"{ref_path}: the head was trained on backbone {ref['fingerprint'][:12]} but "
-            f"{backbone.backbone_id} is {backbone.fingerprint()[:12]}; re-run train."
-        )
-    return backbone, load_head(directory)
-
-
-def rendered_bytes(frame: Any, render: Any = None) -> list[bytes]:
-    """The bytes ``render`` (default: clean) makes of each image of ``frame`` (``working_path``,
-    ``sha256``), from or into the shared render store."""
-    from roadwork.train.embed import Render, rendered_inputs
-
-    paths = [INGEST / p for p in frame["working_path"]]
-    return rendered_inputs(paths, frame["sha256"].tolist(), render or Render(), render_store())
-
-
-def model_margins(
-    cfg: RoadworkConfig,
-    backbone: Any,
-    head: Any,
-    inputs: list[bytes],
-    *,
-    desc: str = "margins",
-    fingerprint: str | None = None,
-) -> Any:
-    """Margins ``z1 - z0`` ``[N]`` of the model on encoded ``inputs`` (e.g. :func:`rendered_bytes`).
-
-    They go through the one inference path (:func:`roadwork.models.inference.infer_margins`, flip-averaged
-    with ``embed.tta_flip``) with the shared feature cache, so inputs ``embed`` already ran are only read
-    back. ``fingerprint``: the backbone's, when the caller has it (hashing every weight costs about a second
-    per 100M parameters).
-    """
-    from roadwork.models.inference import infer_margins
-
-    return infer_margins(
-        backbone,
-        head,
-        inputs,
-        spec=view_spec(cfg),
-        tta_flip=cfg.embed.tta_flip,
-        cache=feature_cache(cfg, backbone, fingerprint),
-        batch_size=cfg.embed.batch_size,
-        precision=cfg.embed.precision,
-        desc=desc,
-        show_progress=True,
-    )
-
-
-# ------------------------------------------------------------------ the Hugging Face export's agreement check
-
-AGREEMENT_TOLERANCE = 1e-4
-"""Largest |score difference| allowed between an export's pipeline and the model it holds."""
-
-
-def check_export_agreement(predictor: Any, folder: Path, data: list[bytes], what: str) -> tuple[int, float]:
-    """(images, max |dp|) of the Hugging Face export in ``folder`` against ``predictor`` on the encoded
-    images ``data`` (``what`` names them in messages): the same bytes to both, the export through the real
-    ``transformers.pipeline``. ValueError if a decision differs or a score moves more than
-    :data:`AGREEMENT_TOLERANCE`."""
-    import numpy as np
-
-    from roadwork.deploy.hf_export import hf_probabilities
-    from roadwork.train.embed import decode_render
-
-    ours = predictor.predict(data)
-    theirs = hf_probabilities(folder, [decode_render(item) for item in data])
-    diff = np.abs(theirs - ours["probability"].to_numpy())
-    differ = int(((theirs > 0.5) != (ours["decision"].to_numpy() == 1)).sum())
-    if differ or diff.max() > AGREEMENT_TOLERANCE:
-        raise ValueError(
-            f"the Hugging Face export in {folder} disagrees with the model on {differ} of {len(data)} {what} "
-            f"(max |dp| {diff.max():.2e}, tolerance {AGREEMENT_TOLERANCE})."
-        )
-    return len(data), float(diff.max())

@@ -7,17 +7,8 @@ import pandas as pd
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.dedupe import compute_phashes, cosine_pairs, find_duplicate_groups
-from roadwork.stages.common import (
-    INGEST,
-    build_backbone,
-    feature_cache,
-    place_on_device,
-    render_store,
-    stage_dir,
-    tracked,
-    write_csv,
-    write_json,
-)
+from roadwork.stages.common import INGEST, stage_dir, tracked, write_csv, write_json
+from roadwork.stages.modelling import build_backbone, feature_cache, place_on_device, render_store
 
 
 def pair_recall(groups: pd.DataFrame, pairs: pd.DataFrame) -> tuple[int, int]:

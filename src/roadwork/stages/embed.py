@@ -22,18 +22,13 @@ import pandas as pd
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import SPLITS, read_split
-from roadwork.stages.common import (
-    INGEST,
-    SPLITS_CSV,
+from roadwork.stages.common import INGEST, SPLITS_CSV, stage_dir, tracked, write_csv, write_json
+from roadwork.stages.modelling import (
     feature_cache,
     load_variant_backbone,
     render_store,
-    stage_dir,
-    tracked,
     train_augment,
     view_spec,
-    write_csv,
-    write_json,
 )
 
 FEATURES = "features"

@@ -43,15 +43,12 @@ from roadwork.stages.common import (
     METRICS_JSON,
     REPORT_JSON,
     SPLITS_CSV,
-    feature_cache,
-    load_model,
-    model_margins,
-    rendered_bytes,
     stage_dir,
     tracked,
     write_csv,
     write_metrics,
 )
+from roadwork.stages.modelling import feature_cache, load_model, model_margins, rendered_bytes
 from roadwork.stages.scoring import evaluation_renders, headline, render_predictions, scored_decisions
 
 HARD_NEGATIVES_NOTE = "val_test report only: never fed back into training (train.hard_negatives mines train)"

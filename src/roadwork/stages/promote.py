@@ -21,7 +21,8 @@ import pandas as pd
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
-from roadwork.stages.common import SPLITS_CSV, rendered_bytes
+from roadwork.stages.common import SPLITS_CSV
+from roadwork.stages.modelling import rendered_bytes
 from roadwork.stages.scoring import evaluation_renders, headline, render_predictions
 
 

@@ -17,7 +17,9 @@ from typing import Any
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
-from roadwork.stages.common import OUTPUTS, REPORT_JSON, SPLITS_CSV, check_export_agreement, rendered_bytes
+from roadwork.stages.agreement import check_export_agreement
+from roadwork.stages.common import OUTPUTS, REPORT_JSON, SPLITS_CSV
+from roadwork.stages.modelling import rendered_bytes
 
 HEADLINE = ("validator_mcc", "validator_accuracy", "predicted_positive_rate", "expected_reward")
 
@@ -71,7 +73,7 @@ def evaluation_metrics(variant: str | None) -> dict[str, float]:
 
 def check_agreement(predictor: Any, folder: Path) -> tuple[int, float]:
     """(images, max |dp|) of the export against the model on val_calib's level-0 renders
-    (:func:`~roadwork.stages.common.check_export_agreement`)."""
+    (:func:`~roadwork.stages.agreement.check_export_agreement`)."""
     images = read_split(SPLITS_CSV, "submission", ["val_calib"]).sort_values("path")
     return check_export_agreement(predictor, folder, rendered_bytes(images), "val_calib images")
 

@@ -41,18 +41,20 @@ from roadwork.stages.common import (
     INGEST,
     SPLITS_CSV,
     checkpoint_dir,
-    load_variant_backbone,
-    model_dir,
-    model_margins,
-    rendered_bytes,
     stage_dir,
     tracked,
-    train_augment,
-    write_backbone_ref,
     write_csv,
     write_json,
 )
 from roadwork.stages.embed import features_path, index_path
+from roadwork.stages.modelling import (
+    load_variant_backbone,
+    model_dir,
+    model_margins,
+    rendered_bytes,
+    train_augment,
+    write_backbone_ref,
+)
 
 LOGIT_SPLITS = ("val_select", "val_calib")
 OUT_OF_FOLD_CSV = "train_out_of_fold.csv"
