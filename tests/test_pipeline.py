@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -157,6 +158,10 @@ def test_a_remote_round_trip_restores_every_output_and_runs_nothing(
     assert [name for name in first_outputs if first_outputs[name] != second_outputs[name]] == []
     assert _files(second / "data") == _files(repo / "data")
     assert (second / "dvc.lock").read_bytes() == (repo / "dvc.lock").read_bytes()
+    # features have one home: with no feature cache, train and evaluate read embed's pulled outputs
+    for stage in ("train", "evaluate"):
+        rerun = run(["roadwork", stage, "--variant", "base"], second, tracking_uri=store)
+        assert re.search(r"backbone inputs computed[^:]*: 0\b", rerun.stdout), rerun.stdout
 
 
 def test_another_backbone_or_embedding_setting_leaves_dedupe_and_split_alone(
@@ -285,8 +290,8 @@ def test_what_is_evaluated_is_what_ships(
 
     from roadwork.config import load_config
     from roadwork.deploy.registry import predict_with
+    from roadwork.stages.embed import evaluation_renders
     from roadwork.stages.modelling import rendered_bytes
-    from roadwork.stages.scoring import evaluation_renders
 
     repo, _ = reproduced
     monkeypatch.chdir(repo)

@@ -201,6 +201,9 @@ class FeatureCache:
             raise ValueError(f"fingerprint must be a hex digest (>= 16 chars), got {fingerprint!r}.")
         self.root = Path(root) / fingerprint[:16]
         self.fingerprint = fingerprint
+        # entries the backbone computed through this object (put), and entries copied in (seed)
+        self.n_computed = 0
+        self.n_seeded = 0
         self.root.mkdir(parents=True, exist_ok=True)
         marker = self.root / "backbone.json"
         if marker.is_file():
@@ -260,11 +263,24 @@ class FeatureCache:
         return array
 
     def put(self, key: str, part: str, features: NDArray[np.float32], *, flip: bool = False) -> None:
-        """Store ``features`` with their digest.
+        """Store ``features`` the backbone just computed, with their digest (counted in :attr:`n_computed`).
 
         Raises:
             ValueError: ``features`` hold a NaN or an infinity (a broken backbone or precision, never cached).
         """
+        self._write(key, part, features, flip)
+        self.n_computed += 1
+
+    def seed(self, key: str, part: str, features: NDArray[np.float32], *, flip: bool = False) -> bool:
+        """Store ``features`` computed earlier for this numerics key (e.g. by ``embed``) unless an entry is
+        already there; True when written (counted in :attr:`n_seeded`). Same checks as :meth:`put`."""
+        if self.has(key, part, flip=flip):
+            return False
+        self._write(key, part, features, flip)
+        self.n_seeded += 1
+        return True
+
+    def _write(self, key: str, part: str, features: NDArray[np.float32], flip: bool) -> None:
         array = np.ascontiguousarray(features, dtype=np.float32)
         path = self.path(key, part, flip=flip)
         if not np.isfinite(array).all():

@@ -5,11 +5,18 @@ Rows per split, each the features of the bytes a miner would receive (through th
 split); for train, ``embed.train_copies`` augmented copies per image drawn from the validator's level mix
 (``embed.augment``); for val_select and val_calib, ``embed.val_renders_per_level`` renders per image at each
 of levels 1-3, so model selection and calibration see the validator's mix (with one render per level, each
-level is 25 % of the rows, as the validator draws them). With ``embed.tta_flip`` the non-train splits also
-get the features of the mirrored picture (``features_flip``), which ``train`` averages with the plain ones.
+level is 25 % of the rows, as the validator draws them); for val_test, :func:`evaluation_renders` (what
+evaluate scores). With ``embed.tta_flip`` the non-train splits also get the features of the mirrored
+picture (``features_flip``), for the flip-averaged inference path.
 Outputs in ``outputs/embed/<variant>/``: ``features/<split>.safetensors`` (``features [N, V, D]`` float32,
-``features_flip`` when on), ``index.csv`` (split, row, sha256, path, render, level; level -1 for a mix),
-``backbone.json`` and ``metrics.json``. Labels are not written: embedding is label-free.
+``features_flip`` when on; metadata: the backbone fingerprint and the feature-cache numerics key),
+``index.csv`` (split, row, sha256, path, render, level, input_key; level -1 for a mix; input_key the sha256
+of the rendered bytes, the feature cache's key), ``backbone.json`` and ``metrics.json``. Labels are not
+written: embedding is label-free.
+
+These outputs are the features' one home: the stages after embed copy them into the feature cache
+(:func:`roadwork.stages.modelling.variant_feature_cache`) before the one inference path reads it, so after
+``dvc pull`` with an empty cache, train, evaluate and bundle of a frozen-backbone variant run no backbone.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from roadwork.stages.modelling import (
 
 FEATURES = "features"
 INDEX = "index.csv"
+NUMERICS = "numerics_key"  # safetensors metadata: the feature-cache key the rows were computed under
 
 
 def features_path(variant: str, split: str) -> Path:
@@ -43,11 +51,24 @@ def index_path(variant: str) -> Path:
     return Path("outputs/embed") / variant / INDEX
 
 
+def evaluation_renders(cfg: RoadworkConfig) -> list[Any]:
+    """The val_test renders: the clean level-0 render, then ``renders_per_level`` copies of L1, L2, L3."""
+    from roadwork.train.embed import Render, level_render
+
+    return [Render()] + [
+        level_render(level, copy, cfg.evaluate.seed)
+        for level in (1, 2, 3)
+        for copy in range(cfg.evaluate.renders_per_level)
+    ]
+
+
 def split_renders(cfg: RoadworkConfig) -> dict[str, list[Any]]:
-    """The renders ``embed`` computes for each split (clean first)."""
+    """The renders ``embed`` computes for each split (clean first); val_test's are
+    :func:`evaluation_renders`, so evaluate finds every feature it needs in embed's outputs."""
     from roadwork.train.embed import Render, level_render
 
     renders: dict[str, list[Render]] = {split: [Render()] for split in SPLITS}
+    renders["val_test"] = evaluation_renders(cfg)
     augment = train_augment(cfg)
     renders["train"] += [
         Render("augmented", copy=k, augment=augment, seed=cfg.embed.seed)
@@ -65,7 +86,8 @@ def split_renders(cfg: RoadworkConfig) -> dict[str, list[Any]]:
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
     from safetensors.numpy import save_file
 
-    from roadwork.train.embed import embed_images
+    from roadwork.models.inference import input_key
+    from roadwork.train.embed import embed_images, rendered_inputs
 
     out = stage_dir("embed", variant)
     frame = read_split(SPLITS_CSV, "embed", SPLITS)
@@ -105,6 +127,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
             for render in renders:
                 blocks.append(run_embed(paths, shas, render, False, f"embed@{variant} {split}"))
                 level = -1 if render.level is None else render.level
+                keys = [input_key(data) for data in rendered_inputs(paths, shas, render, store)]
                 index_rows.append(
                     pd.DataFrame(
                         {
@@ -113,6 +136,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
                             "path": rows["path"],
                             "render": render.key,
                             "level": level,
+                            "input_key": keys,
                         }
                     )
                 )
@@ -123,7 +147,11 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
                 tensors["features_flip"] = np.concatenate(flips)
             target = out / FEATURES / f"{split}.safetensors"
             target.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(target), metadata={"backbone_fingerprint": fingerprint})
+            save_file(
+                tensors,
+                str(target),
+                metadata={"backbone_fingerprint": fingerprint, NUMERICS: cache.fingerprint},
+            )
             metrics[f"{split}_rows"] = len(tensors["features"])
             metrics[f"{split}_images"] = len(rows)
         index = pd.concat(index_rows, ignore_index=True)

@@ -1,7 +1,7 @@
 """evaluate stage: the variant's model with its policy on val_test, scored as the validator scores it.
 
 The only stage (with ``promote``) that reads val_test labels. Every val_test image is rendered as the
-validator would send it (:func:`roadwork.stages.scoring.evaluation_renders`: its level-0 JPEG and
+validator would send it (:func:`roadwork.stages.embed.evaluation_renders`: its level-0 JPEG and
 ``evaluate.renders_per_level`` renders at each of levels 1-3, from the ingest copy), and exactly those bytes
 go through the one inference path and ``policy.json``. Beside the model, the plain baseline a user would
 build by hand is fitted and scored on the same renders: a standardised logistic regression on the same
@@ -48,8 +48,9 @@ from roadwork.stages.common import (
     write_csv,
     write_metrics,
 )
-from roadwork.stages.modelling import feature_cache, load_model, model_margins, rendered_bytes
-from roadwork.stages.scoring import evaluation_renders, headline, render_predictions, scored_decisions
+from roadwork.stages.embed import evaluation_renders
+from roadwork.stages.modelling import load_model, model_margins, rendered_bytes, variant_feature_cache
+from roadwork.stages.scoring import headline, render_predictions, scored_decisions
 
 HARD_NEGATIVES_NOTE = "val_test report only: never fed back into training (train.hard_negatives mines train)"
 
@@ -138,20 +139,19 @@ def answers(
     frame: pd.DataFrame,
     model: tuple[Any, Any, Any],
     probe: Any,
-    fingerprint: str,
+    cache: Any,
 ) -> pd.DataFrame:
     """The model's and the probe's answers on every evaluation render of ``frame``: each render's bytes are
     made once and go through the one inference path for the model and, for the probe, to the same cached
-    global features."""
+    global features (``cache``: the feature cache, seeded from embed's val_test rows)."""
     from roadwork.models.inference import ViewSpec, embed_inputs
 
     backbone, head, policy = model
-    cache = feature_cache(cfg, backbone, fingerprint)
 
     def predict(render: Any) -> pd.DataFrame:
         inputs = rendered_bytes(frame, render)
         desc = f"evaluate@{variant} L{render.level}"
-        margin = model_margins(cfg, backbone, head, inputs, desc=desc, fingerprint=fingerprint)
+        margin = model_margins(cfg, backbone, head, inputs, desc=desc, cache=cache)
         applied = policy.apply(margin)
         features, _ = embed_inputs(
             backbone,
@@ -403,7 +403,8 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     fingerprint = backbone.fingerprint()
     with tracked("evaluate", cfg, ("evaluate",), overrides, variant=variant) as run:
         probe = fit_variant_probe(cfg, variant, read_split(SPLITS_CSV, "evaluate", ["train", "val_select"]))
-        predictions = answers(cfg, variant, frame, (backbone, head, policy), probe, fingerprint)
+        cache = variant_feature_cache(cfg, variant, backbone, fingerprint, ("val_test",))
+        predictions = answers(cfg, variant, frame, (backbone, head, policy), probe, cache)
         figures = validator_figures(predictions, cfg)
         clean = predictions[predictions["level"] == 0].reset_index(drop=True)
         figures.update(probe_C=probe.C, probe_test_mcc=M.mcc(clean["label"], clean["probe_decision"]))
@@ -414,7 +415,8 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         write_csv(levels, out / "robustness.csv")
         write_reports(out, frame, predictions, cfg, variant, policy)
         write_metrics(out, figures, HEADLINE)
-        run.log_metrics(figures)
+        # how many inputs the backbone ran on (0 when embed's features covered them): MLflow only
+        run.log_metrics({**figures, "backbone_inputs_computed": cache.n_computed})
         # both variants' headline side by side on the pipeline run, where pipelines are compared
         run.log_parent_metrics({f"{variant}.{k}": figures[k] for k in HEADLINE})
         run.log_artifact(out / "plots", "plots")
@@ -436,4 +438,5 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         f"{f['expected_reward']:.3f} (probe {f['probe_expected_reward']:.3f}), predicted positive "
         f"{f['predicted_positive_rate']:.2f}; clean MCC {f['test_mcc']:.3f}; "
         + ", ".join(f"L{r.level} {r.mcc:.3f}" for r in levels.itertuples())
+        + f"; backbone inputs computed: {cache.n_computed}"
     )

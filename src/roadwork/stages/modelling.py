@@ -1,11 +1,13 @@
-"""What the stages that run a network share: the variant's backbone and model, the rendered inputs and
-the one way to score them (:func:`model_margins`), and the export agreement check."""
+"""What the stages that run a network share: the variant's backbone and model, the feature cache seeded
+from embed's outputs, the rendered inputs and the one way to score them (:func:`model_margins`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from roadwork.config import RoadworkConfig
 from roadwork.stages.common import INGEST, OUTPUTS, RENDERS, VARIANTS, write_json
@@ -84,6 +86,42 @@ def feature_cache(
     device_type = next(backbone.parameters()).device.type
     key = numerics_key(fingerprint or backbone.fingerprint(), device_type, precision or cfg.embed.precision)
     return FeatureCache(Path(cfg.embed.cache_dir), key)
+
+
+def variant_feature_cache(
+    cfg: RoadworkConfig, variant: str, backbone: Any, fingerprint: str, splits: tuple[str, ...]
+) -> Any:
+    """:func:`feature_cache` seeded with what ``embed`` wrote for ``variant``'s ``splits``.
+
+    Embed's rows are copied in (entries already there are kept) only when they were computed under this
+    cache's numerics key, i.e. by this backbone, device and precision; a fine-tuned backbone or another
+    precision gets nothing and computes its own. Each row's views are split into the cache's parts as
+    :func:`roadwork.models.inference.embed_inputs` stores them.
+    """
+    from safetensors import safe_open
+
+    from roadwork.stages.embed import NUMERICS, features_path, index_path
+
+    cache = feature_cache(cfg, backbone, fingerprint)
+    spec = view_spec(cfg)
+    index = pd.read_csv(index_path(variant), dtype={"input_key": str})
+    for split in splits:
+        path = features_path(variant, split)
+        with safe_open(str(path), framework="numpy") as handle:
+            if (handle.metadata() or {}).get(NUMERICS) != cache.fingerprint:
+                continue
+            arrays = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+        keys = index.loc[index["split"] == split].sort_values("row")["input_key"].tolist()
+        for name, flip in (("features", False), ("features_flip", True)):
+            if name not in arrays:
+                continue
+            for key, row in zip(keys, arrays[name], strict=True):
+                start = 0
+                for part in spec.parts:
+                    views = spec.part_views(part)
+                    cache.seed(key, part, row[start : start + views], flip=flip)
+                    start += views
+    return cache
 
 
 def render_store() -> Any:
@@ -166,13 +204,14 @@ def model_margins(
     *,
     desc: str = "margins",
     fingerprint: str | None = None,
+    cache: Any = None,
 ) -> Any:
     """Margins ``z1 - z0`` ``[N]`` of the model on encoded ``inputs`` (e.g. :func:`rendered_bytes`).
 
     They go through the one inference path (:func:`roadwork.models.inference.infer_margins`, flip-averaged
     with ``embed.tta_flip``) with the shared feature cache, so inputs ``embed`` already ran are only read
     back. ``fingerprint``: the backbone's, when the caller has it (hashing every weight costs about a second
-    per 100M parameters).
+    per 100M parameters); ``cache``: the stage's (e.g. :func:`variant_feature_cache`), else a fresh handle.
     """
     from roadwork.models.inference import infer_margins
 
@@ -182,7 +221,7 @@ def model_margins(
         inputs,
         spec=view_spec(cfg),
         tta_flip=cfg.embed.tta_flip,
-        cache=feature_cache(cfg, backbone, fingerprint),
+        cache=cache if cache is not None else feature_cache(cfg, backbone, fingerprint),
         batch_size=cfg.embed.batch_size,
         precision=cfg.embed.precision,
         desc=desc,

@@ -3,7 +3,7 @@
 The first registered model becomes champion without being scored (there is nothing to compare it with).
 Otherwise both registered models are run through their pyfuncs, as deployed, on exactly the bytes
 ``evaluate`` scores: today's val_test images rendered as the validator sends them
-(:func:`roadwork.stages.scoring.evaluation_renders`; the split may have changed since either was
+(:func:`roadwork.stages.embed.evaluation_renders`; the split may have changed since either was
 registered). Each is scored with ``deploy.promote_metric`` (default ``expected_reward``) by
 :func:`roadwork.stages.scoring.headline`, the function ``evaluate`` uses, so a model's figure here is its
 figure there. ``champion`` moves only when the challenger is better by more than ``promote_min_delta`` and
@@ -22,8 +22,9 @@ import pandas as pd
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
 from roadwork.stages.common import SPLITS_CSV
+from roadwork.stages.embed import evaluation_renders
 from roadwork.stages.modelling import rendered_bytes
-from roadwork.stages.scoring import evaluation_renders, headline, render_predictions
+from roadwork.stages.scoring import headline, render_predictions
 
 
 def registered_predictions(

@@ -1,7 +1,8 @@
 """How ``evaluate`` and ``promote`` score a model the way the validator does, on the same renders.
 
-Both render every val_test image as the validator would send it (:func:`evaluation_renders`: the level-0
-JPEG plus ``evaluate.renders_per_level`` renders at each of levels 1-3, seeded by ``evaluate.seed``), pass
+Both render every val_test image as the validator would send it
+(:func:`roadwork.stages.embed.evaluation_renders`: the level-0 JPEG plus ``evaluate.renders_per_level``
+renders at each of levels 1-3, seeded by ``evaluate.seed``), pass
 exactly those bytes through a model, and score the decisions with :func:`headline`, so the figure
 ``promote`` reports for a model is the figure ``evaluate`` reported for it.
 """
@@ -17,17 +18,6 @@ import pandas as pd
 from roadwork.config import RoadworkConfig
 
 PREDICTION_KEYS = ("path", "sha256", "label", "group")
-
-
-def evaluation_renders(cfg: RoadworkConfig) -> list[Any]:
-    """The val_test renders: the clean level-0 render, then ``renders_per_level`` copies of L1, L2, L3."""
-    from roadwork.train.embed import Render, level_render
-
-    return [Render()] + [
-        level_render(level, copy, cfg.evaluate.seed)
-        for level in (1, 2, 3)
-        for copy in range(cfg.evaluate.renders_per_level)
-    ]
 
 
 def render_predictions(

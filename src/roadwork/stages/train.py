@@ -53,6 +53,7 @@ from roadwork.stages.modelling import (
     model_margins,
     rendered_bytes,
     train_augment,
+    variant_feature_cache,
     write_backbone_ref,
 )
 
@@ -294,10 +295,15 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         if cfg.train.mode == "finetune":
             metrics["trainable_parameters"] = result.trainable_parameters
             metrics["merge_max_abs_diff"] = result.merge_max_abs_diff
-        metrics.update(_write_val_logits(cfg, variant, backbone, head, labelled, out))
+        val_metrics, computed = _write_val_logits(cfg, variant, backbone, head, labelled, out)
+        metrics.update(val_metrics)
         write_json(out / "metrics.json", metrics)
         training_curves_plot(result.history, out / "training_curves.png", best_epoch=result.best_epoch)
-        run.log_metrics({**metrics, "resumed_epochs": result.resumed_epochs})
+        # how many inputs the backbone ran on (0 when embed's features covered them): MLflow only, it
+        # depends on the cache, not on the inputs
+        run.log_metrics(
+            {**metrics, "resumed_epochs": result.resumed_epochs, "backbone_inputs_computed": computed}
+        )
         run.log_artifact(model, "model")
         for name in ("metrics.json", "history.csv", "training_curves.png"):
             run.log_artifact(out / name)
@@ -305,19 +311,22 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         f"train@{variant} ({cfg.train.mode}): best epoch {result.best_epoch} of {result.epochs_run}, "
         f"val_select MCC {metrics['val_select_mcc']:.3f}, AUROC {metrics['val_select_auroc']:.3f}"
         + (f"; resumed after epoch {result.resumed_epochs - 1}" if result.resumed_epochs else "")
+        + f"; backbone inputs computed for the val logits: {computed}"
     )
 
 
 def _write_val_logits(
     cfg: RoadworkConfig, variant: str, backbone: Any, head: Any, labelled: pd.DataFrame, out: Path
-) -> dict[str, float]:
+) -> tuple[dict[str, float], int]:
     """Write ``logits/<split>.csv`` for val_select and val_calib, one row per render ``embed`` made
-    (sha256, path, render, level, margin), through the one inference path; return val_select's metrics:
-    MCC / accuracy at margin 0 over the validator's level mix and over the clean renders, and AUROC."""
+    (sha256, path, render, level, margin), through the one inference path with the cache seeded from
+    embed's outputs; return val_select's metrics (MCC / accuracy at margin 0 over the validator's level
+    mix and over the clean renders, and AUROC) and how many inputs the backbone had to compute."""
     from roadwork import metrics as M
     from roadwork.stages.embed import split_renders
 
     fingerprint = backbone.fingerprint()
+    cache = variant_feature_cache(cfg, variant, backbone, fingerprint, LOGIT_SPLITS)
     renders = split_renders(cfg)
     metrics: dict[str, float] = {}
     for split in LOGIT_SPLITS:
@@ -333,6 +342,7 @@ def _write_val_logits(
                 rendered_bytes(rows, render),
                 desc=f"train@{variant} {split}",
                 fingerprint=fingerprint,
+                cache=cache,
             )
             level = -1 if render.level is None else render.level
             blocks.append(rows[["sha256", "path"]].assign(render=render.key, level=level, margin=margin))
@@ -346,7 +356,7 @@ def _write_val_logits(
             metrics["val_select_accuracy"] = M.accuracy(y, (margin > 0).astype(int))
             metrics["val_select_clean_mcc"] = M.mcc(y[clean], (margin[clean] > 0).astype(int))
             metrics["val_select_auroc"] = M.auroc(y, margin)
-    return metrics
+    return metrics, cache.n_computed
 
 
 def _val_calib_rows(variant: str) -> pd.DataFrame:
