@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 from roadwork.config import (
+    CHOICES,
+    LIBRARY_SECTIONS,
     ConfigError,
     RoadworkConfig,
     describe,
@@ -19,6 +21,7 @@ from roadwork.config import (
     parse_overrides,
     split_overrides,
     to_dict,
+    validate,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,6 +166,7 @@ def test_train_section_mirrors_head_train_config_names_and_defaults() -> None:
         ("backbone.pooling=median", "'backbone.pooling' is 'median'"),
         ("backbone.input_size=8", "'backbone.input_size' is 8"),
         ("train.feature_transform=log", "train.feature_transform is 'log'; allowed values: none, sqrt_l2"),
+        ("train.finetune.lora_alpha=0", "train.finetune.lora_alpha is 0.0; it must be finite and > 0"),
     ],
 )
 def test_train_and_embed_values_are_checked_when_loading(override: str, message: str) -> None:
@@ -195,15 +199,150 @@ def test_embedding_check_can_be_switched_off() -> None:
     assert load_config(REPO_PARAMS, ["dedupe.embedding_cosine=null"]).dedupe.embedding_cosine is None
 
 
-def test_vocabularies_the_schema_checks_are_the_libraries_own() -> None:
-    """config keeps its own copies so loading params imports no scipy or torch; they must not drift."""
-    from roadwork import config
-    from roadwork.models.inference import VIEW_MODES
-    from roadwork.models.pooling import POOLINGS
-    from roadwork.policy import THRESHOLD_RULES
+def _all_choices() -> dict[str, tuple[str, ...]]:
+    """Every params key that takes a word, with its vocabulary: the schema's own keys and those of the
+    sections that mirror a library dataclass."""
+    choices = dict(CHOICES)
+    for section, library in LIBRARY_SECTIONS.items():
+        choices.update({f"{section}.{name}": words for name, words in library.CHOICES.items()})
+    return choices
 
-    assert config.THRESHOLD_RULES == THRESHOLD_RULES and set(config.VIEW_MODES) == set(VIEW_MODES)
-    assert config.POOLINGS == POOLINGS
+
+def test_each_vocabulary_is_the_one_the_library_code_holds() -> None:
+    """The schema checks each word list by identity with what the code that acts on the value accepts."""
+    from roadwork import distributed, vocab
+    from roadwork.adapt.config import AdaptConfig
+    from roadwork.models import backbone, inference, pooling
+    from roadwork.policy import CALIBRATORS, THRESHOLD_RULES
+    from roadwork.train.head_config import HeadTrainConfig
+
+    choices = _all_choices()
+    assert choices["embed.views"] is vocab.VIEW_MODES is inference.VIEW_MODES
+    assert choices["backbone.pooling"] is vocab.POOLINGS is pooling.POOLINGS
+    assert (
+        choices["backbone.attn_implementation"] is vocab.ATTN_IMPLEMENTATIONS is backbone.ATTN_IMPLEMENTATIONS
+    )
+    assert choices["trainer.accelerator"] is choices["embed.device"] is distributed.ACCELERATORS
+    assert choices["trainer.strategy"] is distributed.STRATEGIES
+    assert choices["calibrate.threshold_rule"] is THRESHOLD_RULES
+    assert set(choices["calibrate.method"]) == set(CALIBRATORS)
+    assert choices["embed.precision"] is inference.FEATURE_PRECISIONS
+    assert choices["train.precision"] is choices["adapt.precision"] is vocab.TRAINING_PRECISIONS
+    assert HeadTrainConfig.CHOICES["precision"] is AdaptConfig.CHOICES["precision"]
+    assert [choices[f"train.{k}"] for k in ("head", "feature_transform", "aggregation")] == [
+        vocab.HEADS,
+        vocab.FEATURE_TRANSFORMS,
+        vocab.AGGREGATIONS,
+    ]
+
+
+def test_no_module_spells_out_a_vocabulary_again() -> None:
+    """No tuple, list or set of words in src/ other than roadwork/vocab.py equals one of its vocabularies."""
+    import ast
+
+    from roadwork import vocab
+
+    vocabularies = {name: set(words) for name, words in vars(vocab).items() if name.isupper()}
+    copies = []
+    for path in sorted((REPO / "src" / "roadwork").rglob("*.py")):
+        if path.name == "vocab.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and node.elts:
+                words = {
+                    e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)
+                }
+                if len(words) == len(node.elts):
+                    copies += [
+                        f"{path.name}:{node.lineno} {n}" for n, v in vocabularies.items() if words == v
+                    ]
+    assert not copies
+
+
+def test_the_head_model_takes_exactly_the_schemas_words() -> None:
+    from roadwork.models.head import HeadModel
+
+    choices = _all_choices()
+    base = {
+        "feature_dim": 4,
+        "num_views": 2,
+        "mlp_hidden": 3,
+        "dropout": 0.0,
+        "topk": 1,
+        "attention_hidden": 2,
+    }
+    words = {"head": "linear", "feature_transform": "none", "aggregation": "topk_mean"}
+    for name in words:
+        for word in choices[f"train.{name}"]:
+            HeadModel(**base, **{**words, name: word})
+        with pytest.raises(ValueError, match=name):
+            HeadModel(**base, **{**words, name: "bogus"})
+
+
+def test_every_word_loads_and_any_other_is_refused_naming_key_and_words() -> None:
+    """The one check (validate) takes each word of each vocabulary and refuses another, listing them."""
+    import copy
+    import functools
+
+    loaded = load_config(REPO_PARAMS, ["train.warmup_epochs=1"])  # onecycle needs a warmup
+    for key, words in _all_choices().items():
+        *sections, name = key.split(".")
+        for word in (*words, "bogus"):
+            cfg = copy.deepcopy(loaded)
+            setattr(functools.reduce(getattr, sections, cfg), name, word)
+            if word != "bogus":
+                validate(cfg, "test")
+                continue
+            with pytest.raises(ConfigError, match=rf"(?<![\w.]){re.escape(key)}'? is 'bogus'") as err:
+                validate(cfg, "test")
+            assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_the_help_describes_every_word_of_each_vocabulary() -> None:
+    """`roadwork <stage> --help` shows describe(key): it names each word the key takes."""
+    for key, words in _all_choices().items():
+        text = describe(key)
+        assert all(re.search(rf"(?<![\w+-]){re.escape(w)}(?![\w+-])", text) for w in words), key
+
+
+def test_the_cli_promote_metrics_are_the_schemas() -> None:
+    from roadwork.cli import build_parser
+
+    for metric in CHOICES["deploy.promote_metric"]:
+        assert build_parser().parse_args(["promote", "--metric", metric]).metric == metric
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["promote", "--metric", "bogus"])
+
+
+def test_precision_spellings_map_in_one_place() -> None:
+    from roadwork.vocab import FEATURE_PRECISIONS, TRAINING_PRECISIONS, autocasts_bf16
+
+    assert [autocasts_bf16(p) for p in FEATURE_PRECISIONS] == [False, True]
+    assert [autocasts_bf16(p) for p in TRAINING_PRECISIONS] == [False, True]
+    assert not autocasts_bf16("16-mixed")
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "value"),
+    [
+        ("train", "lr", 0.0),
+        ("train", "head", "mpl"),
+        ("train", "warmup_epochs", 40.0),
+        ("train.finetune", "lora_rank", 0),
+        ("train.finetune", "backbone_lr", float("inf")),
+        ("adapt", "lora_dropout", 1.0),
+        ("adapt", "mask_ratio_max", 0.05),
+    ],
+)
+def test_params_and_library_dataclass_share_one_rule(section: str, name: str, value: object) -> None:
+    """A mirrored key's params error is the library dataclass's own, naming the params key instead."""
+    library = LIBRARY_SECTIONS[section]
+    with pytest.raises(ValueError) as from_library:
+        library(**{name: value})
+    with pytest.raises(ConfigError) as from_params:
+        load_config(REPO_PARAMS, [f"{section}.{name}={value}"])
+    expected = str(from_library.value).replace(f"{library.__name__}.", f"{section}.")
+    assert str(from_params.value) == f"{REPO_PARAMS} + overrides: {expected}"
 
 
 # Issue 18: values are taken as written (never converted), seeds and counts have ranges, no interpolation.

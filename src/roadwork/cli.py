@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from roadwork import __version__
+from roadwork.vocab import PROMOTE_METRICS
 
 # stage name -> one-line description; each is implemented by roadwork.stages.<name>.main(cfg, overrides)
 STAGES: dict[str, str] = {
@@ -255,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     promote.add_argument(
         "--metric",
-        choices=("expected_reward", "validator_mcc", "validator_accuracy"),
+        choices=PROMOTE_METRICS,
         default=None,
         help="comparison metric (default: params.yaml deploy.promote_metric)",
     )

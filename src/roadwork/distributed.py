@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from roadwork.vocab import ACCELERATORS, STRATEGIES
+
 __all__ = [
     "ACCELERATORS",
     "STRATEGIES",
@@ -18,11 +20,6 @@ __all__ = [
     "is_rank_zero",
     "process_group_size",
 ]
-
-ACCELERATORS = ("auto", "cpu", "gpu")
-# ddp starts the calling command again per rank (or joins torchrun/SLURM ranks); spawn/fork strategies train
-# in child processes whose state never returns to the caller, so they are refused.
-STRATEGIES = ("auto", "ddp")
 
 
 def check_processes(

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-import numpy as np
+from roadwork.settings import (
+    FRACTION,
+    LORA_RANGES,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT_INTERVAL,
+    Rule,
+    Settings,
+    at_least,
+)
+from roadwork.vocab import TRAINING_PRECISIONS
 
-__all__ = ["PRECISIONS", "AdaptConfig"]
-
-PRECISIONS = ("32", "bf16-mixed")
+__all__ = ["AdaptConfig"]
 
 
 @dataclass(frozen=True)
-class AdaptConfig:
+class AdaptConfig(Settings):
     """ExPLoRA settings: adapter layout, self-supervised objective, optimisation. Flat scalars only.
 
     Adapter layout (see :mod:`roadwork.adapt.layout`):
@@ -116,69 +123,46 @@ class AdaptConfig:
     precision: str = "32"
     seed: int = 0
 
-    _RANGES: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {
-        "unfreeze_last_blocks": (lambda v: v >= 0, ">= 0"),
-        "lora_rank": (lambda v: v >= 1, ">= 1"),
-        "lora_alpha": (lambda v: 0 < v < math.inf, "finite and > 0"),
-        "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-        "epochs": (lambda v: v >= 1, ">= 1"),
-        "max_steps": (lambda v: v >= 0, ">= 0 (0 = no cap)"),
-        "batch_size": (lambda v: v >= 1, ">= 1"),
-        "lr": (lambda v: 0 < v < math.inf, "finite and > 0"),
-        "warmup_steps": (lambda v: v >= 0, ">= 0"),
-        "weight_decay": (lambda v: 0 <= v < math.inf, "finite and >= 0"),
-        "gradient_clip_val": (lambda v: 0 <= v < math.inf, "finite and >= 0 (0 = off)"),
-        "n_local_crops": (lambda v: v >= 0, ">= 0"),
-        "local_crop_size": (lambda v: v >= 8, ">= 8 (pixels)"),
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"precision": TRAINING_PRECISIONS}
+    RANGES: ClassVar[dict[str, Rule]] = {
+        "unfreeze_last_blocks": at_least(0),
+        **LORA_RANGES,
+        "epochs": at_least(1),
+        "max_steps": at_least(0, "0 = no cap"),
+        "batch_size": at_least(1),
+        "lr": POSITIVE,
+        "warmup_steps": at_least(0),
+        "weight_decay": NON_NEGATIVE,
+        "gradient_clip_val": (NON_NEGATIVE[0], "finite and >= 0 (0 = off)"),
+        "n_local_crops": at_least(0),
+        "local_crop_size": at_least(8, "pixels"),
         "global_crop_min_scale": (lambda v: 0.05 < v < 1, "in (0.05, 1)"),
-        "out_dim": (lambda v: v >= 2, ">= 2"),
-        "head_hidden_dim": (lambda v: v >= 1, ">= 1"),
-        "head_bottleneck_dim": (lambda v: v >= 1, ">= 1"),
-        "teacher_momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-        "teacher_temp": (lambda v: 0 < v < math.inf, "finite and > 0"),
-        "warmup_teacher_temp": (lambda v: 0 < v < math.inf, "finite and > 0"),
-        "warmup_teacher_temp_epochs": (lambda v: 0 <= v < math.inf, "finite and >= 0"),
-        "student_temp": (lambda v: 0 < v < math.inf, "finite and > 0"),
-        "center_momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-        "freeze_last_layer_steps": (lambda v: v >= 0, ">= 0"),
-        "ibot_weight": (lambda v: 0 <= v < math.inf, "finite and >= 0"),
-        "mask_probability": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-        "mask_ratio_min": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-        "mask_ratio_max": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-        "koleo_weight": (lambda v: 0 <= v < math.inf, "finite and >= 0"),
-        "seed": (lambda v: v >= 0, ">= 0"),
+        "out_dim": at_least(2),
+        "head_hidden_dim": at_least(1),
+        "head_bottleneck_dim": at_least(1),
+        "teacher_momentum": UNIT_INTERVAL,
+        "teacher_temp": POSITIVE,
+        "warmup_teacher_temp": POSITIVE,
+        "warmup_teacher_temp_epochs": NON_NEGATIVE,
+        "student_temp": POSITIVE,
+        "center_momentum": FRACTION,
+        "freeze_last_layer_steps": at_least(0),
+        "ibot_weight": NON_NEGATIVE,
+        "mask_probability": UNIT_INTERVAL,
+        "mask_ratio_min": UNIT_INTERVAL,
+        "mask_ratio_max": UNIT_INTERVAL,
+        "koleo_weight": NON_NEGATIVE,
+        "seed": at_least(0),
     }
 
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "bool":
-                if not isinstance(value, (bool, np.bool_)):
-                    raise TypeError(f"AdaptConfig.{f.name} must be true or false, got {value!r}.")
-                object.__setattr__(self, f.name, bool(value))
-            elif f.type == "int":
-                if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                    raise TypeError(f"AdaptConfig.{f.name} must be an integer, got {value!r}.")
-                object.__setattr__(self, f.name, int(value))
-            elif f.type == "float":
-                if isinstance(value, (bool, np.bool_)) or not isinstance(
-                    value, (int, float, np.integer, np.floating)
-                ):
-                    raise TypeError(f"AdaptConfig.{f.name} must be a number, got {value!r}.")
-                object.__setattr__(self, f.name, float(value))
-            elif f.type == "str" and not isinstance(value, str):
-                raise TypeError(f"AdaptConfig.{f.name} must be a string, got {value!r}.")
-        for name, (ok, expected) in self._RANGES.items():
-            value = getattr(self, name)
-            if not ok(value):  # NaN fails every comparison
-                raise ValueError(f"AdaptConfig.{name} is {value!r}; it must be {expected}.")
-        if self.mask_ratio_max < self.mask_ratio_min:
+    @classmethod
+    def check_relations(cls, values: Mapping[str, Any], prefix: str) -> None:
+        """A masked crop's largest masked fraction is not below its smallest."""
+        if values["mask_ratio_max"] < values["mask_ratio_min"]:
             raise ValueError(
-                f"AdaptConfig.mask_ratio_max ({self.mask_ratio_max}) must be >= mask_ratio_min "
-                f"({self.mask_ratio_min})."
+                f"{prefix}.mask_ratio_max ({values['mask_ratio_max']}) must be >= mask_ratio_min "
+                f"({values['mask_ratio_min']})."
             )
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"AdaptConfig.precision is {self.precision!r}; it must be one of {PRECISIONS}.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

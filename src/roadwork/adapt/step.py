@@ -13,6 +13,7 @@ from torch import Tensor
 
 from roadwork.adapt.config import AdaptConfig
 from roadwork.adapt.ssl import ExploraSSL, block_masks, cosine_lr, seeded, teacher_temperature
+from roadwork.vocab import autocasts_bf16
 
 __all__ = ["INIT_STREAM", "STEP_STREAM", "make_optimizer", "ssl_step"]
 
@@ -116,7 +117,7 @@ def _losses(
             if world_size > 1:
                 masks = _mask_share(masks, rank, world_size)
             masks = None if masks is None else masks.to(device)
-        bf16 = cfg.precision == "bf16-mixed"
+        bf16 = autocasts_bf16(cfg.precision)
         per_rank = seeded(cfg.seed, STEP_STREAM, step, rank) if world_size > 1 else contextlib.nullcontext()
         with per_rank, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return model.losses(global_crops, local_crops, masks, teacher_temp=temp)

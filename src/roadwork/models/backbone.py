@@ -31,6 +31,7 @@ from torch import Tensor
 from roadwork.atomic import atomic_write_json
 from roadwork.models.bn_fold import FoldedCache
 from roadwork.models.pooling import set_pooling
+from roadwork.vocab import ATTN_IMPLEMENTATIONS
 
 __all__ = [
     "EFFICIENTNET_LITE0_ID",
@@ -64,7 +65,6 @@ _MODEL_TYPE_TO_FAMILY = {
     "dinov2_with_registers": "dinov2_with_registers",
     "dinov3_vit": "dinov3",
 }
-_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 # Written by Backbone.save for timm backbones; a folder holding it is loaded by load_backbone.
 _TIMM_CONFIG_FILE = "roadwork_backbone.json"
 _TIMM_WEIGHTS_FILE = "model.safetensors"
@@ -614,9 +614,9 @@ def load_backbone(backbone_id: str, *, seed: int = 0, attn_implementation: str =
         raise TypeError(f"backbone_id must be a non-empty str, got {backbone_id!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
-    if attn_implementation not in _ATTN_IMPLEMENTATIONS:
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(
-            f"attn_implementation must be one of {_ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}."
+            f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}."
         )
     if backbone_id == TINY_ID:
         return _build_tiny(seed, attn_implementation)

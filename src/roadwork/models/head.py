@@ -39,6 +39,7 @@ from torch import nn
 
 from roadwork.atomic import atomic_write
 from roadwork.train.head_config import HeadTrainConfig
+from roadwork.vocab import AGGREGATIONS, FEATURE_TRANSFORMS, HEADS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -104,24 +105,25 @@ class HeadModel(nn.Module):
         super().__init__()
         if feature_dim < 1 or num_views < 1:
             raise ValueError(f"feature_dim and num_views must be >= 1, got {feature_dim} and {num_views}.")
+        for name, value, allowed in (
+            ("head", head, HEADS),
+            ("feature_transform", feature_transform, FEATURE_TRANSFORMS),
+            ("aggregation", aggregation, AGGREGATIONS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
         self.feature_dim = feature_dim
         self.num_views = num_views
         self.aggregation = aggregation
         self.topk = min(topk, num_views)
         if head == "linear":
             self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, 2))
-        elif head == "mlp":
+        else:
             self.classifier = nn.Sequential(
                 nn.Linear(feature_dim, mlp_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_hidden, 2)
             )
-        else:
-            raise ValueError(f"head must be 'linear' or 'mlp', got {head!r}.")
         if feature_transform == "sqrt_l2":
             self.classifier.insert(0, SignedSqrtL2())
-        elif feature_transform != "none":
-            raise ValueError(f"feature_transform must be 'none' or 'sqrt_l2', got {feature_transform!r}.")
-        if aggregation not in HeadTrainConfig.CHOICES["aggregation"]:
-            raise ValueError(f"aggregation must be 'topk_mean' or 'attention', got {aggregation!r}.")
         # Built after the classifier so that, for one seed, the classifier's initial weights do not depend
         # on the aggregation (with V == 1 both aggregations then train identical models).
         self.pool = (

@@ -49,10 +49,10 @@ from roadwork.data.preprocess import (
 )
 from roadwork.models.backbone import Backbone
 from roadwork.progress import progress_bar
+from roadwork.vocab import FEATURE_PRECISIONS, VIEW_MODES, autocasts_bf16
 
 __all__ = [
     "GEOMETRY_KEY",
-    "PRECISIONS",
     "EmbedStats",
     "FeatureCache",
     "ViewSpec",
@@ -82,9 +82,6 @@ def fixed_geometry(image: Image.Image) -> Image.Image:
 def input_key(data: bytes) -> str:
     """The feature-cache key of an encoded input: the sha256 of its bytes."""
     return hashlib.sha256(data).hexdigest()
-
-
-VIEW_MODES = ("global", "global+tiles")
 
 
 @dataclass(frozen=True)
@@ -137,17 +134,14 @@ def image_views(image: Image.Image, spec: ViewSpec) -> list[Image.Image]:
     return [view for part in spec.parts for view in _view_images(image, part, spec)]
 
 
-PRECISIONS = ("32", "bf16")
-
-
 def numerics_key(fingerprint: str, device_type: str, precision: str) -> str:
     """The feature-cache key of a backbone run on ``device_type`` at ``precision``.
 
     CPU float32 features keep the backbone fingerprint itself; any other device or precision gives other
     numbers (TF32/cuDNN kernels, bfloat16 rounding), so it gets a key of its own and caches never mix them.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if precision not in FEATURE_PRECISIONS:
+        raise ValueError(f"precision must be one of {FEATURE_PRECISIONS}, got {precision!r}.")
     if device_type == "cpu" and precision == "32":
         return fingerprint
     return hashlib.sha256(f"{fingerprint}|{device_type}|{precision}".encode()).hexdigest()
@@ -161,8 +155,8 @@ def forward_views(
     Runs on the backbone's device (the batch goes through pinned memory to a GPU); ``precision="bf16"``
     runs the forward under bfloat16 autocast. Features come back as float32 on the CPU.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if precision not in FEATURE_PRECISIONS:
+        raise ValueError(f"precision must be one of {FEATURE_PRECISIONS}, got {precision!r}.")
     flat = [view for views in view_lists for view in views]
     device = next(backbone.parameters()).device
     batch = to_tensor_batch(flat, backbone.preprocess)
@@ -170,7 +164,7 @@ def forward_views(
         batch = batch.pin_memory().to(device, non_blocking=True)
     with (
         torch.inference_mode(),
-        torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocasts_bf16(precision)),
     ):
         features = backbone(batch).float().cpu().numpy()
     bounds = np.cumsum([0, *(len(views) for views in view_lists)])

@@ -232,7 +232,7 @@ def apply_lora(
 
 
 class LoraSettings(Protocol):
-    """The adapter knobs that :class:`~roadwork.train.finetune.FinetuneConfig` and
+    """The adapter knobs that :class:`~roadwork.train.finetune_config.FinetuneConfig` and
     :class:`~roadwork.adapt.config.AdaptConfig` both carry (see :func:`apply_lora`)."""
 
     @property

@@ -12,8 +12,7 @@ from torch import nn
 
 __all__ = ["POOLINGS", "GeMPool", "set_pooling"]
 
-POOLINGS = ("avg", "max", "gem")
-"""Pooling names accepted by :func:`set_pooling` (``backbone.pooling``)."""
+from roadwork.vocab import POOLINGS  # the names set_pooling accepts (backbone.pooling)
 
 
 class GeMPool(nn.Module):

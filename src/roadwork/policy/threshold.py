@@ -43,6 +43,7 @@ from roadwork.metrics._validation import (
     check_scores,
 )
 from roadwork.policy.calibration import PlattScaling, check_sample_weight
+from roadwork.vocab import THRESHOLD_RULES  # what select_threshold and fit_policy(threshold_rule=...) accept
 
 # Two MCC values closer than this are treated as a tie (they differ only by float rounding).
 _MCC_TIE_TOL = 1e-12
@@ -245,9 +246,6 @@ def best_mcc_threshold(
     """
     return mcc_sweep(y_true, score).best(max_fnr=max_fnr)
 
-
-THRESHOLD_RULES: tuple[str, ...] = ("argmax", "shrink")
-"""Names accepted by :func:`select_threshold` and ``fit_policy(threshold_rule=...)``."""
 
 # Calibrated probabilities are clipped to [eps, 1 - eps] before taking logits (isotonic can give 0 or 1).
 _LOGIT_EPS = 1e-12

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from roadwork.config import RoadworkConfig, head_train_config
+from roadwork.config import RoadworkConfig, finetune_config, head_train_config
 from roadwork.data.sources import source_weights
 from roadwork.data.split import read_split
 from roadwork.stages.common import (
@@ -229,7 +229,7 @@ def _fit_finetune(
     cfg: RoadworkConfig, variant: str, labelled: pd.DataFrame, head_cfg: Any, out: Path, loggers: list
 ) -> Any:
     from roadwork.train.embed import decode_render
-    from roadwork.train.finetune import FinetuneConfig, finetune
+    from roadwork.train.finetune import finetune
 
     if cfg.trainer.devices != 1:
         raise ValueError(
@@ -252,7 +252,7 @@ def _fit_finetune(
         val_images,
         val["label"].to_numpy(),
         head_cfg,
-        FinetuneConfig(**asdict(cfg.train.finetune)),
+        finetune_config(cfg.train.finetune),
         out_dir=out,
         augment=train_augment(cfg),
         loggers=loggers,

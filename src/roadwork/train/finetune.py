@@ -67,6 +67,7 @@ from roadwork.models.head import HeadModel, save_head
 from roadwork.models.lora import adapted_copy, lora_target_modules
 from roadwork.models.merge import check_merged, exact_float32, merge_adapters
 from roadwork.train.checkpoint import CHECKPOINT_FORMAT_VERSION, load_resume_state
+from roadwork.train.finetune_config import FinetuneConfig
 from roadwork.train.finetune_data import (
     EpochSampler,
     ImageDataset,
@@ -76,7 +77,7 @@ from roadwork.train.finetune_data import (
     describe_augment,
     hash_images,
 )
-from roadwork.train.finetune_model import FinetuneConfig, FinetuneModule, FinetuneNet
+from roadwork.train.finetune_model import FinetuneModule, FinetuneNet
 from roadwork.train.head import EpochCheckpoint, head_trainer, library_versions, quiet_fit, replay_history
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.head_data import optimizer_steps_per_epoch

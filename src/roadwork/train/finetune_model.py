@@ -1,4 +1,5 @@
-"""The network and LightningModule of ``train.mode: finetune``, and its LoRA settings.
+"""The network and LightningModule of ``train.mode: finetune`` (its LoRA settings:
+:mod:`roadwork.train.finetune_config`).
 
 :class:`FinetuneNet` is an adapted :class:`~roadwork.models.backbone.Backbone` feeding a single-view
 :class:`~roadwork.train.head.HeadModel`; :class:`FinetuneModule` trains it with everything
@@ -7,10 +8,8 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,58 +20,11 @@ from torch import nn
 from roadwork.models.backbone import Backbone
 from roadwork.models.head import HeadModel
 from roadwork.models.lora import set_adapter_mode
+from roadwork.train.finetune_config import FinetuneConfig
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.head_module import HeadModule
 
-__all__ = ["FinetuneConfig", "FinetuneModule", "FinetuneNet"]
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """The LoRA knobs of ``train.mode: finetune``; every other knob is in :class:`HeadTrainConfig`.
-
-    Attributes:
-        lora_rank: adapter rank ``r`` (>= 1).
-        lora_alpha: adapter scale numerator (> 0); the update is ``(lora_alpha / lora_rank) * B @ A``.
-        lora_dropout: dropout probability in [0, 1) on the adapters' input, during training steps only.
-        use_dora: DoRA (weight-decomposed LoRA: adds a trainable magnitude per output unit) instead of LoRA.
-        backbone_lr: peak learning rate (> 0) of the adapter parameters; the head uses
-            ``HeadTrainConfig.lr``. Both follow ``HeadTrainConfig.schedule`` and its warmup.
-    """
-
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    use_dora: bool = False
-    backbone_lr: float = 1e-4
-
-    _RANGES: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {
-        "lora_rank": (lambda v: v >= 1, ">= 1"),
-        "lora_alpha": (lambda v: 0 < v < math.inf, "finite and > 0"),
-        "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-        "backbone_lr": (lambda v: 0 < v < math.inf, "finite and > 0"),
-    }
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "bool":
-                if not isinstance(value, (bool, np.bool_)):
-                    raise TypeError(f"FinetuneConfig.{f.name} must be true or false, got {value!r}.")
-                object.__setattr__(self, f.name, bool(value))
-            elif f.type == "int":
-                if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                    raise TypeError(f"FinetuneConfig.{f.name} must be an integer, got {value!r}.")
-                object.__setattr__(self, f.name, int(value))
-            elif f.type == "float":
-                if isinstance(value, (bool, np.bool_)) or not isinstance(
-                    value, (int, float, np.integer, np.floating)
-                ):
-                    raise TypeError(f"FinetuneConfig.{f.name} must be a number, got {value!r}.")
-                object.__setattr__(self, f.name, float(value))
-        for name, (ok, expected) in self._RANGES.items():
-            if not ok(getattr(self, name)):
-                raise ValueError(f"FinetuneConfig.{name} is {getattr(self, name)!r}; it must be {expected}.")
+__all__ = ["FinetuneModule", "FinetuneNet"]
 
 
 class FinetuneNet(nn.Module):

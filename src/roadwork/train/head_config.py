@@ -1,17 +1,31 @@
-"""The knobs of head training, in a module free of torch/Lightning so configuration checks stay fast."""
+"""The knobs of head training, in a module free of torch/Lightning so configuration checks stay fast.
+
+Its rules (vocabularies, ranges, relations) are the ones ``roadwork.config`` checks ``train:`` against
+(:class:`~roadwork.settings.Settings`).
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
+from roadwork.settings import FRACTION, NON_NEGATIVE, POSITIVE, Rule, Settings, at_least
+from roadwork.vocab import (
+    AGGREGATIONS,
+    CLASS_WEIGHTS,
+    FEATURE_TRANSFORMS,
+    HEADS,
+    LOSSES,
+    OPTIMIZERS,
+    SCHEDULES,
+    SELECTION_METRICS,
+    TRAINING_PRECISIONS,
+)
 
 
 @dataclass(frozen=True)
-class HeadTrainConfig:
+class HeadTrainConfig(Settings):
     """Every knob of head training; flat scalars so a YAML section maps onto it 1:1.
 
     Attributes:
@@ -87,67 +101,47 @@ class HeadTrainConfig:
     seed: int = 0
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "head": ("linear", "mlp"),
-        "feature_transform": ("none", "sqrt_l2"),
-        "aggregation": ("topk_mean", "attention"),
-        "loss": ("ce", "focal"),
-        "class_weights": ("auto", "none"),
-        "optimizer": ("adamw", "sgd"),
-        "schedule": ("cosine", "onecycle", "constant"),
-        "precision": ("32", "bf16-mixed"),
-        "selection_metric": ("mcc", "best_mcc", "last"),
+        "head": HEADS,
+        "feature_transform": FEATURE_TRANSFORMS,
+        "aggregation": AGGREGATIONS,
+        "loss": LOSSES,
+        "class_weights": CLASS_WEIGHTS,
+        "optimizer": OPTIMIZERS,
+        "schedule": SCHEDULES,
+        "precision": TRAINING_PRECISIONS,
+        "selection_metric": SELECTION_METRICS,
     }
-    _RANGES: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {
-        "mlp_hidden": (lambda v: v >= 1, ">= 1"),
-        "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-        "topk": (lambda v: v >= 1, ">= 1"),
-        "attention_hidden": (lambda v: v >= 1, ">= 1"),
-        "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-        "focal_gamma": (lambda v: 0 <= v < math.inf, "finite and >= 0"),
-        "lr": (lambda v: 0 < v < math.inf, "finite and > 0"),
-        "weight_decay": (lambda v: 0 <= v < math.inf, "finite and >= 0"),
-        "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-        "warmup_epochs": (lambda v: 0 <= v < math.inf, "finite and >= 0"),
-        "max_epochs": (lambda v: v >= 1, ">= 1"),
-        "batch_size": (lambda v: v >= 1, ">= 1"),
-        "accumulate_grad_batches": (lambda v: v >= 1, ">= 1"),
-        "gradient_clip_val": (lambda v: 0 <= v < math.inf, "finite and >= 0 (0 disables clipping)"),
-        "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 disables EMA)"),
-        "early_stopping_patience": (lambda v: v >= 1, ">= 1 (use >= max_epochs to never stop early)"),
-        "seed": (lambda v: v >= 0, ">= 0"),
+    RANGES: ClassVar[dict[str, Rule]] = {
+        "mlp_hidden": at_least(1),
+        "dropout": FRACTION,
+        "topk": at_least(1),
+        "attention_hidden": at_least(1),
+        "label_smoothing": FRACTION,
+        "focal_gamma": NON_NEGATIVE,
+        "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE,
+        "momentum": FRACTION,
+        "warmup_epochs": NON_NEGATIVE,
+        "max_epochs": at_least(1),
+        "batch_size": at_least(1),
+        "accumulate_grad_batches": at_least(1),
+        "gradient_clip_val": (NON_NEGATIVE[0], "finite and >= 0 (0 disables clipping)"),
+        "ema_decay": (FRACTION[0], "in [0, 1) (0 disables EMA)"),
+        "early_stopping_patience": at_least(1, "use >= max_epochs to never stop early"),
+        "seed": at_least(0),
     }
 
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "str":
-                if not isinstance(value, str):
-                    raise TypeError(f"HeadTrainConfig.{f.name} must be a string, got {value!r}.")
-            elif f.type == "int":
-                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                    raise TypeError(f"HeadTrainConfig.{f.name} must be an integer, got {value!r}.")
-                object.__setattr__(self, f.name, int(value))
-            elif f.type == "float":
-                if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                    raise TypeError(f"HeadTrainConfig.{f.name} must be a number, got {value!r}.")
-                object.__setattr__(self, f.name, float(value))
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"HeadTrainConfig.{name} is {getattr(self, name)!r}; "
-                    f"allowed values: {', '.join(allowed)}."
-                )
-        for name, (ok, expected) in self._RANGES.items():
-            if not ok(getattr(self, name)):
-                raise ValueError(f"HeadTrainConfig.{name} is {getattr(self, name)!r}; it must be {expected}.")
-        if self.warmup_epochs >= self.max_epochs:
+    @classmethod
+    def check_relations(cls, values: Mapping[str, Any], prefix: str) -> None:
+        """The warmup leaves room in the schedule, and ``onecycle`` has a rising phase."""
+        if values["warmup_epochs"] >= values["max_epochs"]:
             raise ValueError(
-                f"HeadTrainConfig.warmup_epochs is {self.warmup_epochs}; it must be < max_epochs "
-                f"({self.max_epochs}) so the schedule leaves room after warmup."
+                f"{prefix}.warmup_epochs is {values['warmup_epochs']}; it must be < max_epochs "
+                f"({values['max_epochs']}) so the schedule leaves room after warmup."
             )
-        if self.schedule == "onecycle" and self.warmup_epochs == 0:
+        if values["schedule"] == "onecycle" and values["warmup_epochs"] == 0:
             raise ValueError(
-                "HeadTrainConfig.warmup_epochs is 0 but schedule 'onecycle' needs a rising phase; "
+                f"{prefix}.warmup_epochs is 0 but schedule 'onecycle' needs a rising phase; "
                 "set warmup_epochs > 0 or use schedule 'cosine' or 'constant'."
             )
 
