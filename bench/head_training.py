@@ -6,7 +6,8 @@ stratified, seeded split puts ``--val-frac`` of each class into val_select and t
 
 Ours (the design's "embed once"): preprocess every image's views (the picture, or with ``--views 10`` the
 picture and its 3x3 tiles, cut by :func:`roadwork.models.inference.image_views`) with :func:`to_tensor_batch`,
-run the frozen backbone once under ``torch.no_grad()`` in chunks, build the :class:`FeatureSet` s, then :func:`roadwork.train.head.fit_head`. (The embed stage,
+run the frozen backbone once under ``torch.no_grad()`` in chunks, build the :class:`FeatureSet` s, then
+:func:`roadwork.train.head.fit_head`. (The embed stage,
 :func:`roadwork.models.inference.embed_inputs`, adds the validator's level-0 rendering and the on-disk feature
 cache; neither changes what is compared here.)
 
