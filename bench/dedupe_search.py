@@ -1,4 +1,4 @@
-"""Benchmark: roadwork.data.dedupe.hamming_pairs (multi-index hashing) vs a plain NumPy all-pairs scan.
+"""Benchmark: roadwork.data.pairs.hamming_pairs (multi-index hashing) vs a plain NumPy all-pairs scan.
 
 Data (seeded): N random 64-bit hashes of which ``--planted`` are near copies of other hashes in the set, each
 with 0..10 bits flipped (uniformly; 0 flips makes an exact duplicate), shuffled. Both methods search all
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from roadwork.data.dedupe import hamming_pairs
+from roadwork.data.pairs import hamming_pairs
 
 MAX_FLIPS = 10
 

@@ -4,9 +4,10 @@ Data (seeded): ``--n`` synthetic street scenes (:func:`roadwork.data.synth.gener
 copies) drawn into a temporary folder and decoded once (decoding is not timed: both ways need it). A
 stratified, seeded split puts ``--val-frac`` of each class into val_select and the rest into train.
 
-Ours (the design's "embed once"): preprocess every image (:func:`to_tensor_batch`, or
-:func:`views_to_tensor` with ``--views 10``), run the frozen backbone once under ``torch.no_grad()`` in
-chunks, build the :class:`FeatureSet` s, then :func:`roadwork.train.head.fit_head`. (The embed stage,
+Ours (the design's "embed once"): preprocess every image's views (the picture, or with ``--views 10`` the
+picture and its 3x3 tiles, cut by :func:`roadwork.models.inference.image_views`) with :func:`to_tensor_batch`,
+run the frozen backbone once under ``torch.no_grad()`` in chunks, build the :class:`FeatureSet` s, then
+:func:`roadwork.train.head.fit_head`. (The embed stage,
 :func:`roadwork.models.inference.embed_inputs`, adds the validator's level-0 rendering and the on-disk feature
 cache; neither changes what is compared here.)
 
@@ -65,10 +66,11 @@ import numpy as np
 import torch
 
 from roadwork.data.images import open_image
-from roadwork.data.preprocess import to_tensor_batch, views_to_tensor
+from roadwork.data.preprocess import to_tensor_batch
 from roadwork.data.synth import CLASS_FOLDERS, generate_dataset
 from roadwork.models.backbone import Backbone, load_backbone
 from roadwork.models.head import HeadModel
+from roadwork.models.inference import ViewSpec, image_views
 from roadwork.train.head import fit_head, head_trainer
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.head_data import FeatureDataModule, FeatureSet, optimizer_steps_per_epoch
@@ -106,10 +108,10 @@ def split_indices(labels: np.ndarray, val_frac: float, seed: int) -> tuple[np.nd
 
 def pixels_of(images: list, backbone: Backbone, views: int) -> torch.Tensor:
     """Preprocessed input ``[N, V, 3, S, S]`` (global view only, or global + 3x3 tiles)."""
-    cfg = backbone.preprocess
-    if views == 1:
-        return to_tensor_batch(images, cfg).unsqueeze(1)
-    return views_to_tensor(images, cfg, grid=3, overlap=0.25)
+    spec = ViewSpec("global") if views == 1 else ViewSpec("global+tiles", grid=3, overlap=0.25)
+    size = backbone.preprocess.image_size
+    flat = [view for image in images for view in image_views(image, spec)]
+    return to_tensor_batch(flat, backbone.preprocess).view(len(images), spec.num_views, 3, size, size)
 
 
 def embed(pixels: torch.Tensor, backbone: Backbone, chunk: int) -> np.ndarray:

@@ -1,14 +1,17 @@
 """Benchmark: one batched multi-view backbone forward vs a loop of single-view forwards.
 
 Data (seeded): ``--images`` synthetic street scenes (:func:`roadwork.data.synth.generate_dataset`, no planted
-copies; the first ``--images`` files by path) drawn into a temporary folder and decoded once. Their views,
-1 global + 3x3 tiles with 25 % overlap (V = 10), are preprocessed once with
-:func:`roadwork.data.preprocess.views_to_tensor` into ``[B, V, 3, S, S]``; preprocessing is timed once and
-reported separately, since both ways need the same preprocessed views.
+copies; the first ``--images`` files by path) drawn into a temporary folder and decoded once. Their views are
+made as the embed stage makes them (:func:`roadwork.models.inference.embed_inputs`): the validator's level-0
+geometry (:func:`~roadwork.models.inference.fixed_geometry`, a 224x224 picture), then
+:func:`~roadwork.models.inference.image_views` (1 global + 3x3 tiles with 25 % overlap, V = 10), then the
+backbone's preprocessing :func:`roadwork.data.preprocess.to_tensor_batch` into ``[B, V, 3, S, S]``;
+preprocessing is timed once and reported separately, since both ways need the same preprocessed views.
 
 Ours: reshape to ``[B * V, 3, S, S]`` and run ONE backbone forward under ``torch.no_grad()`` (``--chunk K``
 splits it into forwards of K views; 0 = no chunking, the default). This is what
-:func:`roadwork.models.inference.forward_views` does for a batch of the embed stage, less its preprocessing.
+:func:`roadwork.models.inference.forward_views` does for a batch of the embed stage, less its preprocessing;
+the features of ours must match ``forward_views`` on the same views to ``--atol``.
 Naive (the earlier pipeline's way): for each image, for each view, a separate forward of one
 ``[1, 3, S, S]`` tensor.
 
@@ -20,8 +23,8 @@ explicitly (default 2, the development machine's cores), since the speed-up of b
 the thread count.
 
 Prints time and images/s (an image = its 10 views) both ways, the speed-up, the end-to-end images/s with
-the preprocessing added to both, and the max feature difference; exits 1 when the speed-up of the forward
-is below ``--target`` (3) or the features disagree.
+the preprocessing added to both, and the max feature differences; exits 1 when the speed-up of the forward
+is below ``--target`` (3) or the features disagree (with each other or with ``forward_views``).
 
 What it shows (BENCHMARKS.md has the figures): batching pays where the per-call cost is overhead, as for
 the ViT ``tiny`` (~6x); for EfficientNet-Lite0 on a 2-core CPU a single-view forward is already compute
@@ -42,14 +45,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from roadwork.data.images import open_image
-from roadwork.data.preprocess import views_to_tensor
+from roadwork.data.preprocess import to_tensor_batch
 from roadwork.data.synth import CLASS_FOLDERS, MIN_IMAGES, generate_dataset
 from roadwork.models.backbone import Backbone, load_backbone
+from roadwork.models.inference import ViewSpec, fixed_geometry, forward_views, image_views
 
-GRID, OVERLAP = 3, 0.25
+SPEC = ViewSpec("global+tiles", grid=3, overlap=0.25)
 MAX_PIXELS = 4096 * 4096
 
 
@@ -60,6 +65,18 @@ def draw_images(out_dir: Path, count: int, seed: int) -> list:
     )
     paths = sorted(path for folder in CLASS_FOLDERS.values() for path in (out_dir / folder).glob("*.jpg"))
     return [open_image(path, max_pixels=MAX_PIXELS) for path in paths[:count]]
+
+
+def pipeline_views(images: list) -> list[list]:
+    """Each image's views as the embed stage cuts them: level-0 geometry, then the global view and tiles."""
+    return [image_views(fixed_geometry(image), SPEC) for image in images]
+
+
+def preprocess(view_lists: list[list], backbone: Backbone) -> torch.Tensor:
+    """``[B, V, 3, S, S]``: every view through the backbone's preprocessing, as ``forward_views`` does."""
+    size = backbone.preprocess.image_size
+    flat = [view for views in view_lists for view in views]
+    return to_tensor_batch(flat, backbone.preprocess).view(len(view_lists), SPEC.num_views, 3, size, size)
 
 
 def batched(backbone: Backbone, views: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -144,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         images = draw_images(Path(tmp) / "data", args.images, args.seed)
 
     start = time.perf_counter()
-    views = views_to_tensor(images, backbone.preprocess, grid=GRID, overlap=OVERLAP)
+    view_lists = pipeline_views(images)
+    views = preprocess(view_lists, backbone)
     prep_s = time.perf_counter() - start
     b, v = views.shape[:2]
     size = views.shape[-1]
@@ -165,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio = naive_s / ours_s
     diff = float((ours - naive).abs().max())
+    pipeline = torch.from_numpy(np.stack(forward_views(backbone, view_lists)))
+    pipeline_diff = float((ours - pipeline).abs().max())
     scale = float(naive.abs().max())
     if args.chunk == 0 or args.chunk >= b * v:
         ours_label = f"ours  (1 forward of {b * v} views)"
@@ -178,12 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{b / (prep_s + naive_s):.2f} images/s, {(prep_s + naive_s) / (prep_s + ours_s):.2f}x"
     )
     print(f"max |feature diff| {diff:.3g} (tolerance {args.atol:g}; max |feature| {scale:.3g})")
+    print(f"max |ours - forward_views| {pipeline_diff:.3g} (tolerance {args.atol:g})")
 
     failures = []
     if ratio < args.target:
         failures.append(f"speed-up {ratio:.2f}x < {args.target:g}x")
     if not diff <= args.atol:
         failures.append(f"features differ by {diff:.3g} > {args.atol:g}")
+    if not pipeline_diff <= args.atol:
+        failures.append(f"ours differs from forward_views by {pipeline_diff:.3g} > {args.atol:g}")
     print("FAIL: " + "; ".join(failures) if failures else "OK")
     return 1 if failures else 0
 

@@ -1,4 +1,4 @@
-"""Tests for roadwork.data.dedupe.
+"""Tests for roadwork.data.dedupe and roadwork.data.pairs.
 
 Oracles: a Python double loop with ``int.bit_count`` for Hamming pairs, scikit-learn's dense
 ``cosine_similarity`` for cosine pairs, a breadth-first search over an adjacency dict for groups,
@@ -19,14 +19,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics.pairwise import cosine_similarity
 
-from roadwork.data.dedupe import (
-    DedupeResult,
-    compute_phashes,
-    connected_groups,
-    cosine_pairs,
-    find_duplicate_groups,
-    hamming_pairs,
-)
+from roadwork.data.dedupe import DedupeResult, compute_phashes, connected_groups, find_duplicate_groups
+from roadwork.data.pairs import cosine_pairs, hamming_pairs
 
 # --------------------------------------------------------------------------------------------- oracles
 

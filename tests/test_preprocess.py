@@ -1,4 +1,5 @@
-"""Tests of roadwork.data.preprocess: processor parity, multi-view tiling, validator augmentations."""
+"""Tests of roadwork.data.preprocess and roadwork.data.distortions: processor parity, multi-view tiling,
+validator augmentations."""
 
 from __future__ import annotations
 
@@ -13,22 +14,22 @@ from PIL import Image
 from scipy import ndimage, stats
 from transformers import BitImageProcessor, DINOv3ViTImageProcessor, ViTImageProcessor
 
+from roadwork.data import distortions as D
 from roadwork.data import preprocess as P
+from roadwork.data.distortions import DISTORTION_PARAMS
 from roadwork.data.preprocess import (
-    DISTORTION_PARAMS,
     LEVEL_DISTORTIONS,
     TrainAugment,
     ValidatorParams,
     apply_validator_params,
-    make_views,
     render_as_validator,
     sample_validator_params,
     tile_boxes,
     to_tensor_batch,
     validator_augment,
-    views_to_tensor,
 )
 from roadwork.models.backbone import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+from roadwork.models.inference import ViewSpec, image_views
 
 
 def _random_image(width: int, height: int, seed: int) -> Image.Image:
@@ -150,16 +151,15 @@ def test_tile_boxes_rejects_bad_arguments() -> None:
         tile_boxes(2, 100, 3, 0.25)
 
 
-def test_make_views_and_views_to_tensor() -> None:
+def test_image_views_are_the_picture_then_its_tiles() -> None:
+    """The views the pipeline embeds (roadwork.models.inference.image_views) against crops at tile_boxes."""
     image = IMAGES[0]
-    views = make_views(image, grid=3, overlap=0.25)
-    assert len(views) == 10 and views[0] is image
+    spec = ViewSpec("global+tiles", grid=3, overlap=0.25)
+    views = image_views(image, spec)
+    assert len(views) == spec.num_views == 10 and views[0] is image
     for view, box in zip(views[1:], tile_boxes(image.width, image.height, 3, 0.25), strict=True):
         assert np.array_equal(np.asarray(view), np.asarray(image.crop(box)))
-    cfg = PreprocessConfig(56, 64, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
-    batch = views_to_tensor(IMAGES[:2], cfg, grid=2, overlap=0.5)
-    assert batch.shape == (2, 5, 3, 56, 56)
-    assert torch.equal(batch[1], to_tensor_batch(make_views(IMAGES[1], 2, 0.5), cfg))
+    assert image_views(image, ViewSpec("global")) == [image]
 
 
 # -------------------------------------------------------------------------------- validator: geometry
@@ -264,14 +264,14 @@ def _photo(seed: int = 0) -> np.ndarray:
 def test_contrast_is_truncated_scaling() -> None:
     img = _photo()
     expected = np.floor(img.astype(np.float64) * 0.85).astype(np.uint8)
-    assert np.array_equal(P._color_contrast(img, 0.85), expected)
+    assert np.array_equal(D.color_contrast(img, 0.85), expected)
 
 
 def test_saturation_keeps_luma_and_shrinks_chroma() -> None:
     img = _photo().astype(np.float64)
     luma = img @ np.array([0.299, 0.587, 0.114])
     for factor in (1.0, 0.4, 0.0):
-        out = P._color_saturation(img.astype(np.uint8), factor).astype(np.float64)
+        out = D.color_saturation(img.astype(np.uint8), factor).astype(np.float64)
         expected = luma[..., None] + factor * (img - luma[..., None])
         assert np.abs(out - expected).max() <= 1.5  # float32 maths + truncation
 
@@ -284,23 +284,23 @@ def test_blur_matches_scipy_gaussian_within_rounding() -> None:
         kernel /= kernel.sum()
         ref = ndimage.correlate1d(img.astype(np.float64), kernel, axis=0, mode="mirror")
         ref = ndimage.correlate1d(ref, kernel, axis=1, mode="mirror")
-        assert np.abs(P._gaussian_blur(img, k).astype(float) - ref).max() <= 1.5
+        assert np.abs(D.gaussian_blur(img, k).astype(float) - ref).max() <= 1.5
 
 
 def test_downscale_by_two_is_block_mean_and_round_trip_shape() -> None:
     img = _photo(4)
-    small = P._resize_linear_u8(img, 112, 112)
+    small = D.resize_linear_u8(img, 112, 112)
     blocks = img.astype(np.int64).reshape(112, 2, 112, 2, 3).sum(axis=(1, 3))
     assert np.array_equal(small, ((blocks + 2) >> 2).astype(np.uint8))
     constant = np.full((224, 224, 3), 77, dtype=np.uint8)
-    assert np.array_equal(P._jpeg_downscale(constant, 3), constant)
-    assert P._jpeg_downscale(img, 3).shape == img.shape
+    assert np.array_equal(D.jpeg_downscale(constant, 3), constant)
+    assert D.jpeg_downscale(img, 3).shape == img.shape
 
 
 def test_noise_has_the_stated_variance_and_follows_its_seed() -> None:
     grey = np.full((224, 224, 3), 128, dtype=np.uint8)
-    a = P._gaussian_noise_color(grey, 0.001, np.random.default_rng(5))
-    b = P._gaussian_noise_color(grey, 0.001, np.random.default_rng(5))
+    a = D.gaussian_noise_color(grey, 0.001, np.random.default_rng(5))
+    b = D.gaussian_noise_color(grey, 0.001, np.random.default_rng(5))
     assert np.array_equal(a, b)
     luma = a.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     # noise of variance v on Y' (scaled by 255 / 219 back to Y), in 0..255 units

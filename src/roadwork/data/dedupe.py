@@ -4,14 +4,16 @@ Three kinds of edge join items into groups:
 
 * **exact**: the same sha256 of the original bytes;
 * **phash**: perceptual hashes (imagehash pHash, 64 bits stored as ``uint64``) within Hamming radius ``r``;
-* **extra**: any further pair lists a caller supplies, e.g. :func:`cosine_pairs` over backbone embeddings.
+* **extra**: any further pair lists a caller supplies, e.g. :func:`~roadwork.data.pairs.cosine_pairs` over
+  backbone embeddings.
 
 Building blocks, each usable on its own:
 
 * :func:`compute_phashes` turns image files into ``uint64`` pHashes.
-* :func:`hamming_pairs` finds every pair within a Hamming radius with multi-index hashing (exactly the pairs
-  an all-pairs scan finds, far faster for small radii).
-* :func:`cosine_pairs` finds every pair of rows whose cosine similarity reaches a threshold (blocked matmul).
+* :func:`~roadwork.data.pairs.hamming_pairs` finds every pair within a Hamming radius with multi-index
+  hashing (exactly the pairs an all-pairs scan finds, far faster for small radii).
+* :func:`~roadwork.data.pairs.cosine_pairs` finds every pair of rows whose cosine similarity reaches a
+  threshold (blocked matmul).
 * :func:`connected_groups` turns edge lists into canonical group ids (union-find by connected components).
 * :func:`find_duplicate_groups` applies the keep/drop rules and returns groups plus reports.
 
@@ -21,7 +23,6 @@ Pair lists everywhere share one format: an ``int64`` array of shape ``[P, 2]`` w
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -35,52 +36,11 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from roadwork.data.images import ImageRejected, open_image, pillow_pixel_limit
+from roadwork.data.pairs import HASH_BITS, check_hashes, check_int, hamming_pairs, sorted_unique_pairs
 from roadwork.progress import progress_bar
 
-HASH_BITS = 64
 PHASH_SOURCE = "phash"
 _SHA256_HEX = re.compile("[0-9a-f]{64}")
-
-# Elements per vectorised step of multi-index hashing (query items x neighbour masks): steps whose
-# temporaries stay in CPU cache run fastest; 2**14 measured best of 2**12..2**17.
-_CHUNK_ELEMENTS = 1 << 14
-# Elements per step of the all-pairs scan (rows x columns, at least one row): 8 MiB of XORs; step sizes
-# 2**14..2**22 measured within 20% of each other.
-_SCAN_CHUNK_ELEMENTS = 1 << 20
-# Relative costs in the search-plan model, fitted to timings on the development machine (numpy 2.4, one core,
-# N = 2 000..100 000, radius 10..16): a bucket probe (item x neighbour mask) and a candidate check cost about
-# the same, a probe into a table larger than 2**16 entries (out of cache) about three times that, and one
-# pair of the all-pairs scan about 0.4 of it. Only the ratios matter; a wrong choice costs speed, not results.
-_COST_PROBE = 1.0
-_COST_PROBE_LARGE_TABLE = 3.0
-_CACHED_TABLE_BITS = 16
-_COST_CANDIDATE = 1.0
-_COST_SCAN_PAIR = 0.4
-
-
-# ------------------------------------------------------------------------------------------ validation
-
-
-def _check_int(value: object, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return int(value)
-
-
-def _check_hashes(hashes: object, name: str) -> np.ndarray:
-    if not isinstance(hashes, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of dtype uint64, got {type(hashes).__name__}")
-    if hashes.dtype != np.uint64:
-        raise TypeError(
-            f"{name} must have dtype uint64 (64-bit hashes), got {hashes.dtype}; convert with "
-            f"{name}.astype(np.uint64) only if the values already are unsigned 64-bit hashes"
-        )
-    if hashes.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one hash per item), got shape {hashes.shape}")
-    return hashes
 
 
 def _check_pairs(edges: object, n: int, name: str) -> np.ndarray:
@@ -97,13 +57,6 @@ def _check_pairs(edges: object, n: int, name: str) -> np.ndarray:
             f"{name} holds index pair {bad.tolist()} outside [0, {n}); indices must refer to the {n} items"
         )
     return edges.astype(np.int64, copy=False)
-
-
-def _sorted_unique_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
-    """``pairs`` (any direction, repeats allowed) as the module's pair format: ``i < j``, unique, sorted."""
-    low, high = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
-    codes = np.unique(low.astype(np.int64) * n + high)
-    return np.stack([codes // n, codes % n], axis=1).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------- pHash
@@ -137,7 +90,7 @@ def compute_phashes(paths: Sequence[Path], *, hash_size: int = 8, show_progress:
     for index, path in enumerate(paths):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"paths[{index}] must be a pathlib.Path or str, got {type(path).__name__}")
-    hash_size = _check_int(hash_size, "hash_size", 2, 8)
+    hash_size = check_int(hash_size, "hash_size", 2, 8)
     limit = pillow_pixel_limit()
     max_pixels = limit if limit is not None else np.iinfo(np.int64).max
     bits = hash_size * hash_size
@@ -151,269 +104,6 @@ def compute_phashes(paths: Sequence[Path], *, hash_size: int = 8, show_progress:
         bits_set = imagehash.phash(image, hash_size=hash_size).hash.ravel()
         out[index] = np.bitwise_or.reduce(weights[bits_set], initial=np.uint64(0))
     return out
-
-
-# -------------------------------------------------------------------------------------- Hamming search
-
-
-@dataclass(frozen=True)
-class _Block:
-    shift: int
-    bits: int
-
-    @property
-    def mask(self) -> np.uint64:
-        return np.uint64(((1 << self.bits) - 1) << self.shift)
-
-    def values(self, hashes: np.ndarray) -> np.ndarray:
-        return ((hashes >> np.uint64(self.shift)) & np.uint64((1 << self.bits) - 1)).astype(np.int64)
-
-
-def _blocks(n_blocks: int) -> list[_Block]:
-    """``n_blocks`` contiguous bit ranges covering the 64 bits, widths differing by at most one."""
-    widths = [HASH_BITS // n_blocks + (k < HASH_BITS % n_blocks) for k in range(n_blocks)]
-    shifts = np.concatenate([[0], np.cumsum(widths)[:-1]])
-    return [_Block(int(s), int(w)) for s, w in zip(shifts, widths, strict=True)]
-
-
-def _sub_radii(radius: int, n_blocks: int) -> list[int]:
-    """Per-block search radius of multi-index hashing (pigeonhole).
-
-    With ``radius = n_blocks * s + a`` (``0 <= a < n_blocks``), a pair within ``radius`` is within ``s`` on
-    one of the first ``a + 1`` blocks or within ``s - 1`` on one of the others: otherwise its distance would
-    be at least ``(a + 1)(s + 1) + (n_blocks - a - 1) s = radius + 1``. A radius of -1 means the block is
-    never searched.
-    """
-    s, a = divmod(radius, n_blocks)
-    return [s if k <= a else s - 1 for k in range(n_blocks)]
-
-
-def _n_masks(bits: int, sub_radius: int) -> int:
-    return sum(math.comb(bits, k) for k in range(min(sub_radius, bits) + 1))
-
-
-def _plan_cost(n: int, radius: int, n_blocks: int) -> float:
-    """Model cost of a search: ``n_blocks == 1`` is the all-pairs scan, else multi-index hashing.
-
-    Multi-index hashing probes every item against every neighbour mask of every block and then checks the
-    candidates, whose expected number assumes uniformly random hashes (clustered real hashes give more).
-    """
-    if n_blocks == 1:
-        return _COST_SCAN_PAIR * n * (n - 1) / 2
-    cost = 0.0
-    for block, sub_radius in zip(_blocks(n_blocks), _sub_radii(radius, n_blocks), strict=True):
-        masks = _n_masks(block.bits, sub_radius)
-        probe = _COST_PROBE if block.bits <= _CACHED_TABLE_BITS else _COST_PROBE_LARGE_TABLE
-        cost += probe * n * masks + _COST_CANDIDATE * n * n / 2 * masks / 2.0**block.bits
-    return cost
-
-
-def _choose_n_blocks(n: int, radius: int) -> int:
-    # More than radius + 1 blocks only shrinks the blocks (more candidates) at sub-radius 0.
-    options = [1, *range(3, min(HASH_BITS, max(3, radius + 1)) + 1)]
-    return min(options, key=lambda m: (_plan_cost(n, radius, m), m))
-
-
-def _scan_pairs(hashes: np.ndarray, radius: int) -> np.ndarray:
-    """All pairs within ``radius`` by comparing each row with every later item, rows in chunks."""
-    n = hashes.size
-    rows = max(1, _SCAN_CHUNK_ELEMENTS // max(n, 1))
-    found = [np.empty((0, 2), dtype=np.int64)]
-    for start in range(0, n - 1, rows):
-        stop = min(start + rows, n - 1)
-        height = stop - start
-        # Row r is item start + r, column c is item start + 1 + c: only c >= r lies above the diagonal.
-        within = np.bitwise_count(hashes[start:stop, None] ^ hashes[None, start + 1 :]) <= radius
-        within[:, : height - 1] &= np.arange(height - 1)[None, :] >= np.arange(height)[:, None]
-        i, j = np.nonzero(within)
-        found.append(np.stack([i + start, j + start + 1], axis=1))
-    return np.concatenate(found).astype(np.int64)
-
-
-def _verified(
-    ordered: np.ndarray,
-    radius: int,
-    earlier: Sequence[tuple[_Block, int]],
-    query: np.ndarray,
-    hits: np.ndarray,
-    first_target: np.ndarray,
-) -> np.ndarray:
-    """Positions ``(q, t)`` of candidates within ``radius`` that no earlier block already reports.
-
-    Candidate ``k`` pairs position ``query[k]`` with positions ``first_target[k] + 0 .. hits[k] - 1`` of
-    ``ordered`` (the hashes sorted by the current block).
-    """
-    offset = np.cumsum(hits) - hits
-    target = np.arange(int(hits.sum())) + np.repeat(first_target - offset, hits)
-    xor = np.repeat(ordered[query], hits) ^ ordered[target]
-    # Nearly all candidates fail the full check, so the earlier-block test runs on the survivors only.
-    kept = np.flatnonzero(np.bitwise_count(xor) <= radius)
-    for block, sub_radius in earlier:
-        kept = kept[np.bitwise_count(xor[kept] & block.mask) > sub_radius]
-    probe = np.searchsorted(offset, kept, side="right") - 1
-    return np.stack([query[probe], target[kept]], axis=1)
-
-
-def _multi_index_pairs(hashes: np.ndarray, radius: int, n_blocks: int) -> np.ndarray:
-    """All pairs within ``radius`` by multi-index hashing with ``n_blocks`` blocks.
-
-    Per block, items are sorted by their block value (buckets of equal values become runs) and each item
-    probes the runs of the values within the block's sub-radius (:func:`_sub_radii`) of its own. Of two
-    runs whose values differ by a mask, only the one with a 0 at the mask's highest bit probes the other
-    (and in its own run an item looks only at later items), so each unordered pair is generated once per
-    block. Candidates are checked on all 64 bits, and a pair is kept only in the first block within whose
-    sub-radius it lies, so no pair is reported twice.
-    """
-    n = hashes.size
-    blocks = _blocks(n_blocks)
-    sub_radii = _sub_radii(radius, n_blocks)
-    found = [np.empty((0, 2), dtype=np.int64)]
-    for index, (block, sub_radius) in enumerate(zip(blocks, sub_radii, strict=True)):
-        if sub_radius < 0:
-            continue
-        earlier = list(zip(blocks[:index], sub_radii[:index], strict=True))
-        values = block.values(hashes)
-        order = np.argsort(values, kind="stable")
-        values = values[order]
-        ordered = hashes[order]
-        counts = np.bincount(values, minlength=1 << block.bits)
-        run_end = np.cumsum(counts)
-        run_start = run_end - counts
-        own_hits = run_end[values] - np.arange(n) - 1
-        # nonzero on a bool array is several times faster than on integers.
-        probes = np.flatnonzero(own_hits > 0)
-        positions = [_verified(ordered, radius, earlier, probes, own_hits[probes], probes + 1)]
-        nonzero_masks = np.arange(1, 1 << block.bits)
-        masks = nonzero_masks[np.bitwise_count(nonzero_masks) <= sub_radius]
-        top_bit = np.log2(masks).astype(np.int64)  # exact: masks < 2**22
-        for bit in range(block.bits):
-            bit_masks = masks[top_bit == bit]
-            if bit_masks.size == 0:
-                continue
-            querying = np.flatnonzero((values >> bit) & 1 == 0)
-            per_chunk = min(max(querying.size, 1), _CHUNK_ELEMENTS)
-            per_step = max(1, _CHUNK_ELEMENTS // per_chunk)
-            for chunk in range(0, querying.size, per_chunk):
-                query = querying[chunk : chunk + per_chunk]
-                query_values = values[query]
-                for first in range(0, bit_masks.size, per_step):
-                    step = bit_masks[first : first + per_step]
-                    keys = (query_values[:, None] ^ step[None, :]).ravel()
-                    hits = counts[keys]
-                    probes = np.flatnonzero(hits > 0)
-                    positions.append(
-                        _verified(
-                            ordered,
-                            radius,
-                            earlier,
-                            query[probes // step.size],
-                            hits[probes],
-                            run_start[keys[probes]],
-                        )
-                    )
-        found.append(order[np.concatenate(positions)])
-    return _sorted_unique_pairs(np.concatenate(found), n)
-
-
-def hamming_pairs(hashes: np.ndarray, radius: int, *, n_blocks: int | None = None) -> np.ndarray:
-    """Every pair of hashes within Hamming distance ``radius`` (inclusive), including equal hashes.
-
-    The result is exact: the same pair set as comparing all ``N (N - 1) / 2`` pairs. For small radii it is
-    found by multi-index hashing (see ``n_blocks``): at ``N = 100 000, radius = 10`` about 1 s against 7-9 s
-    for a NumPy row-by-row scan (bench/dedupe_search.py, 2 shared CPU cores). For large radii relative to
-    ``N`` the scan itself is the cheapest plan and is used.
-
-    Args:
-        hashes: ``uint64`` array ``[N]`` of 64-bit hashes.
-        radius: largest Hamming distance reported, 0..64 (64 reports every pair).
-        n_blocks: search plan. ``None`` (default) picks the plan a cost model predicts is fastest for
-            ``N`` and ``radius``; ``1`` forces the chunked all-pairs scan; ``3..64`` forces multi-index
-            hashing over that many contiguous bit blocks, probing ``sum_{k <= radius // n_blocks}
-            C(bits, k)`` neighbour values per block (2 is not possible: 32-bit buckets would need 2**32
-            table entries; with 3 blocks the bucket tables take about 70 MiB). The plan changes only the
-            speed, never the result.
-
-    Returns:
-        ``int64`` array ``[P, 2]`` of index pairs ``(i, j)``, ``i < j``, unique, sorted lexicographically.
-
-    Raises:
-        TypeError: ``hashes`` is not a ``uint64`` ndarray, or ``radius`` / ``n_blocks`` is not an int.
-        ValueError: ``hashes`` is not 1-D, or ``radius`` / ``n_blocks`` is out of range.
-    """
-    hashes = _check_hashes(hashes, "hashes")
-    radius = _check_int(radius, "radius", 0, HASH_BITS)
-    if n_blocks is None:
-        n_blocks = _choose_n_blocks(hashes.size, radius)
-    else:
-        n_blocks = _check_int(n_blocks, "n_blocks", 1, HASH_BITS)
-        if n_blocks == 2:
-            raise ValueError("n_blocks must be 1 (all-pairs scan) or 3..64 (multi-index hashing), got 2")
-    if n_blocks == 1:
-        return _scan_pairs(hashes, radius)
-    return _multi_index_pairs(hashes, radius, n_blocks)
-
-
-# --------------------------------------------------------------------------------------- cosine search
-
-
-def cosine_pairs(features: np.ndarray, threshold: float, *, block_size: int = 4096) -> np.ndarray:
-    """Every pair of rows whose cosine similarity is at least ``threshold``.
-
-    Rows are L2-normalised in float64 and compared tile by tile (``block_size`` x ``block_size`` tiles of
-    the upper triangle of the similarity matrix), so memory stays at about ``8 * block_size ** 2`` bytes
-    plus the normalised copy of ``features`` whatever ``N`` is. Computed similarities are clipped to
-    [-1, 1]; pairs whose similarity lies within float64 rounding (~1e-15) of ``threshold`` may depend on the
-    tiling (and parallel rows may compute as 1 - 1e-16, so ``threshold=1`` is not a reliable test for
-    parallel rows); nothing else does.
-
-    Args:
-        features: real array ``[N, D]``, one feature vector per item; all finite, no all-zero row (its
-            direction, hence its cosine, is undefined).
-        threshold: smallest cosine similarity reported, in [-1, 1] (``-1`` reports every pair).
-        block_size: tile side in rows, >= 1; changes speed and memory only.
-
-    Returns:
-        ``int64`` array ``[P, 2]`` of index pairs ``(i, j)``, ``i < j``, unique, sorted lexicographically.
-
-    Raises:
-        TypeError: ``features`` is not a real ndarray, or ``threshold`` / ``block_size`` has a wrong type.
-        ValueError: wrong shape, non-finite values, an all-zero row, or an argument out of range.
-    """
-    if not isinstance(features, np.ndarray):
-        raise TypeError(f"features must be a numpy.ndarray of shape [N, D], got {type(features).__name__}")
-    if features.dtype.kind not in "iuf":
-        raise TypeError(f"features must be a real (integer or float) array, got dtype {features.dtype}")
-    if features.ndim != 2 or features.shape[1] == 0:
-        raise ValueError(f"features must have shape [N, D] with D >= 1, got {features.shape}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
-        raise TypeError(f"threshold must be a real number, got {type(threshold).__name__}")
-    if not -1.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
-    block_size = _check_int(block_size, "block_size", 1)
-    unit = features.astype(np.float64)
-    if not np.isfinite(unit).all():
-        row = int(np.flatnonzero(~np.isfinite(unit).all(axis=1))[0])
-        raise ValueError(f"features[{row}] holds NaN or inf; every feature must be finite")
-    norms = np.linalg.norm(unit, axis=1)
-    if (norms == 0).any():
-        row = int(np.flatnonzero(norms == 0)[0])
-        raise ValueError(f"features[{row}] is all zeros, its cosine similarity is undefined; fix or drop it")
-    unit /= norms[:, None]
-
-    n = unit.shape[0]
-    found = []
-    for row_start in range(0, n, block_size):
-        row_stop = min(row_start + block_size, n)
-        for col_start in range(row_start, n, block_size):
-            col_stop = min(col_start + block_size, n)
-            similarity = unit[row_start:row_stop] @ unit[col_start:col_stop].T
-            # Rounding can leave [-1, 1] (-1 - 2e-16 for opposite rows), yet threshold -1 must mean all pairs.
-            np.clip(similarity, -1.0, 1.0, out=similarity)
-            i, j = np.nonzero(similarity >= threshold)
-            i, j = i + row_start, j + col_start
-            later = i < j
-            found.append(np.stack([i[later], j[later]], axis=1))
-    return _sorted_unique_pairs(np.concatenate([np.empty((0, 2), dtype=np.int64), *found]), n)
 
 
 # ---------------------------------------------------------------------------------------------- groups
@@ -438,7 +128,7 @@ def connected_groups(n: int, *edge_lists: np.ndarray) -> np.ndarray:
         TypeError / ValueError: ``n`` is not a non-negative int, or an edge list has a wrong type, shape or
         an index outside ``[0, n)`` (the message names ``edge_lists[k]``).
     """
-    n = _check_int(n, "n", 0)
+    n = check_int(n, "n", 0)
     checked = [_check_pairs(edges, n, f"edge_lists[{k}]") for k, edges in enumerate(edge_lists)]
     edges = np.concatenate([np.empty((0, 2), dtype=np.int64), *checked])
     graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
@@ -515,6 +205,157 @@ def _check_labels(labels: object, n: int) -> np.ndarray:
     return values.astype(np.int64)
 
 
+def _checked_inputs(
+    sha256: object, labels: object, phashes: object, radius: object, extra_edges: object
+) -> tuple[list[str], np.ndarray, np.ndarray, int, list[np.ndarray]]:
+    """The arguments of :func:`find_duplicate_groups` checked: digests, labels, pHashes, radius, edges."""
+    digests = _check_sha256(sha256)
+    n = len(digests)
+    if n == 0:
+        raise ValueError("sha256 is empty: there are no items to deduplicate")
+    label = _check_labels(labels, n)
+    hashes = check_hashes(phashes, "phashes")
+    if hashes.size != n:
+        raise ValueError(f"phashes must hold one hash per item ({n}), got {hashes.size}")
+    checked_radius = check_int(radius, "radius", 0, HASH_BITS)
+    if isinstance(extra_edges, np.ndarray) or not isinstance(extra_edges, Sequence):
+        raise TypeError(
+            "extra_edges must be a sequence of [P, 2] arrays (wrap a single array in a tuple), "
+            f"got {type(extra_edges).__name__}"
+        )
+    extras = [_check_pairs(edges, n, f"extra_edges[{k}]") for k, edges in enumerate(extra_edges)]
+    return digests, label, hashes, checked_radius, extras
+
+
+@dataclass(frozen=True)
+class _ByteCopies:
+    """Byte-identical sets (equal sha256) and the keep/drop decisions of rules 1 and 2.
+
+    Per item: ``codes`` (its set), ``representative`` (the set's first item), ``conflict`` (its set's labels
+    differ) and ``duplicate`` (a later copy of a set with one label); per set: ``copies`` (its size).
+    """
+
+    codes: np.ndarray
+    representative: np.ndarray
+    copies: np.ndarray
+    conflict: np.ndarray
+    duplicate: np.ndarray
+
+    @property
+    def keep(self) -> np.ndarray:
+        return ~self.conflict & ~self.duplicate
+
+    @property
+    def same_bytes_edges(self) -> np.ndarray:
+        """Edges from each set's first item to its later copies (a dropped copy joins its kept one)."""
+        index = np.arange(len(self.codes))
+        return np.stack([self.representative, index], axis=1)[self.representative != index]
+
+    def drop_reasons(self) -> list[str | None]:
+        reasons: list[str | None] = [None] * len(self.codes)
+        for item in np.flatnonzero(self.duplicate).tolist():
+            reasons[item] = "exact_duplicate"
+        for item in np.flatnonzero(self.conflict).tolist():
+            reasons[item] = "label_conflict"
+        return reasons
+
+
+def _byte_copies(digests: list[str], label: np.ndarray, phashes: np.ndarray) -> _ByteCopies:
+    """Rules 1 and 2 over the byte-identical sets; byte-identical items must have equal pHashes."""
+    codes, _ = pd.factorize(pd.Series(digests, dtype=object))
+    _, first_of_code = np.unique(codes, return_index=True)
+    representative = first_of_code[codes]  # the first occurrence of each item's bytes
+    mismatch = np.flatnonzero(phashes != phashes[representative])
+    if mismatch.size:
+        item = int(mismatch[0])
+        raise ValueError(
+            f"phashes[{item}] differs from phashes[{int(representative[item])}] although both items have "
+            "the same sha256; pHashes must be computed from the same bytes as the digests"
+        )
+    copies = np.bincount(codes)
+    # Labels are 0/1, so a set's labels agree exactly when their sum is 0 or the set's size.
+    conflict_code = np.bincount(codes, weights=label) % copies != 0
+    conflict = conflict_code[codes]
+    duplicate = ~conflict & (representative != np.arange(len(digests)))
+    return _ByteCopies(codes, representative, copies, conflict, duplicate)
+
+
+def _extra_pairs(copies: _ByteCopies, extras: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """Each extra edge list with endpoints mapped to their kept copy, less the edges that join nothing
+    (between copies of the same bytes, or touching a label conflict), and how many edges were left out."""
+    keep = copies.keep
+    n = len(copies.codes)
+    extra_pairs = []
+    n_unused = 0
+    for edges in extras:
+        mapped = copies.representative[edges]
+        useful = (mapped[:, 0] != mapped[:, 1]) & keep[mapped].all(axis=1)
+        n_unused += int((~useful).sum())
+        extra_pairs.append(sorted_unique_pairs(mapped[useful], n))
+    return extra_pairs, n_unused
+
+
+def _pair_table(sources: list[tuple[str, np.ndarray]], phashes: np.ndarray) -> pd.DataFrame:
+    """``near_duplicate_pairs``: one row per pair and source, with the pair's pHash distance."""
+    all_pairs = np.concatenate([p for _, p in sources])
+    return pd.DataFrame(
+        {
+            "i": all_pairs[:, 0],
+            "j": all_pairs[:, 1],
+            "hamming": np.bitwise_count(phashes[all_pairs[:, 0]] ^ phashes[all_pairs[:, 1]]).astype(np.int64),
+            "source": np.repeat([name for name, _ in sources], [len(p) for _, p in sources]),
+        }
+    )
+
+
+def _copy_tables(
+    digests: list[str], label: np.ndarray, copies: _ByteCopies
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``exact_duplicates`` and ``label_conflicts``: the items of every set of two or more copies."""
+    index = np.arange(len(digests))
+    in_set = copies.copies[copies.codes] > 1
+    set_order = np.lexsort((index, copies.representative))
+    exact_rows = set_order[(in_set & ~copies.conflict)[set_order]]
+    exact = pd.DataFrame(
+        {
+            "sha256": np.asarray(digests, dtype=object)[exact_rows],
+            "index": exact_rows,
+            "label": label[exact_rows],
+            "keep": copies.keep[exact_rows],
+        }
+    )
+    conflict_rows = set_order[copies.conflict[set_order]]
+    conflicts = pd.DataFrame(
+        {
+            "sha256": np.asarray(digests, dtype=object)[conflict_rows],
+            "index": conflict_rows,
+            "label": label[conflict_rows],
+        }
+    )
+    return exact, conflicts
+
+
+def _mixed_label_groups(
+    group: np.ndarray, kept: np.ndarray, label: np.ndarray
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """``mixed_label_groups`` (groups whose kept members carry both labels) and each group's kept size."""
+    group_ids, size = np.unique(group[kept], return_counts=True)
+    n_label_1 = np.bincount(np.searchsorted(group_ids, group[kept]), weights=label[kept]).astype(np.int64)
+    is_mixed = (n_label_1 > 0) & (n_label_1 < size)
+    in_mixed = np.isin(group[kept], group_ids[is_mixed])
+    member_lists = pd.Series(kept[in_mixed]).groupby(group[kept][in_mixed], sort=True).agg(list)
+    mixed = pd.DataFrame(
+        {
+            "group": group_ids[is_mixed],
+            "size": size[is_mixed],
+            "n_label_0": (size - n_label_1)[is_mixed],
+            "n_label_1": n_label_1[is_mixed],
+            "members": member_lists.tolist(),
+        }
+    )
+    return mixed, size
+
+
 def find_duplicate_groups(
     sha256: Sequence[str],
     labels: Sequence[int],
@@ -531,8 +372,9 @@ def find_duplicate_groups(
        kept, the others are dropped as ``"exact_duplicate"``.
     2. Byte-identical items whose labels differ: *all* copies are dropped as ``"label_conflict"``; no label
        can be trusted.
-    3. Kept items are joined when their pHashes are within ``radius`` (:func:`hamming_pairs`) or by any
-       pair in ``extra_edges``; groups are the connected components (:func:`connected_groups`).
+    3. Kept items are joined when their pHashes are within ``radius``
+       (:func:`~roadwork.data.pairs.hamming_pairs`) or by any pair in ``extra_edges``; groups are the
+       connected components (:func:`connected_groups`).
 
     Extra edges may name any item: an endpoint that is a dropped exact duplicate stands for its kept copy;
     an edge between copies of the same bytes, or touching a label-conflict item, joins nothing and is
@@ -548,7 +390,8 @@ def find_duplicate_groups(
         labels: 0 (no roadwork) or 1 (roadwork) per item.
         phashes: ``uint64 [N]`` pHashes (:func:`compute_phashes`); byte-identical items must have equal ones.
         radius: pHash Hamming radius, 0..64, inclusive.
-        extra_edges: further ``[P, 2]`` integer arrays of item index pairs (e.g. :func:`cosine_pairs`).
+        extra_edges: further ``[P, 2]`` integer arrays of item index pairs (e.g.
+            :func:`~roadwork.data.pairs.cosine_pairs`).
 
     Returns:
         :class:`DedupeResult`.
@@ -558,122 +401,35 @@ def find_duplicate_groups(
         a label other than 0/1, a radius outside 0..64, an edge index outside ``[0, N)``, or different
         pHashes for byte-identical items.
     """
-    digests = _check_sha256(sha256)
+    digests, label, phashes, radius, extras = _checked_inputs(sha256, labels, phashes, radius, extra_edges)
     n = len(digests)
-    if n == 0:
-        raise ValueError("sha256 is empty: there are no items to deduplicate")
-    label = _check_labels(labels, n)
-    phashes = _check_hashes(phashes, "phashes")
-    if phashes.size != n:
-        raise ValueError(f"phashes must hold one hash per item ({n}), got {phashes.size}")
-    radius = _check_int(radius, "radius", 0, HASH_BITS)
-    if isinstance(extra_edges, np.ndarray) or not isinstance(extra_edges, Sequence):
-        raise TypeError(
-            "extra_edges must be a sequence of [P, 2] arrays (wrap a single array in a tuple), "
-            f"got {type(extra_edges).__name__}"
-        )
-    extras = [_check_pairs(edges, n, f"extra_edges[{k}]") for k, edges in enumerate(extra_edges)]
-
-    index = np.arange(n)
-    codes, _ = pd.factorize(pd.Series(digests, dtype=object))
-    _, first_of_code = np.unique(codes, return_index=True)
-    representative = first_of_code[codes]  # the first occurrence of each item's bytes
-    mismatch = np.flatnonzero(phashes != phashes[representative])
-    if mismatch.size:
-        item = int(mismatch[0])
-        raise ValueError(
-            f"phashes[{item}] differs from phashes[{int(representative[item])}] although both items have "
-            "the same sha256; pHashes must be computed from the same bytes as the digests"
-        )
-    copies = np.bincount(codes)
-    # Labels are 0/1, so a set's labels agree exactly when their sum is 0 or the set's size.
-    conflict_code = np.bincount(codes, weights=label) % copies != 0
-    conflict = conflict_code[codes]
-    duplicate = ~conflict & (representative != index)
-    keep = ~conflict & ~duplicate
-    drop_reason: list[str | None] = [None] * n
-    for item in np.flatnonzero(duplicate).tolist():
-        drop_reason[item] = "exact_duplicate"
-    for item in np.flatnonzero(conflict).tolist():
-        drop_reason[item] = "label_conflict"
-
-    kept = np.flatnonzero(keep)
+    copies = _byte_copies(digests, label, phashes)
+    kept = np.flatnonzero(copies.keep)
     # kept is increasing, so mapping the subset's pairs back keeps them sorted with i < j.
-    phash_pairs = kept[hamming_pairs(phashes[kept], radius)]
-    extra_pairs = []
-    n_unused = 0
-    for edges in extras:
-        mapped = representative[edges]
-        useful = (mapped[:, 0] != mapped[:, 1]) & keep[mapped].all(axis=1)
-        n_unused += int((~useful).sum())
-        extra_pairs.append(_sorted_unique_pairs(mapped[useful], n))
-    same_bytes = np.stack([representative, index], axis=1)[representative != index]
-    group = connected_groups(n, same_bytes, phash_pairs, *extra_pairs)
-
-    sources = [(PHASH_SOURCE, phash_pairs)] + [(f"extra_{k}", p) for k, p in enumerate(extra_pairs)]
-    all_pairs = np.concatenate([p for _, p in sources])
-    near = pd.DataFrame(
-        {
-            "i": all_pairs[:, 0],
-            "j": all_pairs[:, 1],
-            "hamming": np.bitwise_count(phashes[all_pairs[:, 0]] ^ phashes[all_pairs[:, 1]]).astype(np.int64),
-            "source": np.repeat([name for name, _ in sources], [len(p) for _, p in sources]),
-        }
-    )
-
-    in_set = copies[codes] > 1
-    set_order = np.lexsort((index, representative))
-    exact_rows = set_order[(in_set & ~conflict)[set_order]]
-    exact = pd.DataFrame(
-        {
-            "sha256": np.asarray(digests, dtype=object)[exact_rows],
-            "index": exact_rows,
-            "label": label[exact_rows],
-            "keep": keep[exact_rows],
-        }
-    )
-    conflict_rows = set_order[conflict[set_order]]
-    conflicts = pd.DataFrame(
-        {
-            "sha256": np.asarray(digests, dtype=object)[conflict_rows],
-            "index": conflict_rows,
-            "label": label[conflict_rows],
-        }
-    )
-
-    group_ids, size = np.unique(group[kept], return_counts=True)
-    n_label_1 = np.bincount(np.searchsorted(group_ids, group[kept]), weights=label[kept]).astype(np.int64)
-    is_mixed = (n_label_1 > 0) & (n_label_1 < size)
-    in_mixed = np.isin(group[kept], group_ids[is_mixed])
-    member_lists = pd.Series(kept[in_mixed]).groupby(group[kept][in_mixed], sort=True).agg(list)
-    mixed = pd.DataFrame(
-        {
-            "group": group_ids[is_mixed],
-            "size": size[is_mixed],
-            "n_label_0": (size - n_label_1)[is_mixed],
-            "n_label_1": n_label_1[is_mixed],
-            "members": member_lists.tolist(),
-        }
-    )
-
+    sources = [(PHASH_SOURCE, kept[hamming_pairs(phashes[kept], radius)])]
+    extra_pairs, n_unused = _extra_pairs(copies, extras)
+    sources += [(f"extra_{k}", pairs) for k, pairs in enumerate(extra_pairs)]
+    group = connected_groups(n, copies.same_bytes_edges, *(pairs for _, pairs in sources))
+    exact, conflicts = _copy_tables(digests, label, copies)
+    mixed, group_sizes = _mixed_label_groups(group, kept, label)
     summary = {
         "n_items": n,
         "n_kept": len(kept),
-        "n_exact_duplicates_dropped": int(duplicate.sum()),
-        "n_label_conflicts_dropped": int(conflict.sum()),
-        "n_groups": len(group_ids),
-        "largest_group": int(size.max(initial=0)),
+        "n_exact_duplicates_dropped": int(copies.duplicate.sum()),
+        "n_label_conflicts_dropped": int(copies.conflict.sum()),
+        "n_groups": len(group_sizes),
+        "largest_group": int(group_sizes.max(initial=0)),
         "n_mixed_label_groups": len(mixed),
         **{f"n_pairs_{name}": len(p) for name, p in sources},
         "n_extra_edges_unused": n_unused,
     }
     return DedupeResult(
         group=group,
-        keep=keep,
-        drop_reason=drop_reason,
+        keep=copies.keep,
+        drop_reason=copies.drop_reasons(),
         exact_duplicates=exact,
         label_conflicts=conflicts,
-        near_duplicate_pairs=near,
+        near_duplicate_pairs=_pair_table(sources, phashes),
         mixed_label_groups=mixed,
         summary=summary,
     )

@@ -6,12 +6,14 @@ Three parts:
   processor saved with the model produces (``BitImageProcessor`` for ``resize_mode="shortest_edge"``,
   ``DINOv3ViTImageProcessor`` for ``"square"``, ``ViTImageProcessor`` for ``"squash"``), so what is evaluated
   is what ships.
-* :func:`make_views` / :func:`views_to_tensor`: a global view plus ``grid x grid`` overlapping tiles.
+* :func:`tile_boxes`: the ``grid x grid`` overlapping tiles that :func:`roadwork.models.inference.image_views`
+  cuts beside the global view.
 * :func:`validator_augment` / :func:`render_as_validator` / :class:`TrainAugment`: the NATIX StreetVision
   validator's augmentation levels L0-L3, re-implemented from ``natix/utils/image_transforms.py`` (functions
   ``apply_augmentation_by_level``, ``get_base_transforms``, ``get_random_augmentations*``) and
   ``natix/protocol.py`` (``prepare_image_synapse``) of github.com/natixnetwork/streetvision-subnet, with every
-  random draw taken from a caller-supplied ``numpy.random.Generator`` instead of global RNGs.
+  random draw taken from a caller-supplied ``numpy.random.Generator`` instead of global RNGs. The
+  distortions of levels 2 and 3 are in :mod:`roadwork.data.distortions`.
 """
 
 from __future__ import annotations
@@ -29,22 +31,20 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
+from roadwork.data.distortions import distort
 from roadwork.models.backbone import PreprocessConfig
 
 __all__ = [
-    "DISTORTION_PARAMS",
     "LEVEL_DISTORTIONS",
     "VALIDATOR_IMAGE_SIZE",
     "TrainAugment",
     "ValidatorParams",
     "apply_validator_params",
-    "make_views",
     "render_as_validator",
     "sample_validator_params",
     "tile_boxes",
     "to_tensor_batch",
     "validator_augment",
-    "views_to_tensor",
 ]
 
 _INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
@@ -164,31 +164,6 @@ def tile_boxes(
     return [(left, top, right, bottom) for top, bottom in rows for left, right in cols]
 
 
-def make_views(image: Image.Image, grid: int = 3, overlap: float = 0.25) -> list[Image.Image]:
-    """The global view (``image`` itself) followed by the ``grid * grid`` tiles of :func:`tile_boxes`.
-
-    Returns ``1 + grid**2`` PIL images; tiles are crops of ``image`` (no resizing here).
-    """
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"image must be a PIL.Image.Image, got {type(image).__name__}.")
-    return [image] + [image.crop(box) for box in tile_boxes(image.width, image.height, grid, overlap)]
-
-
-def views_to_tensor(
-    images: Sequence[Image.Image], cfg: PreprocessConfig, grid: int = 3, overlap: float = 0.25
-) -> Tensor:
-    """Views of every image, preprocessed: float32 ``[B, V, 3, S, S]`` with ``V = 1 + grid**2``.
-
-    View 0 is the global view; views 1.. are the tiles in :func:`tile_boxes` order.
-    """
-    _check_rgb_images(images)
-    tile_boxes(grid, grid, grid, overlap)  # validates grid and overlap before grid sizes the output
-    n_views = 1 + grid * grid
-    flat = [view for image in images for view in make_views(image, grid, overlap)]
-    batch = to_tensor_batch(flat, cfg)
-    return batch.view(len(images), n_views, 3, cfg.image_size, cfg.image_size)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Validator augmentations (streetvision-subnet natix/utils/image_transforms.py)
 # ----------------------------------------------------------------------------------------------------
@@ -196,23 +171,15 @@ def views_to_tensor(
 VALIDATOR_IMAGE_SIZE = 224
 """Side of the square image the validator sends (``TARGET_IMAGE_SIZE`` in natix/validator/config.py)."""
 
-DISTORTION_PARAMS: dict[str, tuple[float, ...]] = {
-    "CS": (0.4, 0.3, 0.2, 0.1, 0.0),  # colour saturation factor
-    "CC": (0.85, 0.725, 0.6, 0.475, 0.35),  # contrast (multiplicative) factor
-    "JPEG": (2, 3, 4, 5, 6),  # down-scaling factor
-    "GNC": (0.001, 0.002, 0.005, 0.01, 0.05),  # noise variance
-    "GB": (7, 9, 13, 17, 21),  # Gaussian blur kernel size
-}
-"""``get_distortion_parameter``: value of each DeeperForensics distortion at levels 1..5."""
-
 LEVEL_DISTORTIONS: dict[int, tuple[tuple[str, int], ...]] = {
     0: (),
     1: (),
     2: (("CS", 1), ("CC", 1), ("JPEG", 1)),
     3: (("CS", 2), ("CC", 2), ("JPEG", 2), ("GNC", 2), ("GB", 2)),
 }
-"""Per augmentation level: the distortions applied in order, each with its maximum level; the level actually
-used is drawn uniformly from ``0..max`` (``random.randint(0, max)``; 0 means not applied)."""
+"""Per augmentation level: the distortions (:data:`roadwork.data.distortions.DISTORTION_PARAMS`) applied in
+order, each with its maximum level; the level actually used is drawn uniformly from ``0..max``
+(``random.randint(0, max)``; 0 means not applied)."""
 
 _ROTATION_DEGREES = 20.0
 _RRC_SCALE = (0.2, 1.0)
@@ -311,127 +278,9 @@ def sample_validator_params(
     return ValidatorParams(level, angle, crop, hflip, vflip, distortions, noise_seed)
 
 
-# ---- DeeperForensics distortions on HWC RGB uint8 arrays (the subnet works on BGR; formulas are per channel
-# ---- role, so results are the same). OpenCV is re-implemented because the project does not depend on it.
-
-
-def _ycbcr_forward(img: np.ndarray) -> np.ndarray:
-    # subnet bgr2ycbcr: cv2.cvtColor(float32 0..255, BGR2YCR_CB) uses delta 0.5 for float input (not 128)
-    x = img.astype(np.float32)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    y = np.float32(0.299) * r + np.float32(0.587) * g + np.float32(0.114) * b
-    cr = (r - y) * np.float32(0.713) + np.float32(0.5)
-    cb = (b - y) * np.float32(0.564) + np.float32(0.5)
-    out = np.stack([y, cb, cr], axis=-1)
-    out[..., 0] = (out[..., 0] * (235 - 16) + 16) / 255.0
-    out[..., 1:] = (out[..., 1:] * (240 - 16) + 16) / 255.0
-    return out
-
-
-def _ycbcr_inverse(ycbcr: np.ndarray) -> np.ndarray:
-    x = ycbcr.astype(np.float32)
-    y = (x[..., 0] * 255.0 - 16) / (235 - 16)
-    cb = (x[..., 1] * 255.0 - 16) / (240 - 16)
-    cr = (x[..., 2] * 255.0 - 16) / (240 - 16)
-    r = y + np.float32(1.403) * (cr - np.float32(0.5))
-    g = y - np.float32(0.714) * (cr - np.float32(0.5)) - np.float32(0.344) * (cb - np.float32(0.5))
-    b = y + np.float32(1.773) * (cb - np.float32(0.5))
-    return np.stack([r, g, b], axis=-1).astype(np.float32)
-
-
-def _to_uint8_trunc(x: np.ndarray) -> np.ndarray:
-    # numpy's float->uint8 cast truncates; clipping first only defines the (undefined) out-of-range case
-    return np.clip(x, 0, 255).astype(np.uint8)
-
-
-def _color_saturation(img: np.ndarray, factor: float) -> np.ndarray:
-    ycbcr = _ycbcr_forward(img)
-    ycbcr[..., 1:] = np.float32(0.5) + (ycbcr[..., 1:] - np.float32(0.5)) * np.float32(factor)
-    return _to_uint8_trunc(_ycbcr_inverse(ycbcr))
-
-
-def _color_contrast(img: np.ndarray, factor: float) -> np.ndarray:
-    return (img.astype(np.float32) * np.float32(factor)).astype(np.uint8)
-
-
-def _gaussian_noise_color(img: np.ndarray, variance: float, noise_rng: np.random.Generator) -> np.ndarray:
-    ycbcr = _ycbcr_forward(img) / 255
-    noisy = (ycbcr + math.sqrt(variance) * noise_rng.standard_normal(ycbcr.shape)) * 255
-    return _to_uint8_trunc(_ycbcr_inverse(noisy))
-
-
-def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    # cv2 INTER_LINEAR: half-pixel centres, edge replicate, weights in 11-bit fixed point (1 = 2048)
-    scale = src / dst
-    fx = (np.arange(dst) + 0.5) * scale - 0.5
-    sx = np.floor(fx).astype(np.int64)
-    fx = fx - sx
-    low = sx < 0
-    fx[low], sx[low] = 0.0, 0
-    high = sx >= src - 1
-    fx[high], sx[high] = 0.0, src - 1
-    w1 = np.rint(fx * 2048).astype(np.int64)
-    w0 = np.rint((1.0 - fx) * 2048).astype(np.int64)
-    return sx, np.minimum(sx + 1, src - 1), w0, w1
-
-
-def _resize_linear_u8(img: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
-    """``cv2.resize(img, (out_w, out_h))`` (INTER_LINEAR) on uint8 HWC, in OpenCV's integer arithmetic.
-
-    Horizontal taps are exact integers; the vertical step follows OpenCV's SIMD kernel
-    (``VResizeLinearVec_32s8u``: ``((S0 >> 4) * b0 >> 16) + ((S1 >> 4) * b1 >> 16)``, rounded ``>> 2``).
-    Measured against opencv-python-headless 5.0: identical when down-scaling 224 -> 112 / 74, and about 0.2 %
-    of values off by one grey level when up-scaling back to 224.
-    """
-    x0, x1, wx0, wx1 = _linear_taps(img.shape[1], out_w)
-    y0, y1, wy0, wy1 = _linear_taps(img.shape[0], out_h)
-    src = img.astype(np.int64)
-    rows = src[:, x0] * wx0[None, :, None] + src[:, x1] * wx1[None, :, None]
-    top = ((rows[y0] >> 4) * wy0[:, None, None]) >> 16
-    bottom = ((rows[y1] >> 4) * wy1[:, None, None]) >> 16
-    return np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)
-
-
-def _jpeg_downscale(img: np.ndarray, factor: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    small = _resize_linear_u8(img, w // factor, h // factor)
-    return _resize_linear_u8(small, w, h)
-
-
-def _gaussian_blur(img: np.ndarray, ksize: int) -> np.ndarray:
-    """``cv2.GaussianBlur(img, (k, k), k / 6)`` on uint8 HWC, bit-exact with OpenCV's fixed-point path.
-
-    Kernel taps are the normalised Gaussian rounded to 1/256; rows then columns are filtered in integer
-    arithmetic with BORDER_REFLECT_101 (numpy's "reflect"), and the result is rounded (``+ 2**15 >> 16``).
-    Measured identical to opencv-python-headless 5.0 for k = 7 and 9.
-    """
-    sigma = ksize / 6.0
-    offsets = np.arange(ksize) - (ksize - 1) / 2.0
-    kernel = np.exp(-(offsets**2) / (2.0 * sigma**2))
-    taps = np.rint(kernel / kernel.sum() * 256).astype(np.int64)
-    radius = ksize // 2
-    height, width = img.shape[:2]
-    padded = np.pad(img.astype(np.int64), ((0, 0), (radius, radius), (0, 0)), mode="reflect")
-    rows = np.minimum(sum(taps[k] * padded[:, k : k + width] for k in range(ksize)), 65535)
-    padded = np.pad(rows, ((radius, radius), (0, 0), (0, 0)), mode="reflect")
-    acc = sum(taps[k] * padded[k : k + height] for k in range(ksize))
-    return np.clip((acc + (1 << 15)) >> 16, 0, 255).astype(np.uint8)
-
-
 def _apply_distortion(tensor: Tensor, name: str, level: int, noise_seed: int | None) -> Tensor:
     # ApplyDeeperForensicsDistortion.__call__: float CHW -> (x * 255) truncated to uint8 HWC, distort, / 255
-    img = (tensor.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    param = DISTORTION_PARAMS[name][level - 1]
-    if name == "CS":
-        img = _color_saturation(img, param)
-    elif name == "CC":
-        img = _color_contrast(img, param)
-    elif name == "JPEG":
-        img = _jpeg_downscale(img, int(param))
-    elif name == "GNC":
-        img = _gaussian_noise_color(img, param, np.random.default_rng(noise_seed))
-    else:
-        img = _gaussian_blur(img, int(param))
+    img = distort((tensor.permute(1, 2, 0).numpy() * 255).astype(np.uint8), name, level, noise_seed)
     return torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 

@@ -61,7 +61,7 @@ def unlabeled_images(
         FileNotFoundError: ``folder`` is not a directory (naming the settings that point at it).
     """
     from roadwork.data.images import ImageRejected, decode_image, sha256_file
-    from roadwork.data.ingest import IMAGE_EXTENSIONS
+    from roadwork.data.ingest_scan import IMAGE_EXTENSIONS
 
     if not folder.is_dir():
         raise FileNotFoundError(
