@@ -22,8 +22,9 @@ Per backbone family:
   pooling (ValueError): the miner's transformers 4.45 has no ``timm_wrapper`` model type.
 
 Preprocessing. Every export carries the ``preprocessor_config.json`` of the backbone's
-:class:`~roadwork.models.backbone.PreprocessConfig` (:func:`roadwork.models.backbone._image_processor_for`),
-which :func:`roadwork.data.preprocess.to_tensor_batch` reproduces: one preprocessing definition. With the
+:class:`~roadwork.models.preprocess_config.PreprocessConfig`
+(:func:`~roadwork.models.preprocess_config.image_processor_for`), which
+:func:`roadwork.data.preprocess.to_tensor_batch` reproduces: one preprocessing definition. With the
 pipeline's default ``backbone.input_size: 224`` that is a ``ViTImageProcessor`` resizing to 224 x 224, the
 one image processor the miner's ``AutoImageProcessor.from_pretrained(repo, use_fast=True)`` finds in
 transformers 4.45 (as ``ViTImageProcessorFast``); ``BitImageProcessor`` and ``DINOv3ViTImageProcessor``
@@ -56,8 +57,9 @@ from PIL import Image
 
 from roadwork.deploy.effnet_hf import LITE_ARCHITECTURES, efficientnet_lite_classifier
 from roadwork.deploy.fold import folded_classifier
-from roadwork.models.backbone import Backbone, _image_processor_for
+from roadwork.models.backbone import Backbone
 from roadwork.models.head import ID2LABEL, HeadModel
+from roadwork.models.preprocess_config import image_processor_for
 from roadwork.policy.policy import Policy
 
 __all__ = [
@@ -388,7 +390,7 @@ def export_hf(
         model = _vit_model(backbone, weight.float(), bias.float())
     else:  # pragma: no cover - Backbone validates its family
         raise NotImplementedError(f"Hugging Face export of the {backbone.family!r} family is not supported.")
-    processor = _image_processor_for(backbone.preprocess)
+    processor = image_processor_for(backbone.preprocess)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
