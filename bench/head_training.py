@@ -71,11 +71,12 @@ from roadwork.data.synth import CLASS_FOLDERS, generate_dataset
 from roadwork.models.backbone import Backbone, load_backbone
 from roadwork.models.head import HeadModel
 from roadwork.models.inference import ViewSpec, image_views
-from roadwork.train.head import fit_head, head_trainer
+from roadwork.train.head import fit_head
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.head_data import FeatureDataModule, FeatureSet, optimizer_steps_per_epoch
 from roadwork.train.head_module import HeadModule
 from roadwork.train.losses import inverse_frequency_weights
+from roadwork.train.trainer import head_trainer
 
 MAX_PIXELS = 4096 * 4096
 

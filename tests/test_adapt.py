@@ -539,7 +539,8 @@ def _random_vit(family: str) -> Backbone:
         DINOv3ViTModel,
     )
 
-    from roadwork.models.backbone import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig, _freeze_hf
+    from roadwork.models.backbone import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+    from roadwork.models.hf_backbones import freeze_hf
 
     config_cls, model_cls = {
         "dinov3": (DINOv3ViTConfig, DINOv3ViTModel),
@@ -556,7 +557,7 @@ def _random_vit(family: str) -> Backbone:
     )
     torch.manual_seed(0)
     preprocess = PreprocessConfig(112, 112, IMAGENET_MEAN, IMAGENET_STD, "bilinear", resize_mode="square")
-    return _freeze_hf(model_cls(config).eval(), family, preprocess)
+    return freeze_hf(model_cls(config).eval(), family, preprocess)
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
 import roadwork.train.head as head_module
+import roadwork.train.trainer as trainer_module
 from roadwork.models.head import HeadModel, load_head, predict_margins
 from roadwork.train.checkpoint import read_checkpoint
 from roadwork.train.head import CHECKPOINT_FILE, fit_head
@@ -81,14 +82,14 @@ class CountingLogger(Logger):
 def run_rank(out: Path, devices: int) -> None:
     """One process's part: train, then write ``out/rank{r}.json`` (what it computed and wrote)."""
     writes = {"save_head": 0, "write_checkpoint": 0}
-    for name in writes:
-        original = getattr(head_module, name)
+    for module, name in ((head_module, "save_head"), (trainer_module, "write_checkpoint")):
+        original = getattr(module, name)
 
         def counted(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
             writes[_name] += 1
             return _original(*args, **kwargs)
 
-        setattr(head_module, name, counted)
+        setattr(module, name, counted)
     logger = CountingLogger()
     result = fit_head(
         TRAIN,

@@ -26,11 +26,12 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from roadwork.models.head import HeadModel, load_head, predict_logits, predict_margins
 from roadwork.policy.threshold import best_mcc_threshold
-from roadwork.train.head import FitResult, fit_head, head_trainer
+from roadwork.train.head import FitResult, fit_head
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.head_data import FeatureSet
 from roadwork.train.head_module import HISTORY_COLUMNS
 from roadwork.train.losses import focal_loss, inverse_frequency_weights
+from roadwork.train.trainer import head_trainer
 
 # Small and fast: 96 train rows in batches of 16 -> 6 optimizer steps per epoch.
 TINY: dict[str, Any] = {"lr": 0.05, "max_epochs": 2, "batch_size": 16, "warmup_epochs": 0.5}

@@ -87,16 +87,8 @@ def _add_stage_parser(subparsers: argparse._SubParsersAction, name: str, descrip
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="roadwork",
-        description="Reproducible roadwork / no-roadwork classifier pipeline (DVC + MLflow).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"roadwork {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_synth(subparsers: argparse._SubParsersAction) -> None:
+    """``roadwork synth``: draw the embedded synthetic data set."""
     synth = subparsers.add_parser(
         "synth",
         help="draw the embedded synthetic street-scene data set (ImageFolder layout)",
@@ -121,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_check_data(subparsers: argparse._SubParsersAction) -> None:
+    """``roadwork check-data``: what in the data folder DVC cannot take."""
     check = subparsers.add_parser(
         "check-data",
         help="find what in the data folder DVC cannot take or should not copy; --fix moves it aside",
@@ -151,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
 
+
+def _add_fetch(subparsers: argparse._SubParsersAction) -> None:
+    """``roadwork fetch``: a public data set at a pinned revision."""
     fetch = subparsers.add_parser(
         "fetch",
         help="download a public data set at a pinned revision, verified, and print the `dvc add` to run",
@@ -176,9 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument("--repo-id", default=None, help="dataset repository (default: NATIX's roadwork set)")
 
-    for name, description in STAGES.items():
-        _add_stage_parser(subparsers, name, description)
 
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    """``roadwork predict``: score image files with a registered model."""
     predict = subparsers.add_parser(
         "predict",
         help="score image files / folders with a registered model",
@@ -196,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, default=None, help="CSV to write (default: standard output)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_export_onnx(subparsers: argparse._SubParsersAction) -> None:
+    """``roadwork export-onnx``: a model folder as one ONNX graph."""
     onnx = subparsers.add_parser(
         "export-onnx",
         help="export a model folder (backbone + head + folded policy) to ONNX",
@@ -211,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     onnx.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
 
+
+def _add_relog(subparsers: argparse._SubParsersAction) -> None:
+    """``roadwork relog``: log a finished stage's outputs again."""
     relog = subparsers.add_parser(
         "relog",
         help="log a finished stage's outputs to MLflow again (after a tracking outage)",
@@ -221,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     relog.add_argument("--variant", choices=VARIANTS, default=None, help="variant of a per-variant stage")
     relog.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
 
+
+def _add_export_submission(subparsers: argparse._SubParsersAction) -> None:
+    """``roadwork export-submission``: the folder a NATIX miner publishes."""
     submission = subparsers.add_parser(
         "export-submission",
         help="build the Hugging Face folder a NATIX miner publishes, from the champion",
@@ -245,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submission.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
 
+
+def _add_promote(subparsers: argparse._SubParsersAction) -> None:
+    """``roadwork promote``: move 'champion' when the challenger is better."""
     promote = subparsers.add_parser(
         "promote",
         help="move 'champion' to 'challenger' when it is better on the current hold-out",
@@ -268,6 +278,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     promote.add_argument("--dry-run", action="store_true", help="decide and record, but move no alias")
     promote.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command's parser, in the order ``roadwork --help`` lists them."""
+    parser = argparse.ArgumentParser(
+        prog="roadwork",
+        description="Reproducible roadwork / no-roadwork classifier pipeline (DVC + MLflow).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"roadwork {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_synth(subparsers)
+    _add_check_data(subparsers)
+    _add_fetch(subparsers)
+    for name, description in STAGES.items():
+        _add_stage_parser(subparsers, name, description)
+    _add_predict(subparsers)
+    _add_export_onnx(subparsers)
+    _add_relog(subparsers)
+    _add_export_submission(subparsers)
+    _add_promote(subparsers)
     return parser
 
 

@@ -22,8 +22,9 @@ Per backbone family:
   pooling (ValueError): the miner's transformers 4.45 has no ``timm_wrapper`` model type.
 
 Preprocessing. Every export carries the ``preprocessor_config.json`` of the backbone's
-:class:`~roadwork.models.backbone.PreprocessConfig` (:func:`roadwork.models.backbone._image_processor_for`),
-which :func:`roadwork.data.preprocess.to_tensor_batch` reproduces: one preprocessing definition. With the
+:class:`~roadwork.models.preprocess_config.PreprocessConfig`
+(:func:`~roadwork.models.preprocess_config.image_processor_for`), which
+:func:`roadwork.data.preprocess.to_tensor_batch` reproduces: one preprocessing definition. With the
 pipeline's default ``backbone.input_size: 224`` that is a ``ViTImageProcessor`` resizing to 224 x 224, the
 one image processor the miner's ``AutoImageProcessor.from_pretrained(repo, use_fast=True)`` finds in
 transformers 4.45 (as ``ViTImageProcessorFast``); ``BitImageProcessor`` and ``DINOv3ViTImageProcessor``
@@ -45,8 +46,9 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +58,9 @@ from PIL import Image
 
 from roadwork.deploy.effnet_hf import LITE_ARCHITECTURES, efficientnet_lite_classifier
 from roadwork.deploy.fold import folded_classifier
-from roadwork.models.backbone import Backbone, _image_processor_for
+from roadwork.models.backbone import Backbone
 from roadwork.models.head import ID2LABEL, HeadModel
+from roadwork.models.preprocess_config import image_processor_for
 from roadwork.policy.policy import Policy
 
 __all__ = [
@@ -351,6 +354,20 @@ def export_hf(
     """
     card = validate_model_card(model_card)
     metrics = _card_metrics(model_card)
+    weight, bias = _exportable_classifier(backbone, head, policy)
+    out_dir = _new_folder(out_dir)
+    model = _classification_model(backbone, weight, bias)
+    processor = image_processor_for(backbone.preprocess)
+    readme = partial(_readme, card, metrics, backbone, policy, type(model).__name__)
+    _write_folder(out_dir, model, processor, card, readme)
+    return out_dir
+
+
+def _exportable_classifier(
+    backbone: Backbone, head: HeadModel, policy: Policy
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The folded classifier (weight, bias) of ``head`` and ``policy``, once the pair and the backbone's
+    family are known to export."""
     if not isinstance(backbone, Backbone):
         raise TypeError(f"backbone must be a roadwork Backbone, got {type(backbone).__name__}.")
     weight, bias = folded_classifier(head, policy)
@@ -365,9 +382,18 @@ def export_hf(
             "DINOv3ViTForImageClassification, and the export must load without custom code. Use "
             "roadwork.deploy.onnx_export.export_onnx, or a DINOv2 backbone."
         )
+    return weight, bias
+
+
+def _new_folder(out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} exists and is not an empty folder; export into a new folder.")
+    return out_dir
+
+
+def _classification_model(backbone: Backbone, weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Module:
+    """The transformers image-classification model of the backbone's family with the folded classifier."""
     if backbone.family == "timm":
         architecture = _timm_architecture(backbone)
         if architecture not in LITE_ARCHITECTURES:
@@ -376,7 +402,7 @@ def export_hf(
                 "convert to a transformers class (EfficientNetForImageClassification) that loads without "
                 "custom code in the miner's transformers 4.45."
             )
-        model = efficientnet_lite_classifier(
+        return efficientnet_lite_classifier(
             backbone.model,
             weight,
             bias,
@@ -384,28 +410,29 @@ def export_hf(
             label2id=LABEL2ID,
             image_size=backbone.preprocess.image_size,
         )
-    elif backbone.family in _VIT_CLASSES:
-        model = _vit_model(backbone, weight.float(), bias.float())
-    else:  # pragma: no cover - Backbone validates its family
+    if backbone.family not in _VIT_CLASSES:  # pragma: no cover - Backbone validates its family
         raise NotImplementedError(f"Hugging Face export of the {backbone.family!r} family is not supported.")
-    processor = _image_processor_for(backbone.preprocess)
+    return _vit_model(backbone, weight.float(), bias.float())
 
+
+def _write_folder(
+    out_dir: Path, model: Any, processor: Any, card: Mapping[str, str], readme: Callable[[], str]
+) -> None:
+    """Write the export into a temporary sibling folder and move it into place: all or nothing (``readme``
+    gives the README's text)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
         (tmp / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-        (tmp / "README.md").write_text(
-            _readme(card, metrics, backbone, policy, type(model).__name__), encoding="utf-8"
-        )
+        (tmp / "README.md").write_text(readme(), encoding="utf-8")
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
 
 
 def hf_probabilities(

@@ -23,6 +23,7 @@ import json
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,6 +97,30 @@ def export_onnx(
     """
     import onnx
 
+    weight, bias = _exportable_classifier(backbone, head, policy, opset)
+    use_dynamo = opset >= 18 if dynamo is None else bool(dynamo)
+    module = FoldedClassifier(_cpu_float32(backbone), weight.float(), bias.float())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _run_exporter(module, backbone.preprocess.image_size, path, opset, use_dynamo)
+    model = onnx.load(str(path))
+    written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise RuntimeError(
+            f"{path}: the {'dynamo' if use_dynamo else 'TorchScript'} exporter wrote opset {written}, not "
+            f"{opset}; use opset >= 18 with dynamo=True or opset <= 17 with dynamo=False."
+        )
+    _add_metadata(model, backbone, policy)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _exportable_classifier(
+    backbone: Backbone, head: HeadModel, policy: Policy, opset: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The folded classifier (weight, bias) of ``head`` and ``policy``, once the arguments are known to
+    export."""
     if not isinstance(backbone, Backbone):
         raise TypeError(f"backbone must be a roadwork Backbone, got {type(backbone).__name__}.")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
@@ -106,13 +131,13 @@ def export_onnx(
             f"the head takes {head.feature_dim}-d features but the backbone gives {backbone.feature_dim}-d; "
             "export the head with the backbone it was trained on."
         )
-    use_dynamo = opset >= 18 if dynamo is None else bool(dynamo)
-    module = FoldedClassifier(_cpu_float32(backbone), weight.float(), bias.float())
-    side = backbone.preprocess.image_size
+    return weight, bias
+
+
+def _run_exporter(module: nn.Module, side: int, path: Path, opset: int, use_dynamo: bool) -> None:
+    """Write ``module`` to ``path`` with the dynamo or the TorchScript exporter, batch dimension dynamic."""
     # batch 2: torch.export specialises a dimension whose example size is 0 or 1
     example = torch.zeros(2, 3, side, side, dtype=torch.float32)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     common = {"input_names": [INPUT_NAME], "output_names": list(OUTPUT_NAMES), "opset_version": opset}
     with warnings.catch_warnings():
         # the TorchScript exporter warns about its deprecation and about shape checks it records as
@@ -139,13 +164,10 @@ def export_onnx(
                     dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
                     **common,
                 )
-    model = onnx.load(str(path))
-    written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if written != opset:
-        raise RuntimeError(
-            f"{path}: the {'dynamo' if use_dynamo else 'TorchScript'} exporter wrote opset {written}, not "
-            f"{opset}; use opset >= 18 with dynamo=True or opset <= 17 with dynamo=False."
-        )
+
+
+def _add_metadata(model: Any, backbone: Backbone, policy: Policy) -> None:
+    """Record labels, preprocessing, backbone and policy in the graph's ``metadata_props``."""
     metadata = {
         "roadwork.id2label": json.dumps({str(k): v for k, v in ID2LABEL.items()}),
         "roadwork.preprocess": json.dumps(backbone.preprocess.to_dict()),
@@ -159,9 +181,6 @@ def export_onnx(
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 def onnx_outputs(path: str | Path, pixel_values: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:

@@ -54,52 +54,14 @@ def choose_variant(candidates: dict[str, dict[str, float]]) -> str:
 
 
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
-    from roadwork.deploy.predictor import Predictor, PredictorSpec
     from roadwork.deploy.registry import CHALLENGER
-    from roadwork.policy import Policy
 
     out = stage_dir("bundle")
-    candidates = {}
-    for variant in VARIANTS:
-        path = OUTPUTS / "calibrate" / variant / "metrics.json"
-        if path.is_file():
-            candidates[variant] = json.loads(path.read_text())
+    candidates = _candidates()
     variant = choose_variant(candidates)
-    spec = PredictorSpec(
-        views=cfg.embed.views,
-        grid=cfg.embed.grid,
-        overlap=cfg.embed.tile_overlap,
-        tta_flip=cfg.embed.tta_flip,
-        max_bytes=cfg.deploy.max_bytes,
-        max_pixels=cfg.deploy.max_pixels,
-        request_max_bytes=cfg.deploy.request_max_bytes,
-        request_max_pixels=cfg.deploy.request_max_pixels,
-        batch_size=cfg.deploy.batch_size,
-    )
-    backbone, head = load_model(cfg, variant)
-    policy = Policy.from_json(OUTPUTS / "calibrate" / variant / "policy.json")
-    predictor = Predictor(backbone, head, policy, spec)
-    for folder in (out / "model", out / "hf", out / "fallback"):
-        shutil.rmtree(folder, ignore_errors=True)
-    predictor.save(out / "model", head_dir=model_dir(variant))
-    train_metrics = json.loads((OUTPUTS / "train" / variant / "metrics.json").read_text())
-    val_metrics = {
-        "val_select_mcc": train_metrics["val_select_mcc"],
-        "val_calib_mcc": candidates[variant]["val_calib_mcc"],
-        "val_calib_validator_mcc": candidates[variant].get(SELECTION_METRIC, float("nan")),
-        "val_calib_ece_after": candidates[variant]["ece_after"],
-    }
-    write_json(
-        out / "choice.json",
-        {
-            "chosen": variant,
-            "rule": "highest val_calib validator-mix MCC at the variant's policy (ties: base first)",
-            "candidates": {
-                v: {k: m[k] for k in ("val_calib_mcc", SELECTION_METRIC) if k in m}
-                for v, m in candidates.items()
-            },
-        },
-    )
+    predictor = _build_model(cfg, variant, out)
+    val_metrics = _val_metrics(variant, candidates)
+    write_json(out / "choice.json", _choice(variant, candidates))
     # the export check: val_calib level-0 renders (the validator's 224 x 224 JPEGs)
     images = read_split(SPLITS_CSV, "bundle", ["val_calib"]).sort_values("path")
     paths = rendered_bytes(images)
@@ -126,6 +88,64 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         f"registered as {cfg.deploy.registered_model} version {version}, alias '{CHALLENGER}'; "
         f"Hugging Face export: {holds}"
     )
+
+
+def _candidates() -> dict[str, dict[str, float]]:
+    """Each calibrated variant's ``outputs/calibrate/<variant>/metrics.json``, in :data:`VARIANTS` order."""
+    candidates = {}
+    for variant in VARIANTS:
+        path = OUTPUTS / "calibrate" / variant / "metrics.json"
+        if path.is_file():
+            candidates[variant] = json.loads(path.read_text())
+    return candidates
+
+
+def _build_model(cfg: RoadworkConfig, variant: str, out: Path) -> Any:
+    """The variant's backbone, head and policy as a Predictor, saved to ``out/model`` (the pyfunc's folder);
+    ``out/hf`` and ``out/fallback``, written from it later, are emptied."""
+    from roadwork.deploy.predictor import Predictor, PredictorSpec
+    from roadwork.policy import Policy
+
+    spec = PredictorSpec(
+        views=cfg.embed.views,
+        grid=cfg.embed.grid,
+        overlap=cfg.embed.tile_overlap,
+        tta_flip=cfg.embed.tta_flip,
+        max_bytes=cfg.deploy.max_bytes,
+        max_pixels=cfg.deploy.max_pixels,
+        request_max_bytes=cfg.deploy.request_max_bytes,
+        request_max_pixels=cfg.deploy.request_max_pixels,
+        batch_size=cfg.deploy.batch_size,
+    )
+    backbone, head = load_model(cfg, variant)
+    policy = Policy.from_json(OUTPUTS / "calibrate" / variant / "policy.json")
+    predictor = Predictor(backbone, head, policy, spec)
+    for folder in (out / "model", out / "hf", out / "fallback"):
+        shutil.rmtree(folder, ignore_errors=True)
+    predictor.save(out / "model", head_dir=model_dir(variant))
+    return predictor
+
+
+def _val_metrics(variant: str, candidates: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The chosen variant's validation figures (val_select from train, val_calib from calibrate)."""
+    train_metrics = json.loads((OUTPUTS / "train" / variant / "metrics.json").read_text())
+    return {
+        "val_select_mcc": train_metrics["val_select_mcc"],
+        "val_calib_mcc": candidates[variant]["val_calib_mcc"],
+        "val_calib_validator_mcc": candidates[variant].get(SELECTION_METRIC, float("nan")),
+        "val_calib_ece_after": candidates[variant]["ece_after"],
+    }
+
+
+def _choice(variant: str, candidates: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """``choice.json``: the chosen variant, the rule, and each candidate's figures the rule compared."""
+    return {
+        "chosen": variant,
+        "rule": "highest val_calib validator-mix MCC at the variant's policy (ties: base first)",
+        "candidates": {
+            v: {k: m[k] for k in ("val_calib_mcc", SELECTION_METRIC) if k in m} for v, m in candidates.items()
+        },
+    }
 
 
 def _register(

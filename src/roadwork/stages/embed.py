@@ -84,11 +84,6 @@ def split_renders(cfg: RoadworkConfig) -> dict[str, list[Any]]:
 
 
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "base") -> None:
-    from safetensors.numpy import save_file
-
-    from roadwork.models.inference import input_key
-    from roadwork.train.embed import embed_images, rendered_inputs
-
     out = stage_dir("embed", variant)
     frame = read_split(SPLITS_CSV, "embed", SPLITS)
     spec = view_spec(cfg)
@@ -97,61 +92,16 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         backbone = load_variant_backbone(cfg, variant)
         fingerprint = backbone.fingerprint()
         cache = feature_cache(cfg, backbone, fingerprint)
-        index_rows, metrics, work = [], {}, {"requested": 0, "computed": 0, "views": 0, "seconds": 0.0}
-
-        def run_embed(paths: list[Path], shas: list[str], render: Any, flip: bool, desc: str) -> np.ndarray:
-            features, stats = embed_images(
-                backbone,
-                paths,
-                shas,
-                render=render,
-                spec=spec,
-                cache=cache,
-                store=store,
-                flip=flip,
-                batch_size=cfg.embed.batch_size,
-                desc=desc,
-                precision=cfg.embed.precision,
-            )
-            work["requested"] += stats.n_items
-            work["computed"] += stats.n_computed
-            work["views"] += stats.n_views_computed
-            work["seconds"] += stats.seconds
-            return features
-
+        embed = _Embedder(cfg, backbone, spec, cache, store)
+        index_rows: list[pd.DataFrame] = []
+        metrics: dict[str, Any] = {}
         for split, renders in split_renders(cfg).items():
             rows = frame[frame["split"] == split].sort_values("path")
-            paths = [INGEST / p for p in rows["working_path"]]
-            shas = rows["sha256"].tolist()
-            blocks, flips = [], []
-            for render in renders:
-                blocks.append(run_embed(paths, shas, render, False, f"embed@{variant} {split}"))
-                level = -1 if render.level is None else render.level
-                keys = [input_key(data) for data in rendered_inputs(paths, shas, render, store)]
-                index_rows.append(
-                    pd.DataFrame(
-                        {
-                            "split": split,
-                            "sha256": shas,
-                            "path": rows["path"],
-                            "render": render.key,
-                            "level": level,
-                            "input_key": keys,
-                        }
-                    )
-                )
-                if cfg.embed.tta_flip and split != "train":
-                    flips.append(run_embed(paths, shas, render, True, f"embed@{variant} {split} (flip)"))
-            tensors = {"features": np.concatenate(blocks)}
-            if flips:
-                tensors["features_flip"] = np.concatenate(flips)
-            target = out / FEATURES / f"{split}.safetensors"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            save_file(
-                tensors,
-                str(target),
-                metadata={"backbone_fingerprint": fingerprint, NUMERICS: cache.fingerprint},
-            )
+            flip = cfg.embed.tta_flip and split != "train"
+            desc = f"embed@{variant} {split}"
+            tensors, split_index = _embed_split(embed, split, rows, renders, flip=flip, desc=desc)
+            _write_features(out / FEATURES / f"{split}.safetensors", tensors, fingerprint, cache.fingerprint)
+            index_rows += split_index
             metrics[f"{split}_rows"] = len(tensors["features"])
             metrics[f"{split}_images"] = len(rows)
         index = pd.concat(index_rows, ignore_index=True)
@@ -161,27 +111,8 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         # metrics.json holds what the outputs are (same inputs => same file); how much work the cache saved
         # and how fast it ran go to MLflow only
         write_json(out / "metrics.json", metrics)
-        run.log_metrics(
-            {
-                "images_computed": work["computed"],
-                "views_computed": work["views"],
-                "cache_hit_rate": 1 - work["computed"] / max(1, work["requested"]),
-                "views_per_second": work["views"] / work["seconds"] if work["seconds"] > 0 else 0.0,
-            }
-        )
-        write_json(
-            out / "backbone.json",
-            {
-                "id": backbone.backbone_id,
-                "family": backbone.family,
-                "fingerprint": fingerprint,
-                "feature_dim": backbone.feature_dim,
-                "preprocess": backbone.preprocess.to_dict(),
-                "device": next(backbone.parameters()).device.type,
-                "precision": cfg.embed.precision,
-                "cache_key": cache.fingerprint,
-            },
-        )
+        run.log_metrics(embed.work_metrics())
+        write_json(out / "backbone.json", _backbone_record(cfg, backbone, fingerprint, cache))
         run.log_metrics(metrics)
         run.set_tags({"roadwork.backbone_fingerprint": fingerprint})
         run.log_artifact(out / "metrics.json")
@@ -189,5 +120,108 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     print(
         f"embed@{variant}: "
         + ", ".join(f"{s} {metrics[f'{s}_rows']} rows" for s in SPLITS)
-        + f"; {work['computed']} inputs computed, the rest from the cache {cache.root}"
+        + f"; {embed.computed} inputs computed, the rest from the cache {cache.root}"
     )
+
+
+class _Embedder:
+    """:func:`~roadwork.train.embed.embed_images` with the stage's backbone, views, cache and settings,
+    tallying the work done (inputs requested and computed, views computed, seconds)."""
+
+    def __init__(self, cfg: RoadworkConfig, backbone: Any, spec: Any, cache: Any, store: Any) -> None:
+        self.cfg, self.backbone, self.spec, self.cache, self.store = cfg, backbone, spec, cache, store
+        self.requested = self.computed = self.views = 0
+        self.seconds = 0.0
+
+    def __call__(self, paths: list[Path], shas: list[str], render: Any, flip: bool, desc: str) -> np.ndarray:
+        from roadwork.train.embed import embed_images
+
+        features, stats = embed_images(
+            self.backbone,
+            paths,
+            shas,
+            render=render,
+            spec=self.spec,
+            cache=self.cache,
+            store=self.store,
+            flip=flip,
+            batch_size=self.cfg.embed.batch_size,
+            desc=desc,
+            precision=self.cfg.embed.precision,
+        )
+        self.requested += stats.n_items
+        self.computed += stats.n_computed
+        self.views += stats.n_views_computed
+        self.seconds += stats.seconds
+        return features
+
+    def input_keys(self, paths: list[Path], shas: list[str], render: Any) -> list[str]:
+        """The feature-cache key of each rendered input (the renders are stored: read back, not redone)."""
+        from roadwork.models.inference import input_key
+        from roadwork.train.embed import rendered_inputs
+
+        return [input_key(data) for data in rendered_inputs(paths, shas, render, self.store)]
+
+    def work_metrics(self) -> dict[str, float]:
+        """How much work the cache saved and how fast the rest ran (MLflow only: they vary between runs)."""
+        return {
+            "images_computed": self.computed,
+            "views_computed": self.views,
+            "cache_hit_rate": 1 - self.computed / max(1, self.requested),
+            "views_per_second": self.views / self.seconds if self.seconds > 0 else 0.0,
+        }
+
+
+def _embed_split(
+    embed: _Embedder, split: str, rows: pd.DataFrame, renders: list[Any], *, flip: bool, desc: str
+) -> tuple[dict[str, np.ndarray], list[pd.DataFrame]]:
+    """One split's feature arrays (``features``, and ``features_flip`` with ``flip``), a block of rows per
+    render in order, and the index rows that describe them."""
+    paths = [INGEST / p for p in rows["working_path"]]
+    shas = rows["sha256"].tolist()
+    blocks, flips, index = [], [], []
+    for render in renders:
+        blocks.append(embed(paths, shas, render, False, desc))
+        level = -1 if render.level is None else render.level
+        keys = embed.input_keys(paths, shas, render)
+        index.append(
+            pd.DataFrame(
+                {
+                    "split": split,
+                    "sha256": shas,
+                    "path": rows["path"],
+                    "render": render.key,
+                    "level": level,
+                    "input_key": keys,
+                }
+            )
+        )
+        if flip:
+            flips.append(embed(paths, shas, render, True, f"{desc} (flip)"))
+    tensors = {"features": np.concatenate(blocks)}
+    if flips:
+        tensors["features_flip"] = np.concatenate(flips)
+    return tensors, index
+
+
+def _write_features(target: Path, tensors: dict[str, np.ndarray], fingerprint: str, numerics: str) -> None:
+    from safetensors.numpy import save_file
+
+    from roadwork.atomic import atomic_write
+
+    metadata = {"backbone_fingerprint": fingerprint, NUMERICS: numerics}
+    atomic_write(target, lambda path: save_file(tensors, str(path), metadata=metadata))
+
+
+def _backbone_record(cfg: RoadworkConfig, backbone: Any, fingerprint: str, cache: Any) -> dict[str, Any]:
+    """``backbone.json``: which backbone computed the features, how, and the cache they are keyed by."""
+    return {
+        "id": backbone.backbone_id,
+        "family": backbone.family,
+        "fingerprint": fingerprint,
+        "feature_dim": backbone.feature_dim,
+        "preprocess": backbone.preprocess.to_dict(),
+        "device": next(backbone.parameters()).device.type,
+        "precision": cfg.embed.precision,
+        "cache_key": cache.fingerprint,
+    }

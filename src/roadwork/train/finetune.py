@@ -78,11 +78,11 @@ from roadwork.train.finetune_data import (
     hash_images,
 )
 from roadwork.train.finetune_model import FinetuneModule, FinetuneNet
-from roadwork.train.head import EpochCheckpoint, head_trainer, library_versions, quiet_fit, replay_history
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.head_data import optimizer_steps_per_epoch
 from roadwork.train.head_module import HISTORY_COLUMNS
 from roadwork.train.losses import inverse_frequency_weights
+from roadwork.train.trainer import EpochCheckpoint, head_trainer, library_versions, quiet_fit, replay_history
 
 __all__ = [
     "BACKBONE_DIR",

@@ -37,12 +37,9 @@ the loggers. With Lightning's ``ddp`` launcher the calling script is started aga
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,12 +53,12 @@ from numpy.typing import NDArray
 
 from roadwork.distributed import check_processes
 from roadwork.models.head import HEAD_CONFIG, HEAD_WEIGHTS, HISTORY, HeadModel, save_head
-from roadwork.progress import progress_enabled
-from roadwork.train.checkpoint import CHECKPOINT_FORMAT_VERSION, load_resume_state, write_checkpoint
+from roadwork.train.checkpoint import CHECKPOINT_FORMAT_VERSION, load_resume_state
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.head_data import FeatureDataModule, FeatureSet, optimizer_steps_per_epoch
 from roadwork.train.head_module import HISTORY_COLUMNS, HeadModule
 from roadwork.train.losses import inverse_frequency_weights
+from roadwork.train.trainer import EpochCheckpoint, head_trainer, library_versions, quiet_fit, replay_history
 
 CHECKPOINT_FILE = "head-checkpoint.safetensors"
 
@@ -73,11 +70,6 @@ def _hash_split(h: Any, split: FeatureSet) -> None:
     for array in (split.features, split.labels):
         h.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1).data)
     h.update("\n".join(split.ids.tolist()).encode())
-
-
-def library_versions() -> dict[str, str]:
-    """torch and Lightning versions: part of every checkpoint fingerprint (their numerics may change)."""
-    return {"torch": torch.__version__, "lightning": pl.__version__}
 
 
 def head_fingerprint(
@@ -107,77 +99,6 @@ def head_fingerprint(
     if weights is not None:  # fit_head's sample_weights
         h.update(np.ascontiguousarray(weights, dtype=np.float64).data)
     return h.hexdigest()
-
-
-def _rng_state(device: torch.device, generator: torch.Generator | None) -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "loader": None if generator is None else generator.get_state(),
-    }
-
-
-class EpochCheckpoint(pl.Callback):
-    """Writes a resume checkpoint after every epoch and restores a loaded one when fitting starts.
-
-    At the end of every training epoch (after its validation), global rank 0 writes, with
-    :func:`write_checkpoint` to ``path``: the module's :meth:`HeadModule.checkpoint_state`, every optimizer's
-    and LR scheduler's ``state_dict()``, the RNG states (torch's global CPU generator, the CUDA generator of
-    the module's device, ``generator`` when given), ``epochs_done``, ``optimizer_steps`` (over the whole
-    training) and ``fingerprint``. With ``resume`` (such a state, whose module part the caller has already
-    restored with :meth:`HeadModule.load_checkpoint_state`), ``on_fit_start`` restores the optimizers,
-    schedulers and RNG states: after the optimizers exist and before the first training batch is drawn.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        fingerprint: str,
-        *,
-        generator: torch.Generator | None = None,
-        resume: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        self.path = Path(path)
-        self.fingerprint = fingerprint
-        self.generator = generator
-        self.resume = resume
-        self.steps_before = int(resume["optimizer_steps"]) if resume is not None else 0
-        self.epochs_written = 0
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.resume is None:
-            return
-        optimizers, schedulers = self.resume["optimizers"], self.resume["schedulers"]
-        if len(optimizers) != len(trainer.optimizers) or len(schedulers) != len(trainer.lr_scheduler_configs):
-            raise RuntimeError(f"{self.path}: optimizers or schedulers differ from the checkpoint's.")
-        for optimizer, state in zip(trainer.optimizers, optimizers, strict=True):
-            optimizer.load_state_dict(state)
-        for config, state in zip(trainer.lr_scheduler_configs, schedulers, strict=True):
-            config.scheduler.load_state_dict(state)
-        rng = self.resume["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and pl_module.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], pl_module.device)
-        if rng["loader"] is not None and self.generator is not None:
-            self.generator.set_state(rng["loader"])
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        assert isinstance(pl_module, HeadModule)
-        state = {
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "fingerprint": self.fingerprint,
-            "epochs_done": pl_module.epoch + 1,
-            "optimizer_steps": self.steps_before + int(trainer.global_step),
-            "module": pl_module.checkpoint_state(),
-            "optimizers": [optimizer.state_dict() for optimizer in trainer.optimizers],
-            "schedulers": [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs],
-            "rng": _rng_state(pl_module.device, self.generator),
-        }
-        write_checkpoint(self.path, state)
-        self.epochs_written += 1
 
 
 # ------------------------------------------------------------------------------------------------- public
@@ -237,81 +158,6 @@ def _check_splits(train: FeatureSet, val_select: FeatureSet, *, may_overlap: boo
         )
 
 
-def replay_history(history: Sequence[dict[str, float]], loggers: Sequence[Logger]) -> None:
-    """Log the history rows of epochs restored from a checkpoint (``step`` = epoch), so a resumed run's
-    loggers hold the whole curve."""
-    for row in history:
-        for logger in loggers:
-            logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-
-
-# Lightning's messages that tell a roadwork user nothing: its hints and the deprecations inside its own calls
-# into torch (warnings: message regex, category), and its chatter on stderr (log lines starting so). The
-# features sit in memory, so more loader workers would not help; the stage summary says how training ended.
-_FIT_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
-    (r".*does not have many workers", UserWarning),
-    (r"torch\.distributed\.nn\.functional\.all_gather is deprecated", FutureWarning),
-    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
-)
-_LIGHTNING_CHATTER = ("💡 Tip:", "TPU available:", "`Trainer.fit` stopped:")
-_LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
-
-
-class _DropLightningChatter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(_LIGHTNING_CHATTER)
-
-
-_DROP_CHATTER = _DropLightningChatter()
-
-
-@contextlib.contextmanager
-def quiet_fit(*extra: tuple[str, type[Warning]]) -> Iterator[None]:
-    """Around ``trainer.fit``: Lightning's warnings in :data:`_FIT_WARNINGS` and ``extra`` (message regex,
-    category) are not shown."""
-    with warnings.catch_warnings():
-        for message, category in (*_FIT_WARNINGS, *extra):
-            warnings.filterwarnings("ignore", message=message, category=category)
-        yield
-
-
-def head_trainer(
-    cfg: HeadTrainConfig,
-    *,
-    max_epochs: int,
-    accelerator: str = "cpu",
-    devices: int = 1,
-    strategy: str = "auto",
-    show_progress: bool = True,
-    callbacks: Sequence[pl.Callback] = (),
-) -> pl.Trainer:
-    """The Lightning Trainer of every head training (:func:`fit_head`, finetuning, the benchmarks).
-
-    ``cfg``'s precision, gradient accumulation and clipping (0 = off); ``ddp`` whenever ``devices > 1``.
-    Lightning's own logging, checkpointing, sanity validation and distributed sampler wrapping are off: the
-    callers log to their loggers, checkpoint with :class:`EpochCheckpoint`, validate every epoch and shard
-    with their own samplers.
-    """
-    for name in _LIGHTNING_LOGGERS:
-        logging.getLogger(name).addFilter(_DROP_CHATTER)  # the same filter once, however many trainers
-    return pl.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        strategy="ddp" if devices > 1 else strategy,
-        max_epochs=max_epochs,
-        precision=cfg.precision,
-        accumulate_grad_batches=cfg.accumulate_grad_batches,
-        gradient_clip_val=cfg.gradient_clip_val or None,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=show_progress and progress_enabled(),
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        callbacks=list(callbacks),
-    )
-
-
 def fit_head(
     train: FeatureSet,
     val_select: FeatureSet,
@@ -365,8 +211,67 @@ def fit_head(
     check_processes(
         accelerator, devices, strategy, batch_size=cfg.batch_size, batch_key="HeadTrainConfig.batch_size"
     )
-    out_dir = Path(out_dir)
-    num_views, feature_dim = train.num_views, train.feature_dim
+    loss_settings = _loss_settings(train, cfg)
+    resume = _open_resume(cfg, train, val_select, checkpoint_dir, devices, sample_weights)
+    with torch.random.fork_rng(devices=_rng_devices(accelerator)):
+        # Dropout draws from the global generator; forking confines the seed to this call.
+        torch.manual_seed(cfg.seed)
+        module, data = _set_up(train, val_select, cfg, loggers, resume, loss_settings, sample_weights)
+        trainer = head_trainer(
+            cfg,
+            max_epochs=max(1, cfg.max_epochs - module.epoch_offset),
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            show_progress=show_progress,
+            callbacks=[*resume.callbacks(data.generator), *callbacks],
+        )
+        optimizer_steps = resume.optimizer_steps + _train(trainer, module, data, cfg, Path(out_dir), loggers)
+        best = HeadModel.from_config(cfg, feature_dim=train.feature_dim, num_views=train.num_views)
+    return _outputs(best, module, cfg, trainer, Path(out_dir), loggers, optimizer_steps, resume)
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """Where :func:`fit_head`'s resume checkpoint lives (None: no checkpointing), the fingerprint it carries
+    and the state it held at the start (None: a fresh run)."""
+
+    path: Path | None = None
+    fingerprint: str = ""
+    state: dict[str, Any] | None = None
+
+    @property
+    def epochs_done(self) -> int:
+        return 0 if self.state is None else int(self.state["epochs_done"])
+
+    @property
+    def optimizer_steps(self) -> int:
+        return 0 if self.state is None else int(self.state["optimizer_steps"])
+
+    def callbacks(self, generator: torch.Generator) -> list[pl.Callback]:
+        """The :class:`EpochCheckpoint` that writes (and restores) this checkpoint, if there is one."""
+        if self.path is None:
+            return []
+        return [EpochCheckpoint(self.path, self.fingerprint, generator=generator, resume=self.state)]
+
+
+def _open_resume(
+    cfg: HeadTrainConfig,
+    train: FeatureSet,
+    val_select: FeatureSet,
+    checkpoint_dir: Path | None,
+    devices: int,
+    sample_weights: NDArray[np.float64] | None,
+) -> _Resume:
+    if checkpoint_dir is None:
+        return _Resume()
+    path = Path(checkpoint_dir) / CHECKPOINT_FILE
+    fingerprint = head_fingerprint(cfg, train, val_select, devices, sample_weights)
+    return _Resume(path, fingerprint, load_resume_state(path, fingerprint))
+
+
+def _loss_settings(train: FeatureSet, cfg: HeadTrainConfig) -> dict[str, Any]:
+    """The class weights (``class_weights: auto``) and optimizer steps per epoch a HeadModule takes."""
     class_weight = (
         torch.tensor(inverse_frequency_weights(train.labels), dtype=torch.float32)
         if cfg.class_weights == "auto"
@@ -375,63 +280,74 @@ def fit_head(
     steps_per_epoch = optimizer_steps_per_epoch(
         len(train.labels), cfg.batch_size, cfg.accumulate_grad_batches
     )
-    checkpoint_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
-    resume = None
-    if checkpoint_path is not None:
-        fingerprint = head_fingerprint(cfg, train, val_select, devices, sample_weights)
-        resume = load_resume_state(checkpoint_path, fingerprint)
-    rng_devices = (
+    return {"class_weight": class_weight, "steps_per_epoch": steps_per_epoch}
+
+
+def _rng_devices(accelerator: str) -> list[int]:
+    """The CUDA devices whose generators :func:`fit_head` forks (none on CPU)."""
+    return (
         list(range(torch.cuda.device_count())) if accelerator != "cpu" and torch.cuda.is_available() else []
     )
-    with torch.random.fork_rng(devices=rng_devices):
-        # Dropout draws from the global generator; forking confines the seed to this call.
-        torch.manual_seed(cfg.seed)
-        model = HeadModel.from_config(cfg, feature_dim=feature_dim, num_views=num_views)
-        module = HeadModule(
-            model,
-            cfg,
-            class_weight=class_weight,
-            steps_per_epoch=steps_per_epoch,
-            val_labels=val_select.labels,
-            loggers=loggers,
-        )
-        if resume is not None:
-            module.load_checkpoint_state(resume["module"])
-            if module.epoch_offset != int(resume["epochs_done"]):
-                raise ValueError(f"{checkpoint_path}: history rows and epochs_done disagree.")
-        remaining = cfg.max_epochs - module.epoch_offset
-        data = FeatureDataModule(
-            train, val_select, batch_size=cfg.batch_size, seed=cfg.seed, sample_weights=sample_weights
-        )
-        checkpoint = (
-            None
-            if checkpoint_path is None
-            else EpochCheckpoint(checkpoint_path, fingerprint, generator=data.generator, resume=resume)
-        )
-        trainer = head_trainer(
-            cfg,
-            max_epochs=max(1, remaining),
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            show_progress=show_progress,
-            callbacks=[*([checkpoint] if checkpoint is not None else []), *callbacks],
-        )
-        is_zero = trainer.is_global_zero
-        if is_zero:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            replay_history(module.history, loggers)
-        optimizer_steps = 0 if resume is None else int(resume["optimizer_steps"])
-        if remaining > 0 and not module.early_stopped:
-            with quiet_fit():
-                trainer.fit(module, datamodule=data)
-            optimizer_steps += int(trainer.global_step)
-        best = HeadModel.from_config(cfg, feature_dim=feature_dim, num_views=num_views)
+
+
+def _set_up(
+    train: FeatureSet,
+    val_select: FeatureSet,
+    cfg: HeadTrainConfig,
+    loggers: Sequence[Logger],
+    resume: _Resume,
+    loss_settings: dict[str, Any],
+    sample_weights: NDArray[np.float64] | None,
+) -> tuple[HeadModule, FeatureDataModule]:
+    """A new head (drawn from the global generator, which the caller has seeded) in its HeadModule, with the
+    resumed state restored, and the data module."""
+    model = HeadModel.from_config(cfg, feature_dim=train.feature_dim, num_views=train.num_views)
+    module = HeadModule(model, cfg, val_labels=val_select.labels, loggers=loggers, **loss_settings)
+    if resume.state is not None:
+        module.load_checkpoint_state(resume.state["module"])
+        if module.epoch_offset != resume.epochs_done:
+            raise ValueError(f"{resume.path}: history rows and epochs_done disagree.")
+    data = FeatureDataModule(
+        train, val_select, batch_size=cfg.batch_size, seed=cfg.seed, sample_weights=sample_weights
+    )
+    return module, data
+
+
+def _train(
+    trainer: pl.Trainer,
+    module: HeadModule,
+    data: FeatureDataModule,
+    cfg: HeadTrainConfig,
+    out_dir: Path,
+    loggers: Sequence[Logger],
+) -> int:
+    """Replay the restored history to the loggers (global rank 0), then run the epochs left, unless early
+    stopping already ended training; the optimizer steps this call took."""
+    if trainer.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        replay_history(module.history, loggers)
+    if cfg.max_epochs - module.epoch_offset <= 0 or module.early_stopped:
+        return 0
+    with quiet_fit():
+        trainer.fit(module, datamodule=data)
+    return int(trainer.global_step)
+
+
+def _outputs(
+    best: HeadModel,
+    module: HeadModule,
+    cfg: HeadTrainConfig,
+    trainer: pl.Trainer,
+    out_dir: Path,
+    loggers: Sequence[Logger],
+    optimizer_steps: int,
+    resume: _Resume,
+) -> FitResult:
+    """Load the selected weights into ``best``, save the head (global rank 0) and say what was done."""
     best.load_state_dict(module.best_state)
     best.eval()
     history = pd.DataFrame(module.history, columns=list(HISTORY_COLUMNS)).astype({"epoch": int})
-    head_path, config_path, history_path = out_dir / HEAD_WEIGHTS, out_dir / HEAD_CONFIG, out_dir / HISTORY
-    if is_zero:
+    if trainer.is_global_zero:
         save_head(
             out_dir,
             best,
@@ -450,10 +366,10 @@ def fit_head(
         best_metric=module.best_metric,
         epochs_run=len(module.history),
         optimizer_steps=optimizer_steps,
-        head_path=head_path,
-        config_path=config_path,
-        history_path=history_path,
-        resumed_epochs=0 if resume is None else int(resume["epochs_done"]),
-        checkpoint_path=checkpoint_path,
+        head_path=out_dir / HEAD_WEIGHTS,
+        config_path=out_dir / HEAD_CONFIG,
+        history_path=out_dir / HISTORY,
+        resumed_epochs=resume.epochs_done,
+        checkpoint_path=resume.path,
         global_rank=int(trainer.global_rank),
     )
