@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from roadwork import __version__
+from roadwork.layout import BUNDLE_MODEL, ONNX_FILE, SUBMISSION_DIR
 from roadwork.vocab import PROMOTE_METRICS
 
 # stage name -> one-line description; each is implemented by roadwork.stages.<name>.main(cfg, overrides)
@@ -204,12 +205,8 @@ def _add_export_onnx(subparsers: argparse._SubParsersAction) -> None:
         "[B, 3, S, S] (the backbone's preprocessing), outputs probability [B] (> 0.5 exactly when the "
         "policy says roadwork) and logits [B, 2]. Checks onnxruntime against torch on a fixed batch.",
     )
-    onnx.add_argument(
-        "--model", type=Path, default=Path("outputs/bundle/model"), help="model folder (default: %(default)s)"
-    )
-    onnx.add_argument(
-        "--out", type=Path, default=Path("outputs/model.onnx"), help="ONNX file (default: %(default)s)"
-    )
+    onnx.add_argument("--model", type=Path, default=BUNDLE_MODEL, help="model folder (default: %(default)s)")
+    onnx.add_argument("--out", type=Path, default=ONNX_FILE, help="ONNX file (default: %(default)s)")
     onnx.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
 
 
@@ -243,7 +240,7 @@ def _add_export_submission(subparsers: argparse._SubParsersAction) -> None:
     )
     submission.add_argument("--version", default=None, help="X.Y.Z (default: params.yaml deploy.version)")
     submission.add_argument(
-        "--out", type=Path, default=Path("outputs/submission"), help="new folder (default: %(default)s)"
+        "--out", type=Path, default=SUBMISSION_DIR, help="new folder (default: %(default)s)"
     )
     submission.add_argument(
         "--model-uri",

@@ -32,15 +32,8 @@ import pandas as pd
 
 from roadwork.config import RoadworkConfig, adapt_config, to_dict
 from roadwork.data.split import read_split
-from roadwork.stages.common import (
-    INGEST,
-    SPLITS_CSV,
-    checkpoint_dir,
-    stage_dir,
-    tracked,
-    write_csv,
-    write_json,
-)
+from roadwork.layout import INGEST, SPLITS_CSV, checkpoint_dir, stage_dir
+from roadwork.stages.common import tracked, write_csv, write_json
 from roadwork.stages.modelling import configured_backbone
 
 UNLABELED_CSV = "unlabeled.csv"

@@ -31,9 +31,21 @@ import pandas as pd
 from roadwork.atomic import atomic_write_text
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
+from roadwork.layout import (
+    BUNDLE_FALLBACK,
+    BUNDLE_HF,
+    BUNDLE_MODEL,
+    METRICS_JSON,
+    SPLITS_CSV,
+    VARIANTS,
+    model_dir,
+    output_dir,
+    policy_path,
+    stage_dir,
+)
 from roadwork.stages.agreement import check_export_agreement
-from roadwork.stages.common import OUTPUTS, SPLITS_CSV, VARIANTS, stage_dir, tracked, write_json
-from roadwork.stages.modelling import load_model, load_variant_backbone, model_dir, rendered_bytes
+from roadwork.stages.common import tracked, write_json
+from roadwork.stages.modelling import load_model, load_variant_backbone, rendered_bytes
 
 SELECTION_METRIC = "val_calib_validator_mcc"
 
@@ -69,7 +81,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         metrics: dict[str, float] = {f"chosen_{k}": v for k, v in val_metrics.items()}
         holds, export = _hf_export(cfg, variant, predictor, out, val_metrics, paths)
         metrics.update(export)
-        write_json(out / "metrics.json", metrics)
+        write_json(out / METRICS_JSON, metrics)
         run.log_metrics(metrics)
         run.log_artifact(out / "choice.json")
         version = _register(cfg, run, variant, out, holds, val_metrics, export)
@@ -94,7 +106,7 @@ def _candidates() -> dict[str, dict[str, float]]:
     """Each calibrated variant's ``outputs/calibrate/<variant>/metrics.json``, in :data:`VARIANTS` order."""
     candidates = {}
     for variant in VARIANTS:
-        path = OUTPUTS / "calibrate" / variant / "metrics.json"
+        path = output_dir("calibrate", variant) / METRICS_JSON
         if path.is_file():
             candidates[variant] = json.loads(path.read_text())
     return candidates
@@ -118,17 +130,17 @@ def _build_model(cfg: RoadworkConfig, variant: str, out: Path) -> Any:
         batch_size=cfg.deploy.batch_size,
     )
     backbone, head = load_model(cfg, variant)
-    policy = Policy.from_json(OUTPUTS / "calibrate" / variant / "policy.json")
+    policy = Policy.from_json(policy_path(variant))
     predictor = Predictor(backbone, head, policy, spec)
-    for folder in (out / "model", out / "hf", out / "fallback"):
+    for folder in (BUNDLE_MODEL, BUNDLE_HF, BUNDLE_FALLBACK):
         shutil.rmtree(folder, ignore_errors=True)
-    predictor.save(out / "model", head_dir=model_dir(variant))
+    predictor.save(BUNDLE_MODEL, head_dir=model_dir(variant))
     return predictor
 
 
 def _val_metrics(variant: str, candidates: dict[str, dict[str, float]]) -> dict[str, float]:
     """The chosen variant's validation figures (val_select from train, val_calib from calibrate)."""
-    train_metrics = json.loads((OUTPUTS / "train" / variant / "metrics.json").read_text())
+    train_metrics = json.loads((output_dir("train", variant) / METRICS_JSON).read_text())
     return {
         "val_select_mcc": train_metrics["val_select_mcc"],
         "val_calib_mcc": candidates[variant]["val_calib_mcc"],
@@ -167,13 +179,13 @@ def _register(
 
     commit, _ = git_state(repo_root())
     data_ver = data_version(repo_root())
-    held = outputs_hash(out / "model")
+    held = outputs_hash(BUNDLE_MODEL)
     client = mlflow.MlflowClient()
     # a bundle killed between registering and setting the alias left its version pending: complete it
     version = repair_registrations(client, cfg.deploy.registered_model, held, CHALLENGER)
     if version is None:
         info = log_pyfunc(
-            out / "model",
+            BUNDLE_MODEL,
             registered_model_name=cfg.deploy.registered_model,
             tags={
                 "roadwork.variant": variant,
@@ -205,12 +217,12 @@ def _hf_export(
     refusal = hf_refusal(predictor)
     holds = variant
     if refusal is None:  # a declared output: say why it is empty
-        (out / "fallback").mkdir(parents=True, exist_ok=True)
+        BUNDLE_FALLBACK.mkdir(parents=True, exist_ok=True)
         note = f"{variant}'s head and views export as they are.\n"
-        atomic_write_text(out / "fallback" / "UNUSED.txt", note)
+        atomic_write_text(BUNDLE_FALLBACK / "UNUSED.txt", note)
     else:
         print(f"bundle: {variant} has no Hugging Face form ({refusal}); exporting its linear probe instead")
-        predictor, fallback_mcc = _probe_fallback(cfg, variant, predictor, out / "fallback")
+        predictor, fallback_mcc = _probe_fallback(cfg, variant, predictor, BUNDLE_FALLBACK)
         holds = f"{variant} linear probe ({out / 'fallback'}; the chosen model has no Hugging Face form)"
         chosen_mcc = val_metrics["val_calib_validator_mcc"]
         metrics.update(
@@ -218,13 +230,13 @@ def _hf_export(
             hf_fallback_val_calib_validator_mcc=fallback_mcc,
             hf_cost_val_calib_validator_mcc=chosen_mcc - fallback_mcc,
         )
-    reason = _export_hf(cfg, predictor, out / "hf", val_metrics)
+    reason = _export_hf(cfg, predictor, BUNDLE_HF, val_metrics)
     if reason is not None:
-        (out / "hf").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "hf" / "NOT_EXPORTED.txt", f"No Hugging Face export: {reason}\n")
+        BUNDLE_HF.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(BUNDLE_HF / "NOT_EXPORTED.txt", f"No Hugging Face export: {reason}\n")
         print(f"bundle: no Hugging Face export: {reason}")
         return f"nothing: {reason}", metrics
-    n_images, max_diff = check_export_agreement(predictor, out / "hf", data, "val_calib level-0 renders")
+    n_images, max_diff = check_export_agreement(predictor, BUNDLE_HF, data, "val_calib level-0 renders")
     metrics.update(hf_exported=1.0, hf_max_abs_diff=max_diff, hf_agreement_images=n_images)
     return holds, metrics
 

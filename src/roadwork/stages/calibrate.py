@@ -13,7 +13,6 @@ DVC plot), ``reliability.png`` (before / after), ``threshold_sweep.png``, ``repo
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,15 +20,8 @@ import pandas as pd
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import file_hash, read_split
-from roadwork.stages.common import (
-    METRICS_JSON,
-    REPORT_JSON,
-    SPLITS_CSV,
-    stage_dir,
-    tracked,
-    write_csv,
-    write_metrics,
-)
+from roadwork.layout import METRICS_JSON, REPORT_JSON, SPLITS_CSV, logits_path, stage_dir
+from roadwork.stages.common import tracked, write_csv, write_metrics
 
 HEADLINE = (
     "val_calib_validator_mcc",
@@ -48,10 +40,6 @@ HEADLINE = (
 )
 """metrics.json: the policy's figures on val_calib (the validator mix where level renders exist), its cut and
 its calibration; every other figure is in report.json."""
-
-
-def logits_path(variant: str, split: str) -> Path:
-    return Path("outputs/train") / variant / "logits" / f"{split}.csv"
 
 
 def labelled_margins(variant: str, split: str, labels: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""What every stage shares: output locations, atomic JSON writes and the stage's MLflow run."""
+"""What every stage shares: atomic JSON/CSV writes, metrics files, dvc.yaml lineage and the stage's MLflow run
+(paths: :mod:`roadwork.layout`)."""
 
 from __future__ import annotations
 
@@ -12,39 +13,13 @@ import yaml
 
 from roadwork.atomic import atomic_write, atomic_write_json
 from roadwork.config import RoadworkConfig, flatten, to_dict
+from roadwork.layout import METRICS_JSON, REPORT_JSON
 from roadwork.tracking import StageRun, repo_root, stage_run
-
-OUTPUTS = Path("outputs")
-# Resume checkpoints of long stages: outside every DVC `outs` (DVC deletes those before a stage runs), so a
-# killed `dvc repro` resumes where it stopped. Each stage checks that a checkpoint matches its inputs.
-CHECKPOINTS = Path(".cache/checkpoints")
-# Rendered inputs (the JPEG bytes the validator would send), shared by every stage and backbone
-RENDERS = Path(".cache/renders")
-INGEST = OUTPUTS / "ingest"
-SPLITS_CSV = OUTPUTS / "split" / "splits.csv"
-# variant -> where its backbone comes from: the configured backbone, or the ExPLoRA-adapted copy of it
-VARIANTS: dict[str, str | None] = {"base": None, "adapted": "outputs/adapt/backbone"}
-
-
-def stage_dir(stage: str, variant: str | None = None) -> Path:
-    """``outputs/<stage>[/<variant>]``, created if needed. Paths are relative to the repository root."""
-    path = OUTPUTS / stage / variant if variant else OUTPUTS / stage
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def checkpoint_dir(stage: str, variant: str | None = None) -> Path:
-    """``.cache/checkpoints/<stage>[@<variant>]``: where a stage's resume checkpoints live."""
-    return CHECKPOINTS / (f"{stage}@{variant}" if variant else stage)
 
 
 def write_json(path: Path, payload: Mapping[str, Any], *, sort_keys: bool = True) -> None:
     """Write JSON (sorted keys unless told otherwise, indent 2) atomically: no reader sees half a file."""
     atomic_write_json(path, payload, sort_keys=sort_keys)
-
-
-METRICS_JSON = "metrics.json"
-REPORT_JSON = "report.json"
 
 
 def write_metrics(directory: Path, figures: Mapping[str, float], headline: Sequence[str]) -> dict[str, float]:

@@ -8,7 +8,8 @@ import pandas as pd
 from roadwork.config import RoadworkConfig
 from roadwork.data.dedupe import compute_phashes, find_duplicate_groups
 from roadwork.data.pairs import cosine_pairs
-from roadwork.stages.common import INGEST, stage_dir, tracked, write_csv, write_json
+from roadwork.layout import INGEST, stage_dir
+from roadwork.stages.common import tracked, write_csv, write_json
 from roadwork.stages.modelling import build_backbone, feature_cache, place_on_device, render_store
 
 

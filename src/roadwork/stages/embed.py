@@ -29,7 +29,8 @@ import pandas as pd
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import SPLITS, read_split
-from roadwork.stages.common import INGEST, SPLITS_CSV, stage_dir, tracked, write_csv, write_json
+from roadwork.layout import INGEST, SPLITS_CSV, stage_dir
+from roadwork.stages.common import tracked, write_csv, write_json
 from roadwork.stages.modelling import (
     feature_cache,
     load_variant_backbone,
@@ -41,14 +42,6 @@ from roadwork.stages.modelling import (
 FEATURES = "features"
 INDEX = "index.csv"
 NUMERICS = "numerics_key"  # safetensors metadata: the feature-cache key the rows were computed under
-
-
-def features_path(variant: str, split: str) -> Path:
-    return Path("outputs/embed") / variant / FEATURES / f"{split}.safetensors"
-
-
-def index_path(variant: str) -> Path:
-    return Path("outputs/embed") / variant / INDEX
 
 
 def evaluation_renders(cfg: RoadworkConfig) -> list[Any]:

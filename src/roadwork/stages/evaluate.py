@@ -38,16 +38,8 @@ from PIL import Image
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
-from roadwork.stages.common import (
-    INGEST,
-    METRICS_JSON,
-    REPORT_JSON,
-    SPLITS_CSV,
-    stage_dir,
-    tracked,
-    write_csv,
-    write_metrics,
-)
+from roadwork.layout import INGEST, METRICS_JSON, REPORT_JSON, SPLITS_CSV, policy_path, stage_dir
+from roadwork.stages.common import tracked, write_csv, write_metrics
 from roadwork.stages.embed import evaluation_renders
 from roadwork.stages.modelling import load_model, model_margins, rendered_bytes, variant_feature_cache
 from roadwork.stages.scoring import headline, render_predictions, scored_decisions
@@ -398,7 +390,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
 
     out = stage_dir("evaluate", variant)
     frame = read_split(SPLITS_CSV, "evaluate", ["val_test"]).sort_values("path").reset_index(drop=True)
-    policy = Policy.from_json(Path("outputs/calibrate") / variant / "policy.json")
+    policy = Policy.from_json(policy_path(variant))
     backbone, head = load_model(cfg, variant)
     fingerprint = backbone.fingerprint()
     with tracked("evaluate", cfg, ("evaluate",), overrides, variant=variant) as run:

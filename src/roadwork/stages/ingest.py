@@ -9,7 +9,8 @@ import pandas as pd
 from roadwork.config import RoadworkConfig
 from roadwork.data.ingest import ingest
 from roadwork.data.sources import INGESTED_ROLES, Source, sources_from
-from roadwork.stages.common import METRICS_JSON, REPORT_JSON, stage_dir, tracked, write_csv, write_metrics
+from roadwork.layout import METRICS_JSON, REPORT_JSON, stage_dir
+from roadwork.stages.common import tracked, write_csv, write_metrics
 
 KNOWN_DUPLICATES_SIDECAR = "near_duplicates.csv"
 # metrics.json; the count per quarantine reason (``quarantined_<reason>``) is in report.json

@@ -10,14 +10,16 @@ from typing import Any
 import pandas as pd
 
 from roadwork.config import RoadworkConfig
-from roadwork.stages.common import INGEST, OUTPUTS, RENDERS, VARIANTS, write_json
+from roadwork.layout import INGEST, RENDERS, VARIANTS, model_dir
+from roadwork.stages.common import write_json
 
 
 def variant_backbone_id(cfg: RoadworkConfig, variant: str) -> str:
     """The ``load_backbone`` id of ``variant``: ``backbone.id`` for base, the adapted folder otherwise."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; the variants are {', '.join(VARIANTS)}.")
-    return VARIANTS[variant] or cfg.backbone.id
+    source = VARIANTS[variant]
+    return cfg.backbone.id if source is None else str(source)
 
 
 def load_variant_backbone(cfg: RoadworkConfig, variant: str) -> Any:
@@ -100,7 +102,8 @@ def variant_feature_cache(
     """
     from safetensors import safe_open
 
-    from roadwork.stages.embed import NUMERICS, features_path, index_path
+    from roadwork.layout import features_path, index_path
+    from roadwork.stages.embed import NUMERICS
 
     cache = feature_cache(cfg, backbone, fingerprint)
     spec = view_spec(cfg)
@@ -150,11 +153,6 @@ def train_augment(cfg: RoadworkConfig) -> Any:
 
 
 # ------------------------------------------------------------------ the trained model of a variant
-
-
-def model_dir(variant: str) -> Path:
-    """``outputs/train/<variant>/model``: the head, ``backbone.json`` and, if finetuned, ``backbone/``."""
-    return OUTPUTS / "train" / variant / "model"
 
 
 def write_backbone_ref(directory: Path, backbone: Any, *, finetuned: bool) -> None:

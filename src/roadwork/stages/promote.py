@@ -21,7 +21,7 @@ import pandas as pd
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
-from roadwork.stages.common import SPLITS_CSV
+from roadwork.layout import SPLITS_CSV
 from roadwork.stages.embed import evaluation_renders
 from roadwork.stages.modelling import rendered_bytes
 from roadwork.stages.scoring import headline, render_predictions

@@ -13,14 +13,14 @@ import json
 from pathlib import Path
 
 from roadwork.config import RoadworkConfig, flatten, to_dict
-from roadwork.stages.common import METRICS_JSON, OUTPUTS, REPORT_JSON
+from roadwork.layout import METRICS_JSON, REPORT_JSON, output_dir
 from roadwork.tracking import stage_run
 
 MAX_ARTIFACT_BYTES = 20_000_000  # features and image copies are DVC's to keep, not MLflow's
 
 
 def main(cfg: RoadworkConfig, stage: str, variant: str | None) -> int:
-    directory = OUTPUTS / stage / variant if variant else OUTPUTS / stage
+    directory = output_dir(stage, variant)
     metrics_file = directory / METRICS_JSON
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{metrics_file}: missing; the stage never finished, so run it instead.")

@@ -26,11 +26,9 @@ from roadwork.data.split import (
     fraction_miss,
     group_stratified_split,
 )
-from roadwork.stages.common import stage_dir, tracked, write_csv, write_json
+from roadwork.layout import GROUPS_CSV, KNOWN_DUPLICATES_CSV, SPLITS_CSV, stage_dir
+from roadwork.stages.common import tracked, write_csv, write_json
 
-GROUPS = Path("outputs/dedupe/groups.csv")
-KNOWN_DUPLICATES = Path("outputs/ingest/known_duplicates.csv")
-SPLITS_CSV = Path("outputs/split/splits.csv")
 DROPPED_COLUMNS = ["keep", "drop_reason", "phash"]
 
 
@@ -53,12 +51,12 @@ def user_grouping(cfg: RoadworkConfig) -> UserGrouping:
 def read_kept(cfg: RoadworkConfig, grouping: UserGrouping) -> pd.DataFrame:
     """dedupe's kept rows; the columns the grouping reads stay text, exactly as written."""
     text_columns = dict.fromkeys(["path", "sha256", *grouping.columns()], str)
-    groups = pd.read_csv(GROUPS, dtype=text_columns, keep_default_na=False)
+    groups = pd.read_csv(GROUPS_CSV, dtype=text_columns, keep_default_na=False)
     data_dir = Path(cfg.data.dir)
     check_columns(
         groups,
         grouping,
-        str(GROUPS),
+        str(GROUPS_CSV),
         f"its columns are ingest's manifest columns plus those of {data_dir / 'metadata.csv'} (keyed by "
         f"path) and of the parquet files under {data_dir}: add the column there, or change the split.* key",
     )
@@ -128,7 +126,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
             by_source = kept.groupby(["source", "split"]).size()
             metrics.update({f"{name}_source_{src}_n": int(n) for (src, name), n in by_source.items()})
         metrics["known_pairs_across_splits"] = pairs_across_splits(
-            kept, pd.read_csv(KNOWN_DUPLICATES, dtype=str)
+            kept, pd.read_csv(KNOWN_DUPLICATES_CSV, dtype=str)
         )
         write_json(out / "metrics.json", metrics)
         run.log_metrics(metrics)

@@ -17,8 +17,8 @@ from typing import Any
 
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
+from roadwork.layout import METRICS_JSON, REPORT_JSON, SPLITS_CSV, output_dir
 from roadwork.stages.agreement import check_export_agreement
-from roadwork.stages.common import OUTPUTS, REPORT_JSON, SPLITS_CSV
 from roadwork.stages.modelling import rendered_bytes
 
 HEADLINE = ("validator_mcc", "validator_accuracy", "predicted_positive_rate", "expected_reward")
@@ -62,7 +62,7 @@ def evaluation_metrics(variant: str | None) -> dict[str, float]:
     """The validator-faithful headline of ``variant`` (with interval bounds), for the README; {} if none.
 
     Read from evaluate's ``report.json``: some of the interval bounds are not in its ``metrics.json``."""
-    path = OUTPUTS / "evaluate" / (variant or "") / REPORT_JSON
+    path = output_dir("evaluate", variant) / REPORT_JSON
     if variant is None or not path.is_file():
         return {}
     figures = json.loads(path.read_text())
@@ -97,8 +97,8 @@ def main(
     if refusal is not None:
         raise ValueError(
             f"{model_uri} cannot be submitted: {refusal}. bundle exported its linear probe instead: submit "
-            f"that with --model-uri {OUTPUTS / 'bundle' / 'fallback'} (its cost on val_calib is "
-            f"hf_cost_val_calib_validator_mcc in {OUTPUTS / 'bundle' / 'metrics.json'}), or train with "
+            f"that with --model-uri {output_dir('bundle') / 'fallback'} (its cost on val_calib is "
+            f"hf_cost_val_calib_validator_mcc in {output_dir('bundle') / METRICS_JSON}), or train with "
             "embed.views=global, embed.tta_flip=false, train.head=linear, train.feature_transform=none."
         )
     metrics = evaluation_metrics(variant)

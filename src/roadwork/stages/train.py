@@ -37,19 +37,18 @@ import pandas as pd
 from roadwork.config import RoadworkConfig, finetune_config, head_train_config
 from roadwork.data.sources import source_weights
 from roadwork.data.split import read_split
-from roadwork.stages.common import (
+from roadwork.layout import (
     INGEST,
     SPLITS_CSV,
     checkpoint_dir,
+    features_path,
+    index_path,
+    model_dir,
     stage_dir,
-    tracked,
-    write_csv,
-    write_json,
 )
-from roadwork.stages.embed import features_path, index_path
+from roadwork.stages.common import tracked, write_csv, write_json
 from roadwork.stages.modelling import (
     load_variant_backbone,
-    model_dir,
     model_margins,
     rendered_bytes,
     train_augment,

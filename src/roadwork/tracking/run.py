@@ -97,7 +97,9 @@ def _on_end(handle: StageRun, client: Any, dvc_stage: str, status: str, *, own_p
 def _tracking_lost(
     stage: str, variant: str | None, dvc_stage: str, handle: StageRun, uri: str
 ) -> TrackingLostError:
-    where = f"outputs/{stage}" + (f"/{variant}" if variant else "")
+    from roadwork.layout import output_dir
+
+    where = output_dir(stage, variant)
     return TrackingLostError(
         f"stage {dvc_stage} finished and wrote {where}, but {len(handle.failures)} MLflow call(s) to "
         f"{redact_uri(uri)} failed (first: {handle.failures[0]}). Nothing is lost: once the server is "
