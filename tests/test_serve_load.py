@@ -29,8 +29,9 @@ import psutil
 import pytest
 from PIL import Image
 
+from helpers.repo import BIN
+from helpers.serving import free_port, jpeg, make_predictor, register, save_model
 from roadwork.deploy.predictor import Predictor
-from test_deploy import BIN, free_port, jpeg, make_predictor, register, save_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -347,10 +347,10 @@ def test_make_near_duplicate_kinds() -> None:
     ("kwargs", "error", "match"),
     [
         ({"n": 19}, ValueError, "n must be >= 20"),
-        ({"n": 20.0}, TypeError, "n must be an integer"),
-        ({"n": True}, TypeError, "n must be an integer"),
+        ({"n": 20.0}, TypeError, "n must be an int"),
+        ({"n": True}, TypeError, "n must be an int"),
         ({"seed": -1}, ValueError, "seed must be >= 0"),
-        ({"seed": "1"}, TypeError, "seed must be an integer"),
+        ({"seed": "1"}, TypeError, "seed must be an int"),
         ({"near_duplicate_fraction": -0.1}, ValueError, "near_duplicate_fraction"),
         ({"near_duplicate_fraction": 1.0}, ValueError, "near_duplicate_fraction"),
         ({"near_duplicate_fraction": float("nan")}, ValueError, "near_duplicate_fraction"),

@@ -6,6 +6,8 @@ stays on one file system), flushes it to disk, gives it ordinary permissions and
 A reader sees the old file or the complete new one, never a partial one, even when the writer is killed
 (``kill -9``, out of memory); with ``durable`` the data and the rename also survive a power cut on file
 systems that honour ``fsync``. A failed write removes its temporary file and leaves the target untouched.
+:func:`atomic_write_csv` is the one CSV writer; :func:`atomic_dir` does the same for a folder that a library
+fills file by file (``save_pretrained``).
 """
 
 from __future__ import annotations
@@ -13,15 +15,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+    "atomic_dir",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_csv",
+    "atomic_write_json",
+    "atomic_write_text",
+]
 
-# mkstemp creates 0600 files; outputs are shared artefacts (DVC cache, MLflow, other users of a shared box)
+# mkstemp creates 0600 files and mkdtemp 0700 folders; outputs are shared artefacts (DVC cache, MLflow,
+# other users of a shared box)
 _FILE_MODE = 0o644
+_DIR_MODE = 0o755
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -82,3 +94,54 @@ def atomic_write_json(
 ) -> Path:
     """:func:`atomic_write` of ``payload`` as JSON with a final newline."""
     return atomic_write_text(path, json.dumps(payload, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def atomic_write_csv(
+    path: str | os.PathLike[str], table: Any, *, columns: Sequence[str] | None = None
+) -> Path:
+    """:func:`atomic_write` of a CSV: a header row, no index, ``\\n`` line ends, minimal quoting, missing
+    values as empty fields. ``table`` is a pandas DataFrame or, with ``columns``, an iterable of rows of
+    plain values, each written as ``str`` writes it (what the ``csv`` module writes)."""
+    if columns is not None:
+        import pandas as pd
+
+        table = pd.DataFrame(list(table), columns=list(columns), dtype=object)
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, lineterminator="\n"))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Fill the folder ``path`` all-or-nothing: the ``with`` body writes into the empty temporary folder it
+    is given (beside ``path``), which then takes ``path``'s place whole (what was there is moved aside and
+    deleted). A body that raises leaves ``path`` untouched and the temporary folder removed.
+
+    A reader sees the old folder, for an instant none, or the complete new one, never a partial one. Unlike
+    :func:`atomic_write` nothing is fsynced: what a power cut loses here is recomputed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, _DIR_MODE)
+        _replace_folder(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_folder(new: Path, path: Path) -> None:
+    """Rename ``new`` onto ``path``; an existing ``path`` is moved aside first (a rename cannot replace a
+    folder that holds files) and put back if the second rename fails."""
+    if not (path.exists() or path.is_symlink()):
+        os.replace(new, path)
+        return
+    aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+    os.replace(path, aside / path.name)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(aside / path.name, path)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside)

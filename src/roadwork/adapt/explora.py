@@ -60,7 +60,6 @@ above, so a run may resume with another ``devices``.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -78,7 +77,7 @@ from roadwork.adapt.loop import AdaptRun, resume, train_steps
 from roadwork.adapt.processes import Processes, check_adapt_processes, start_processes
 from roadwork.adapt.ssl import ExploraSSL, MultiCropDataset, multi_crop_transform, seeded
 from roadwork.adapt.step import INIT_STREAM, make_optimizer
-from roadwork.atomic import atomic_write_text
+from roadwork.atomic import atomic_write_csv, atomic_write_json
 from roadwork.data.images import open_image, pillow_pixel_limit
 from roadwork.data.preprocess import to_tensor_batch
 from roadwork.distributed import ACCELERATORS, STRATEGIES
@@ -304,8 +303,8 @@ def _write_outputs(
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             merged.save(out_dir / BACKBONE_DIR)
-            frame.to_csv(out_dir / HISTORY_FILE, index=False)
-            atomic_write_text(out_dir / ADAPT_META, json.dumps(meta, indent=2) + "\n")
+            atomic_write_csv(out_dir / HISTORY_FILE, frame)
+            atomic_write_json(out_dir / ADAPT_META, meta, sort_keys=False)
             for logger in run.loggers:
                 logger.save()
         except BaseException as exc:

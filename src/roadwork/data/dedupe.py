@@ -36,8 +36,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from roadwork.data.images import ImageRejected, open_image, pillow_pixel_limit
-from roadwork.data.pairs import HASH_BITS, check_hashes, check_int, hamming_pairs, sorted_unique_pairs
+from roadwork.data.pairs import HASH_BITS, check_hashes, hamming_pairs, sorted_unique_pairs
 from roadwork.progress import progress_bar
+from roadwork.validation import check_int
 
 PHASH_SOURCE = "phash"
 _SHA256_HEX = re.compile("[0-9a-f]{64}")

@@ -32,6 +32,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from roadwork.validation import check_int
+
 # Formats Pillow may open. Restricting them matters for safety, not only tidiness: e.g. EPS would hand the
 # file to Ghostscript. Phone JPEGs in multi-picture format open through "JPEG" and report format "MPO".
 ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
@@ -98,16 +100,9 @@ def pillow_pixel_limit() -> int | None:
     return None if limit is None else 2 * int(limit)
 
 
-def _check_positive_int(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-
-
 def check_max_pixels(max_pixels: int) -> None:
     """Raise TypeError/ValueError unless ``max_pixels`` is a positive int <= :func:`pillow_pixel_limit`."""
-    _check_positive_int(max_pixels, "max_pixels")
+    check_int(max_pixels, "max_pixels", 1)
     limit = pillow_pixel_limit()
     if limit is not None and max_pixels > limit:
         raise ValueError(
@@ -265,9 +260,9 @@ def decode_image(
             "pad truncated files with grey instead of failing; set it back to False before decoding"
         )
     check_max_pixels(max_pixels)
-    _check_positive_int(min_side, "min_side")
+    check_int(min_side, "min_side", 1)
     if draft_size is not None:
-        _check_positive_int(draft_size, "draft_size")
+        check_int(draft_size, "draft_size", 1)
     # Pillow's bomb *warning* (between MAX_IMAGE_PIXELS and twice that) is noise here: max_pixels decides.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -297,7 +292,7 @@ def open_image(
 
 def sha256_file(path: Path, *, chunk_bytes: int = _SHA256_CHUNK_BYTES) -> str:
     """Hex SHA-256 of the file's bytes, read in ``chunk_bytes`` pieces so memory stays bounded."""
-    _check_positive_int(chunk_bytes, "chunk_bytes")
+    check_int(chunk_bytes, "chunk_bytes", 1)
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
         while chunk := handle.read(chunk_bytes):
@@ -316,7 +311,7 @@ def downscale_short_side(image: Image.Image, min_side: int) -> Image.Image:
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"image must be a PIL.Image.Image, got {type(image).__name__}")
-    _check_positive_int(min_side, "min_side")
+    check_int(min_side, "min_side", 1)
     width, height = image.size
     shorter = min(width, height)
     if shorter <= min_side:

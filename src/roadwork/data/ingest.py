@@ -48,20 +48,19 @@ ingest_decode` decodes them and writes the working copies; this module runs the 
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from roadwork.atomic import atomic_write_bytes
+from roadwork.atomic import atomic_write_csv
 from roadwork.data.images import REJECTION_REASONS, check_max_pixels
 from roadwork.data.ingest_decode import IMAGES_DIR, Kept, Settings, Task, execute, file_item, parquet_items
 from roadwork.data.ingest_scan import LAYOUTS_HELP, MANIFEST_COLUMNS, Quarantined, Root, read_root, unread
 from roadwork.data.sources import Source, check_sources
 from roadwork.progress import progress_bar
+from roadwork.validation import check_int
 
 __all__ = ["MANIFEST_COLUMNS", "QUARANTINE_COLUMNS", "QUARANTINE_REASONS", "IngestResult", "ingest"]
 
@@ -101,24 +100,6 @@ class IngestResult:
     unread: tuple[str, ...] = ()
 
 
-def _check_int(value: object, name: str, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-
-
-def _write_csv(columns: Sequence[str], rows: Iterable[Sequence[object]], target: Path) -> None:
-    """Write a CSV (header ``columns``, then ``rows``; ``\\n`` line ends, minimal quoting) atomically."""
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(rows)
-    payload = text.getvalue().encode("utf-8")
-    atomic_write_bytes(target, payload)
-
-
 def _remove_stale_images(images_dir: Path, keep: set[str]) -> None:
     """Delete working copies (and temp files of crashed runs) that this run did not produce.
 
@@ -145,11 +126,11 @@ def _checked_settings(
             "data_dir and out_dir must be pathlib.Path, got "
             f"{type(data_dir).__name__} and {type(out_dir).__name__}"
         )
-    _check_int(working_min_side, "working_min_side", 1)
-    _check_int(jpeg_quality, "jpeg_quality", 1, 100)
+    check_int(working_min_side, "working_min_side", 1)
+    check_int(jpeg_quality, "jpeg_quality", 1, 100)
     check_max_pixels(max_pixels)
-    _check_int(min_side, "min_side", 1)
-    _check_int(workers, "workers", 1)
+    check_int(min_side, "min_side", 1)
+    check_int(workers, "workers", 1)
     if not isinstance(show_progress, bool):
         raise TypeError(f"show_progress must be a bool, got {type(show_progress).__name__}")
     if not data_dir.is_dir():
@@ -223,8 +204,8 @@ def _write_lists(
     ]
     manifest_path = out_dir / "manifest.csv"
     quarantine_path = out_dir / "quarantine.csv"
-    _write_csv([*MANIFEST_COLUMNS, *extra_columns], manifest_rows, manifest_path)
-    _write_csv(QUARANTINE_COLUMNS, quarantine_rows, quarantine_path)
+    atomic_write_csv(manifest_path, manifest_rows, columns=[*MANIFEST_COLUMNS, *extra_columns])
+    atomic_write_csv(quarantine_path, quarantine_rows, columns=QUARANTINE_COLUMNS)
     return manifest_path, quarantine_path
 
 

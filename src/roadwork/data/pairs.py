@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from roadwork.validation import check_int
+
 HASH_BITS = 64
 
 # Elements per vectorised step of multi-index hashing (query items x neighbour masks): steps whose
@@ -34,16 +36,6 @@ _COST_SCAN_PAIR = 0.4
 
 
 # ------------------------------------------------------------------------------------------ validation
-
-
-def check_int(value: object, name: str, low: int, high: int | None = None) -> int:
-    """``value`` as an int in ``[low, high]`` (``high`` None: no upper bound); the message names ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return int(value)
 
 
 def check_hashes(hashes: object, name: str) -> np.ndarray:

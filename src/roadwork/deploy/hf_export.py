@@ -42,10 +42,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from functools import partial
@@ -56,6 +53,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from roadwork.atomic import atomic_dir
 from roadwork.deploy.effnet_hf import LITE_ARCHITECTURES, efficientnet_lite_classifier
 from roadwork.deploy.fold import folded_classifier
 from roadwork.models.backbone import Backbone
@@ -420,19 +418,13 @@ def _write_folder(
 ) -> None:
     """Write the export into a temporary sibling folder and move it into place: all or nothing (``readme``
     gives the README's text)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
         (tmp / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "README.md").write_text(readme(), encoding="utf-8")
-        if out_dir.exists():
+        if out_dir.exists():  # never replace what another process put there since _new_folder looked
             out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def hf_probabilities(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from roadwork.atomic import atomic_write
 from roadwork.deploy.fold import folded_classifier
 from roadwork.models.backbone import Backbone
 from roadwork.models.head import ID2LABEL, HeadModel
@@ -101,9 +103,12 @@ def export_onnx(
     use_dynamo = opset >= 18 if dynamo is None else bool(dynamo)
     module = FoldedClassifier(_cpu_float32(backbone), weight.float(), bias.float())
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _run_exporter(module, backbone.preprocess.image_size, path, opset, use_dynamo)
-    model = onnx.load(str(path))
+    with tempfile.TemporaryDirectory(prefix="roadwork-onnx-") as scratch:
+        # the dynamo exporter writes the weights to a second file beside the graph (<name>.data); loaded
+        # here and written whole below, so only the one checked file lands at ``path``
+        exported = Path(scratch) / "model.onnx"
+        _run_exporter(module, backbone.preprocess.image_size, exported, opset, use_dynamo)
+        model = onnx.load(str(exported))
     written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if written != opset:
         raise RuntimeError(
@@ -112,8 +117,7 @@ def export_onnx(
         )
     _add_metadata(model, backbone, policy)
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return atomic_write(path, lambda tmp: onnx.save(model, str(tmp)))
 
 
 def _exportable_classifier(
@@ -135,7 +139,8 @@ def _exportable_classifier(
 
 
 def _run_exporter(module: nn.Module, side: int, path: Path, opset: int, use_dynamo: bool) -> None:
-    """Write ``module`` to ``path`` with the dynamo or the TorchScript exporter, batch dimension dynamic."""
+    """Write ``module`` to the scratch file ``path`` with the dynamo or the TorchScript exporter, batch
+    dimension dynamic."""
     # batch 2: torch.export specialises a dimension whose example size is 0 or 1
     example = torch.zeros(2, 3, side, side, dtype=torch.float32)
     common = {"input_names": [INPUT_NAME], "output_names": list(OUTPUT_NAMES), "opset_version": opset}

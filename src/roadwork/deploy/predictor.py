@@ -1,10 +1,14 @@
 """The deployed model: backbone + head + policy + views, applied to encoded images.
 
-The MLflow pyfunc (and so ``mlflow models serve``), ``roadwork predict`` and ``roadwork promote`` run it;
-its margins come from :func:`roadwork.models.inference.infer_margins`, the one inference path that training,
-evaluation and the exports use too. A model folder holds ``backbone/`` (:meth:`Backbone.save`),
-``head.safetensors`` + ``head.json``, ``policy.json`` and ``predictor.json`` (views, test-time flip, input
-limits). Inputs are encoded image bytes only: the predictor opens no file (``roadwork predict`` reads paths).
+The MLflow pyfunc (and so ``mlflow models serve``), ``roadwork predict``, ``roadwork promote`` and
+``roadwork export-submission`` run it; its margins come from :func:`roadwork.models.inference.infer_margins`,
+the one inference path that train's logits and evaluate use too. The exports are separate graphs checked
+against it: the Hugging Face one on validation renders (:mod:`roadwork.stages.agreement`, in bundle and
+export-submission), the ONNX one on a fixed batch (:func:`export_onnx_from_dir`). A model folder holds
+``backbone/`` (:meth:`Backbone.save`), ``head.safetensors`` + ``head.json``, ``policy.json`` and
+``predictor.json`` (:class:`PredictorSpec`: views, test-time flip, input limits, request budgets, batch
+size). :meth:`Predictor.predict` takes encoded image bytes only and opens no file (``roadwork predict``
+reads the paths).
 
 Limits, all checked before a pixel is decoded: per image ``max_bytes`` and ``max_pixels`` (its declared
 width x height; :func:`roadwork.data.images.decode_image`); per call (a served request) the images to
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from roadwork.atomic import atomic_write_json
+from roadwork.atomic import atomic_write, atomic_write_json
 
 __all__ = [
     "OUTPUT_COLUMNS",
@@ -152,7 +157,7 @@ class Predictor:
         directory.mkdir(parents=True, exist_ok=True)
         self.backbone.save(directory / BACKBONE_DIR)
         for name in ("head.safetensors", "head.json"):
-            shutil.copyfile(Path(head_dir) / name, directory / name)
+            atomic_write(directory / name, partial(shutil.copyfile, Path(head_dir) / name))
         self.policy.to_json(directory / POLICY_FILE)
         atomic_write_json(directory / SPEC_FILE, asdict(self.spec))
 

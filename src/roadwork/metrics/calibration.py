@@ -11,7 +11,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from roadwork.metrics._validation import check_labels, check_n_bins, check_probabilities, check_same_length
+from roadwork.validation import check_labels, check_n_bins, check_probabilities, check_same_length
 
 
 def _check(y_true: ArrayLike, p: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.float64]]:

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.exceptions import UndefinedMetricWarning
 
-from roadwork.metrics._validation import check_labels, check_same_length
+from roadwork.validation import check_labels, check_same_length
 
 FloatOrArray = float | NDArray[np.float64]
 

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.exceptions import UndefinedMetricWarning
 
-from roadwork.metrics._validation import check_labels, check_same_length, check_scores
+from roadwork.validation import check_labels, check_same_length, check_scores
 
 
 class ThresholdCounts(NamedTuple):

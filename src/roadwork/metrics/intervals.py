@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.stats import norm
 
-from roadwork.metrics._validation import check_labels, check_level, check_same_length, check_scores
+from roadwork.validation import check_labels, check_level, check_same_length, check_scores
 
 
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:

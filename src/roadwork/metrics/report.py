@@ -9,7 +9,6 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.exceptions import UndefinedMetricWarning
 
-from roadwork.metrics._validation import check_labels, check_probabilities, check_same_length
 from roadwork.metrics.calibration import ace, brier, ece, mce, nll, smooth_ece
 from roadwork.metrics.classification import (
     accuracy_from_counts,
@@ -22,6 +21,7 @@ from roadwork.metrics.classification import (
 )
 from roadwork.metrics.curves import auprc, auroc
 from roadwork.metrics.selective import augrc
+from roadwork.validation import check_labels, check_probabilities, check_same_length
 
 # natix-network streetvision-subnet, natix/validator/config.py: REWARD_CURVE_EXPONENT = 3.0.
 _REWARD_EXPONENT = 3.0

@@ -11,8 +11,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from roadwork.metrics._validation import check_labels, check_probabilities, check_same_length
 from roadwork.metrics.curves import threshold_counts
+from roadwork.validation import check_labels, check_probabilities, check_same_length
 
 
 class RiskCoverageCurve(NamedTuple):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from roadwork.metrics._validation import check_labels, check_same_length
+from roadwork.validation import check_labels, check_same_length
 
 
 def check_sets(sets: ArrayLike, name: str = "sets") -> NDArray[np.bool_]:

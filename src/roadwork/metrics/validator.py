@@ -29,13 +29,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from roadwork.metrics._validation import (
-    _as_1d_numeric,
-    check_labels,
-    check_same_length,
-)
 from roadwork.metrics.classification import accuracy_from_counts, mcc_from_counts
 from roadwork.metrics.report import _REWARD_EXPONENT
+from roadwork.validation import check_labels, check_same_length, check_scores
 
 UNIFORM_LEVELS: tuple[float, ...] = (0.25, 0.25, 0.25, 0.25)
 
@@ -88,7 +84,7 @@ def _design(
     w, pri = _check_weights(level_weights, prior)
     y = check_labels(y_true, "y_true")
     d = check_labels(decision, "decision")
-    lv = _as_1d_numeric(level, "level")
+    lv = check_scores(level, "level")
     if np.any(lv != np.round(lv)) or np.any((lv < 0) | (lv >= len(w))):
         raise ValueError(
             f"level must hold integer augmentation levels in 0..{len(w) - 1} (as len(level_weights) is "

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from roadwork.atomic import atomic_write_json
+from roadwork.atomic import atomic_dir, atomic_write_json
 from roadwork.models.bn_fold import FoldedCache
 from roadwork.models.pooling import set_pooling
 from roadwork.models.preprocess_config import PreprocessConfig, image_processor_for
@@ -189,22 +189,23 @@ class Backbone(torch.nn.Module):
 
         Hugging Face ViTs are written with ``save_pretrained`` plus a ``preprocessor_config.json``
         (``BitImageProcessor`` for ``resize_mode="shortest_edge"``, ``DINOv3ViTImageProcessor`` for
-        ``"square"``); timm models as ``model.safetensors`` plus ``roadwork_backbone.json``. The directory is
-        created if needed; existing files of the same names are overwritten.
+        ``"square"``); timm models as ``model.safetensors`` plus ``roadwork_backbone.json``. The folder is
+        written beside ``directory`` and then takes its place whole (:func:`roadwork.atomic.atomic_dir`):
+        a folder already there is replaced, files from an earlier save included.
         """
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
             raise ValueError(f"save: {directory} exists and is not a directory.")
-        directory.mkdir(parents=True, exist_ok=True)
-        if self.family == "timm":
-            state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-            save_file(state, str(directory / TIMM_WEIGHTS_FILE))
-            meta = {
-                "family": "timm",
-                "architecture": self._arch_config,
-                "preprocess": self.preprocess.to_dict(),
-            }
-            atomic_write_json(directory / TIMM_CONFIG_FILE, meta)
-            return
-        self.model.save_pretrained(str(directory), safe_serialization=True)
-        image_processor_for(self.preprocess).save_pretrained(str(directory))
+        with atomic_dir(directory) as tmp:
+            if self.family == "timm":
+                state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+                save_file(state, str(tmp / TIMM_WEIGHTS_FILE))
+                meta = {
+                    "family": "timm",
+                    "architecture": self._arch_config,
+                    "preprocess": self.preprocess.to_dict(),
+                }
+                atomic_write_json(tmp / TIMM_CONFIG_FILE, meta)
+            else:
+                self.model.save_pretrained(str(tmp), safe_serialization=True)
+                image_processor_for(self.preprocess).save_pretrained(str(tmp))

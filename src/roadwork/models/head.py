@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from roadwork.atomic import atomic_write
+from roadwork.atomic import atomic_write, atomic_write_csv, atomic_write_json
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.vocab import AGGREGATIONS, FEATURE_TRANSFORMS, HEADS
 
@@ -213,8 +213,8 @@ def save_head(
         "optimizer_steps": int(optimizer_steps),
         "id2label": {str(k): v for k, v in ID2LABEL.items()},
     }
-    atomic_write(config_path, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
-    atomic_write(history_path, lambda p: history.to_csv(p, index=False))
+    atomic_write_json(config_path, meta, sort_keys=False)
+    atomic_write_csv(history_path, history)
     return head_path, config_path, history_path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,20 +13,11 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
 
 from roadwork import metrics as rm
-from roadwork.metrics._validation import check_labels, check_n_bins, check_probabilities
 from roadwork.plots.checks import check_frame, check_path, check_title
 from roadwork.plots.style import GREY, PALETTE, new_figure, save, style_axes
+from roadwork.validation import check_finite, check_labels, check_n_bins, check_probabilities
 
 _SWEEP_COLUMNS = ("threshold", "mcc", "precision", "recall", "fnr")
-
-
-def _check_finite_float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a finite float; got {type(value).__name__}.")
-    out = float(value)
-    if not math.isfinite(out):
-        raise ValueError(f"{name} must be finite; got {out}.")
-    return out
 
 
 def _check_probs(probs: Any, n: int) -> dict[str, NDArray[np.float64]]:
@@ -128,7 +118,7 @@ def threshold_sweep_figure(
     """
     check_title(title)
     cols = check_frame(sweep_frame, "sweep_frame", _SWEEP_COLUMNS)
-    chosen = None if chosen_threshold is None else _check_finite_float(chosen_threshold, "chosen_threshold")
+    chosen = None if chosen_threshold is None else check_finite(chosen_threshold, "chosen_threshold")
     order = np.argsort(cols["threshold"], kind="stable")
     t = cols["threshold"][order]
     fig = new_figure(8.0, 4.5)

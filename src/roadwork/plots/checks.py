@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from roadwork.metrics._validation import check_labels, check_same_length
+from roadwork.validation import check_labels, check_same_length
 
 
 def check_path(path: str | os.PathLike[str]) -> Path:
@@ -61,11 +61,3 @@ def check_frame(
             raise ValueError(f"{name}[{col!r}] contains {bad} non-finite value(s) (nan or inf).")
         out[col] = values
     return out
-
-
-def check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}; got {type(value).__name__}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value}.")
-    return int(value)

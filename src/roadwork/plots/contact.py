@@ -12,7 +12,8 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from roadwork.atomic import atomic_write
-from roadwork.plots.checks import check_int, check_path, check_title
+from roadwork.plots.checks import check_path, check_title
+from roadwork.validation import check_int
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:

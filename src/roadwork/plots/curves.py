@@ -11,10 +11,10 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
 
 from roadwork import metrics as rm
-from roadwork.metrics._validation import check_probabilities, check_scores
 from roadwork.plots.checks import check_labels_and, check_path, check_title
 from roadwork.plots.style import CLASS_NAMES, GREY, PALETTE, new_figure, save, style_axes
 from roadwork.plots.tables import pr_table, roc_table
+from roadwork.validation import check_probabilities, check_scores
 
 
 def _both_classes(y: NDArray[np.int64]) -> bool:

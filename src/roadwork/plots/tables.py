@@ -6,8 +6,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from roadwork import metrics as rm
-from roadwork.metrics._validation import check_n_bins, check_probabilities, check_scores
 from roadwork.plots.checks import check_labels_and
+from roadwork.validation import check_n_bins, check_probabilities, check_scores
 
 
 def roc_table(y_true: ArrayLike, score: ArrayLike) -> pd.DataFrame:

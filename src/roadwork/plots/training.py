@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from roadwork.plots.checks import check_frame, check_int, check_path, check_title
+from roadwork.plots.checks import check_frame, check_path, check_title
 from roadwork.plots.style import PALETTE, new_figure, save, style_axes
+from roadwork.validation import check_int
 
 _HISTORY_REQUIRED = ("epoch", "train_loss", "val_loss", "val_mcc")
 _HISTORY_OPTIONAL = ("val_best_mcc", "lr")

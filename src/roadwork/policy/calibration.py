@@ -28,7 +28,7 @@ from scipy.special import expit, log_expit
 from sklearn.exceptions import NotFittedError
 from sklearn.isotonic import IsotonicRegression
 
-from roadwork.metrics._validation import check_labels, check_same_length, check_scores
+from roadwork.validation import check_finite, check_labels, check_same_length, check_scores
 
 _MAX_FLOAT = float(np.finfo(np.float64).max)
 
@@ -101,15 +101,6 @@ def _check_params(name: str, params: Any, expected: set[str]) -> dict[str, Any]:
     return params
 
 
-def _finite_float(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number; got {type(value).__name__}.")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{what} must be finite; got {v}.")
-    return v
-
-
 class Calibrator(ABC):
     """Common interface: ``fit(z, y)``, ``predict_proba(z)``, ``margin_at(t)``, ``deploy_scale()``, dicts."""
 
@@ -152,7 +143,7 @@ class Calibrator(ABC):
         floating-point function itself (which is monotone), not only up to a tolerance. Returns -inf when
         every finite z is above the threshold and +inf when none is.
         """
-        t = _finite_float(prob_threshold, "prob_threshold")
+        t = check_finite(prob_threshold, "prob_threshold")
         self.params()
 
         def above(x: float) -> bool:
@@ -246,7 +237,7 @@ class TemperatureScaling(Calibrator):
     @classmethod
     def _from_params(cls, params: dict[str, Any]) -> TemperatureScaling:
         p = _check_params(cls.name, params, {"temperature"})
-        t = _finite_float(p["temperature"], "temperature")
+        t = check_finite(p["temperature"], "temperature")
         if t <= 0:
             raise ValueError(f"temperature must be > 0; got {t}.")
         return cls(t)
@@ -306,10 +297,10 @@ class PlattScaling(Calibrator):
     @classmethod
     def _from_params(cls, params: dict[str, Any]) -> PlattScaling:
         p = _check_params(cls.name, params, {"a", "b"})
-        a = _finite_float(p["a"], "a")
+        a = check_finite(p["a"], "a")
         if a <= 0:
             raise ValueError(f"Platt slope a must be > 0; got {a}.")
-        return cls(a, _finite_float(p["b"], "b"))
+        return cls(a, check_finite(p["b"], "b"))
 
 
 class BetaCalibration(Calibrator):
@@ -376,7 +367,7 @@ class BetaCalibration(Calibrator):
     @classmethod
     def _from_params(cls, params: dict[str, Any]) -> BetaCalibration:
         p = _check_params(cls.name, params, {"a", "b", "c"})
-        a, b, c = (_finite_float(p[k], k) for k in ("a", "b", "c"))
+        a, b, c = (check_finite(p[k], k) for k in ("a", "b", "c"))
         if a < 0 or b < 0 or a + b == 0:
             raise ValueError(f"beta calibration needs a, b >= 0 and a + b > 0; got a={a}, b={b}.")
         return cls(a, b, c)

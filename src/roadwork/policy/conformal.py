@@ -23,16 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from roadwork.metrics import check_sets
-from roadwork.metrics._validation import check_labels, check_probabilities, check_same_length
-
-
-def _check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)):
-        raise TypeError(f"alpha must be a float in (0, 1); got {type(alpha).__name__}.")
-    a = float(alpha)
-    if not 0.0 < a < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), e.g. 0.1 for 90% coverage; got {a}.")
-    return a
+from roadwork.validation import check_fraction, check_labels, check_probabilities, check_same_length
 
 
 @dataclass(frozen=True)
@@ -52,7 +43,7 @@ class ConformalQuantiles:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
                 raise ValueError(f"{name} must be a float in [0, 1]; got {v!r}.")
-        _check_alpha(self.alpha)
+        check_fraction(self.alpha, "alpha", allow_zero=False)
 
     def to_dict(self) -> dict[str, float]:
         """JSON-able ``{"q0", "q1", "alpha"}``."""
@@ -74,7 +65,7 @@ class ConformalQuantiles:
 
 def min_class_size(alpha: float) -> int:
     """Smallest per-class calibration count n with a finite quantile: ceil((n + 1)(1 - alpha)) <= n."""
-    a = _check_alpha(alpha)
+    a = check_fraction(alpha, "alpha", allow_zero=False)
     n = 1
     while math.ceil((n + 1) * (1 - a) - 1e-12) > n:
         n += 1
@@ -91,7 +82,7 @@ def fit_conformal(p_cal: ArrayLike, y_cal: ArrayLike, alpha: float) -> Conformal
     p = check_probabilities(p_cal, "p_cal")
     y = check_labels(y_cal, "y_cal")
     check_same_length([("p_cal", p), ("y_cal", y)])
-    a = _check_alpha(alpha)
+    a = check_fraction(alpha, "alpha", allow_zero=False)
     for label in (0, 1):
         if not np.any(y == label):
             raise ValueError(f"y_cal has no sample of label {label}; class-conditional conformal needs both.")

@@ -2,14 +2,16 @@
 
 A :class:`Render` says which picture of a stored image the model sees, as the **encoded bytes** a miner
 would receive: ``clean`` is the validator's level-0 JPEG (centre square, 224x224, its JPEG encoding);
-``augmented`` copy ``k`` is a :class:`~roadwork.data.preprocess.TrainAugment` draw seeded by
-``(seed, k, image sha256)`` (the validator's level mix by default, ending with its JPEG), so copy ``k`` of an
-image is the same picture in every run and in any order. Renders start from the ingest copy, whose shorter
-side is at least ``ingest.working_min_side`` (512 by default: a validator crop of 20 % of the area then
-never needs upsampling) or the original's, whichever is smaller.
+``augmented`` copy ``k`` is a :class:`~roadwork.data.preprocess.TrainAugment` draw seeded by ``(seed, k,
+the first 64 bits of the image's sha256)``, so copy ``k`` of an image is the same picture in every run and
+in any order. The train copies draw ``embed.augment`` (by default the validator's level mix, ending with its
+JPEG, or with a lossless PNG when ``jpeg`` is off); :func:`level_render` draws one validator level.
+Renders start from the ingest copy, whose shorter side is at least ``ingest.working_min_side`` (512 by
+default: a validator crop of 20 % of the area then never needs upsampling) or the original's, whichever is
+smaller.
 
-The :class:`RenderStore` keeps each rendered JPEG (keyed by the render, the image and the copy it was
-rendered from), and :func:`embed_images` sends those bytes through
+The :class:`RenderStore` keeps each render's bytes (keyed by the render, the image and the copy it was
+rendered from); :func:`rendered_inputs` reads or makes them, and :func:`embed_images` sends them through
 :func:`roadwork.models.inference.embed_inputs` with its feature cache keyed by the bytes themselves.
 """
 

@@ -60,7 +60,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from roadwork.atomic import atomic_write_text
+from roadwork.atomic import atomic_write_json
 from roadwork.distributed import ACCELERATORS
 from roadwork.models.backbone import Backbone
 from roadwork.models.head import HeadModel, save_head
@@ -387,7 +387,7 @@ def _save(
         "merge_max_abs_diff": diff,
         "best_epoch": module.best_epoch,
     }
-    finetune_path = atomic_write_text(out_dir / FINETUNE_CONFIG, json.dumps(meta, indent=2) + "\n")
+    finetune_path = atomic_write_json(out_dir / FINETUNE_CONFIG, meta, sort_keys=False)
     resume = None if checkpoint is None else checkpoint.resume
     return FinetuneResult(
         backbone=merged,

@@ -20,17 +20,14 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from roadwork.metrics import mcc
+from roadwork.validation import check_real
 
 DEFAULT_CS: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
 def _features(x: ArrayLike, name: str) -> NDArray[np.float64]:
     """[N, D] float64 features; a 3-D [N, V, D] multi-view array gives its view 0 (the global view)."""
-    arr = np.asarray(x)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise TypeError(f"{name} must be a numeric array; got dtype {arr.dtype}.")
-    if np.issubdtype(arr.dtype, np.complexfloating):
-        raise TypeError(f"{name} must be real-valued; got dtype {arr.dtype}.")
+    arr = check_real(x, name)
     if arr.ndim == 3:
         arr = arr[:, 0, :]
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:

@@ -3,23 +3,19 @@
 
 from __future__ import annotations
 
-import csv
 import io
-import math
-import numbers
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from roadwork.atomic import atomic_dir, atomic_write_csv
 from roadwork.data.synth.scene import SceneInfo, draw_scene
 from roadwork.progress import progress_bar
+from roadwork.validation import check_fraction, check_int
 
 CLASS_FOLDERS: dict[int, str] = {1: "roadwork", 0: "no_roadwork"}
 """Label -> class folder name (ImageFolder layout)."""
@@ -84,23 +80,6 @@ def make_near_duplicate(source: bytes, kind: str, rng: np.random.Generator) -> b
     return encode_jpeg(image.crop(box))
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_fraction(name: str, value: object, open_at_zero: bool) -> float:
-    """``value`` as a float in [0, 1), or (0, 1) when ``open_at_zero``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and 0 <= value < 1) or (open_at_zero and value == 0):
-        raise ValueError(f"{name} must be in {'(' if open_at_zero else '['}0, 1), got {value}")
-    return float(value)
-
-
 def _is_previous_output(out_dir: Path) -> bool:
     """True when ``out_dir`` holds nothing but what :func:`generate_dataset` writes."""
     for entry in out_dir.iterdir():
@@ -121,13 +100,6 @@ def _is_previous_output(out_dir: Path) -> bool:
         return False
     with metadata.open(encoding="utf-8", newline="") as handle:
         return handle.readline().rstrip("\r\n") == ",".join(METADATA_COLUMNS)
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
 
 
 def generate_dataset(
@@ -166,23 +138,18 @@ def generate_dataset(
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"out_dir must be a path, got {type(out_dir).__name__} {out_dir!r}")
     out_dir = Path(out_dir)
-    n = _check_int("n", n, MIN_IMAGES)
-    seed = _check_int("seed", seed, 0)
-    near_duplicate_fraction = _check_fraction("near_duplicate_fraction", near_duplicate_fraction, False)
-    positive_fraction = _check_fraction("positive_fraction", positive_fraction, True)
+    n = check_int(n, "n", MIN_IMAGES)
+    seed = check_int(seed, "seed", 0)
+    near_duplicate_fraction = check_fraction(
+        near_duplicate_fraction, "near_duplicate_fraction", allow_zero=True
+    )
+    positive_fraction = check_fraction(positive_fraction, "positive_fraction", allow_zero=False)
     plan = _Plan.draw(n, seed, near_duplicate_fraction, positive_fraction)
     _check_out_dir(out_dir)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.synth-", dir=out_dir.parent))
-    try:
-        target = staging / "data"
+    # checked above: out_dir is absent, empty, or a previous output of this function, which is replaced
+    with atomic_dir(out_dir) as target:
         _write_files(target, plan, seed, show_progress)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)  # checked above: empty, or a previous output of this function
-        target.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
     labels = plan.labels
     n_positive = int(labels.sum()) + int(labels[plan.sources].sum())
@@ -244,7 +211,7 @@ class _Plan:
 
 
 def _write_files(target: Path, plan: _Plan, seed: int, show_progress: bool) -> None:
-    """Draw the scenes, then the copies, into a new folder ``target`` with both CSV files."""
+    """Draw the scenes, then the copies, into the empty folder ``target`` with both CSV files."""
     for folder in CLASS_FOLDERS.values():
         (target / folder).mkdir(parents=True)
     metadata: list[tuple[str, str, str, str]] = []
@@ -275,5 +242,5 @@ def _write_files(target: Path, plan: _Plan, seed: int, show_progress: bool) -> N
             metadata.append((path, info.time_of_day, info.weather, info.camera))
             pairs.append((plan.rel_path(source, label), path, kind))
             progress.update()
-    _write_csv(target / METADATA_FILE, METADATA_COLUMNS, sorted(metadata))
-    _write_csv(target / NEAR_DUPLICATES_FILE, NEAR_DUPLICATE_COLUMNS, sorted(pairs))
+    atomic_write_csv(target / METADATA_FILE, sorted(metadata), columns=METADATA_COLUMNS)
+    atomic_write_csv(target / NEAR_DUPLICATES_FILE, sorted(pairs), columns=NEAR_DUPLICATE_COLUMNS)
