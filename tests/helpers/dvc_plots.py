@@ -21,8 +21,8 @@ import pandas as pd
 from PIL import Image
 
 from roadwork import plots
+from roadwork.atomic import atomic_write_csv
 from roadwork.policy import mcc_sweep
-from roadwork.stages.common import write_csv
 
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = ("base", "adapted")
@@ -34,9 +34,9 @@ def write_plot_outputs(root: Path, separation: float) -> None:
     the fake model is (a larger one moves every curve)."""
     rng = np.random.default_rng(0)
     steps = np.arange(1, 11)
-    write_csv(
-        pd.DataFrame({"step": steps, "loss": 3.0 / (separation * steps), "agreement": 1 - 1 / (1 + steps)}),
+    atomic_write_csv(
         root / "outputs/adapt/history.csv",
+        pd.DataFrame({"step": steps, "loss": 3.0 / (separation * steps), "agreement": 1 - 1 / (1 + steps)}),
     )
     for k, variant in enumerate(VARIANTS):
         sep = separation + 0.3 * k
@@ -52,12 +52,14 @@ def write_plot_outputs(root: Path, separation: float) -> None:
                 "val_mcc": np.tanh(sep * (epochs + 1) / 8),
             }
         )
-        write_csv(history, root / f"outputs/train/{variant}/history.csv")
-        write_csv(mcc_sweep(y, p).to_frame(), root / f"outputs/calibrate/{variant}/threshold_sweep.csv")
+        atomic_write_csv(root / f"outputs/train/{variant}/history.csv", history)
+        atomic_write_csv(
+            root / f"outputs/calibrate/{variant}/threshold_sweep.csv", mcc_sweep(y, p).to_frame()
+        )
         folder = root / f"outputs/evaluate/{variant}/plots"
-        write_csv(plots.roc_table(y, margin), folder / "roc.csv")
-        write_csv(plots.pr_table(y, margin), folder / "pr.csv")
-        write_csv(plots.reliability_table(y, p, n_bins=15), folder / "reliability.csv")
+        atomic_write_csv(folder / "roc.csv", plots.roc_table(y, margin))
+        atomic_write_csv(folder / "pr.csv", plots.pr_table(y, margin))
+        atomic_write_csv(folder / "reliability.csv", plots.reliability_table(y, p, n_bins=15))
         for name in EVALUATE_PNGS:
             Image.new("RGB", (120, 90), (int(80 * sep) % 256, 120, 200)).save(folder / f"{name}.png")
 

@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from roadwork.data.images import sha256_file
-
 SPLITS: tuple[str, ...] = ("train", "val_select", "val_calib", "val_test")
 
 # Which splits each stage may read. Stages absent here (ingest, dedupe, split) read none.
@@ -152,11 +150,6 @@ def fraction_miss(
         "without breaking them. Give such groups a finer key (e.g. a sequence instead of a drive, or "
         "split.time_window_s), leave them out of the data, or raise split.group_tolerance"
     )
-
-
-# the splits file's hash, under the name stages/split.py and stages/calibrate.py import (transitional: they
-# are being edited on another branch; once they import sha256_file, this alias goes)
-file_hash = sha256_file
 
 
 def read_split(splits_csv: Path, stage: str, splits: Iterable[str]) -> pd.DataFrame:

@@ -24,7 +24,6 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit
 
 from roadwork.atomic import atomic_write_json
-from roadwork.metrics._validation import check_labels, check_same_length, check_scores
 from roadwork.policy.calibration import Calibrator, fit_calibrator
 from roadwork.policy.conformal import ConformalQuantiles, abstain_mask, fit_conformal, prediction_sets
 from roadwork.policy.threshold import (
@@ -35,6 +34,7 @@ from roadwork.policy.threshold import (
     prior_weights,
     select_threshold,
 )
+from roadwork.validation import check_labels, check_same_length, check_scores
 
 _HALF_UP = float(np.nextafter(0.5, 1.0))
 # Keys added after the first policy.json format; files written before them load with the dataclass defaults.

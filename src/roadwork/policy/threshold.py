@@ -35,29 +35,19 @@ from roadwork.metrics import (
     recall_from_counts,
     threshold_counts,
 )
-from roadwork.metrics._validation import (
+from roadwork.policy.calibration import PlattScaling, check_sample_weight
+from roadwork.validation import (
+    check_fraction,
     check_labels,
     check_level,
     check_probabilities,
     check_same_length,
     check_scores,
 )
-from roadwork.policy.calibration import PlattScaling, check_sample_weight
 from roadwork.vocab import THRESHOLD_RULES  # what select_threshold and fit_policy(threshold_rule=...) accept
 
 # Two MCC values closer than this are treated as a tie (they differ only by float rounding).
 _MCC_TIE_TOL = 1e-12
-
-
-def _check_fraction(value: float | None, name: str, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a float; got {type(value).__name__}.")
-    v = float(value)
-    low_ok = v >= 0.0 if allow_zero else v > 0.0
-    if not (low_ok and v < 1.0 and math.isfinite(v)):
-        interval = "[0, 1)" if allow_zero else "(0, 1)"
-        raise ValueError(f"{name} must be in {interval}; got {v}.")
-    return v
 
 
 @dataclass(frozen=True)
@@ -135,7 +125,7 @@ class SweepResult:
         """
         feasible = np.ones(len(self.threshold), dtype=bool)
         if max_fnr is not None:
-            limit = _check_fraction(max_fnr, "max_fnr", allow_zero=True)
+            limit = check_fraction(max_fnr, "max_fnr", allow_zero=True)
             if self.positive_weight <= 0:
                 raise ValueError(
                     "max_fnr needs at least one roadwork (label 1) sample in y_true; found none."
@@ -448,8 +438,8 @@ def min_positives_for_guarantee(alpha: float, delta: float) -> int:
     With zero misses the Clopper-Pearson bound needs (1 - alpha)^n <= delta, i.e.
     n >= log(delta) / log(1 - alpha).
     """
-    a = _check_fraction(alpha, "alpha", allow_zero=False)
-    d = _check_fraction(delta, "delta", allow_zero=False)
+    a = check_fraction(alpha, "alpha", allow_zero=False)
+    d = check_fraction(delta, "delta", allow_zero=False)
     n = math.ceil(math.log(d) / math.log1p(-a))
     # Guard the ceiling against log rounding so the returned n really satisfies the inequality.
     while (1.0 - a) ** n > d:
@@ -471,8 +461,8 @@ def guaranteed_fnr_threshold(y_true: ArrayLike, score: ArrayLike, alpha: float, 
     set has fewer than ``min_positives_for_guarantee(alpha, delta)`` = ceil(log(delta)/log(1-alpha))
     positives.
     """
-    a = _check_fraction(alpha, "alpha", allow_zero=False)
-    d = _check_fraction(delta, "delta", allow_zero=False)
+    a = check_fraction(alpha, "alpha", allow_zero=False)
+    d = check_fraction(delta, "delta", allow_zero=False)
     sweep = mcc_sweep(y_true, score)
     n_pos = sweep.n_positive
     n_needed = min_positives_for_guarantee(a, d)

@@ -30,10 +30,11 @@ from typing import Any
 
 import pandas as pd
 
+from roadwork.atomic import atomic_write_csv
 from roadwork.config import RoadworkConfig, adapt_config, to_dict
 from roadwork.data.split import read_split
 from roadwork.layout import INGEST, SPLITS_CSV, checkpoint_dir, stage_dir
-from roadwork.stages.common import tracked, write_csv, write_json
+from roadwork.stages.common import tracked, write_json
 from roadwork.stages.modelling import configured_backbone
 
 UNLABELED_CSV = "unlabeled.csv"
@@ -148,7 +149,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         )
         if result.global_rank != 0:
             return
-        write_csv(pool, out / UNLABELED_CSV)
+        atomic_write_csv(out / UNLABELED_CSV, pool)
         # metrics.json is the record DVC compares: a function of the inputs only (no timings, no resume step)
         metrics = {
             "train_images": len(train),

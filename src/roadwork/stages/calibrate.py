@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from roadwork.atomic import atomic_write_csv
 from roadwork.config import RoadworkConfig
-from roadwork.data.split import file_hash, read_split
+from roadwork.data.images import sha256_file
+from roadwork.data.split import read_split
 from roadwork.layout import METRICS_JSON, REPORT_JSON, SPLITS_CSV, logits_path, stage_dir
-from roadwork.stages.common import tracked, write_csv, write_metrics
+from roadwork.stages.common import tracked, write_metrics
 
 HEADLINE = (
     "val_calib_validator_mcc",
@@ -73,7 +75,7 @@ def fit_validator_policy(cfg: RoadworkConfig, z: np.ndarray, y: np.ndarray, imag
         max_fnr=params.max_fnr,
         guarantee=guarantee,
         conformal_alpha=params.conformal_alpha,
-        split_hash=file_hash(SPLITS_CSV),
+        split_hash=sha256_file(SPLITS_CSV),
         target_prior=params.target_prior,
         threshold_rule=params.threshold_rule,
         groups=images,
@@ -108,7 +110,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         applied = policy.apply(z)
         p_raw, p_cal = expit(z), applied["calibrated_probability"]
         sweep = mcc_sweep(y, p_cal).to_frame()
-        write_csv(sweep, out / "threshold_sweep.csv")
+        atomic_write_csv(out / "threshold_sweep.csv", sweep)
         reliability_plot(
             y, {"before": p_raw, "after": p_cal}, out / "reliability.png", n_bins=params.ece_bins
         )

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from roadwork.atomic import atomic_write, atomic_write_json
+from roadwork.atomic import atomic_write_json
 from roadwork.config import RoadworkConfig, flatten, to_dict
 from roadwork.layout import METRICS_JSON, REPORT_JSON
 from roadwork.tracking import StageRun, repo_root, stage_run
@@ -35,11 +35,6 @@ def write_metrics(directory: Path, figures: Mapping[str, float], headline: Seque
     rest = {name: figures[name] for name in sorted(figures) if name not in head}
     write_json(directory / REPORT_JSON, head | rest, sort_keys=False)
     return head
-
-
-def write_csv(frame: Any, path: Path) -> None:
-    """Write a pandas DataFrame as CSV atomically."""
-    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\n"))
 
 
 _INTERPOLATION = re.compile(r"\$\{(key|item(?:\.\w+)?)\}")

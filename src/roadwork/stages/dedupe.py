@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from roadwork.atomic import atomic_write_csv
 from roadwork.config import RoadworkConfig
 from roadwork.data.dedupe import compute_phashes, find_duplicate_groups
 from roadwork.data.pairs import cosine_pairs
 from roadwork.layout import INGEST, stage_dir
-from roadwork.stages.common import tracked, write_csv, write_json
+from roadwork.stages.common import tracked, write_json
 from roadwork.stages.modelling import build_backbone, feature_cache, place_on_device, render_store
 
 
@@ -78,10 +79,10 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
             keep=result.keep,
             drop_reason=pd.Series(result.drop_reason, dtype=object).fillna(""),
         )
-        write_csv(groups, out / "groups.csv")
+        atomic_write_csv(out / "groups.csv", groups)
         report = out / "report"
         for name in ("exact_duplicates", "label_conflicts", "near_duplicate_pairs", "mixed_label_groups"):
-            write_csv(getattr(result, name), report / f"{name}.csv")
+            atomic_write_csv(report / f"{name}.csv", getattr(result, name))
 
         found, planted = pair_recall(groups, pd.read_csv(INGEST / "known_duplicates.csv", dtype=str))
         kept_groups = groups.loc[groups["keep"], "group"]

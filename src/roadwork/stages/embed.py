@@ -16,7 +16,8 @@ written: embedding is label-free.
 
 These outputs are the features' one home: the stages after embed copy them into the feature cache
 (:func:`roadwork.stages.modelling.variant_feature_cache`) before the one inference path reads it, so after
-``dvc pull`` with an empty cache, train, evaluate and bundle of a frozen-backbone variant run no backbone.
+``dvc pull`` with an empty cache, train and evaluate of a frozen-backbone variant run no backbone (bundle's
+export check runs the model on purpose: it compares the export with it).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from roadwork.atomic import atomic_write_csv
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import SPLITS, read_split
 from roadwork.layout import INGEST, SPLITS_CSV, stage_dir
-from roadwork.stages.common import tracked, write_csv, write_json
+from roadwork.stages.common import tracked, write_json
 from roadwork.stages.modelling import (
     feature_cache,
     load_variant_backbone,
@@ -99,7 +101,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
             metrics[f"{split}_images"] = len(rows)
         index = pd.concat(index_rows, ignore_index=True)
         index.insert(1, "row", index.groupby("split").cumcount())
-        write_csv(index, out / INDEX)
+        atomic_write_csv(out / INDEX, index)
         metrics.update({"num_views": spec.num_views, "feature_dim": backbone.feature_dim})
         # metrics.json holds what the outputs are (same inputs => same file); how much work the cache saved
         # and how fast it ran go to MLflow only

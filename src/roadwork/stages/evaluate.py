@@ -36,10 +36,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from roadwork.atomic import atomic_write_csv
 from roadwork.config import RoadworkConfig
 from roadwork.data.split import read_split
 from roadwork.layout import INGEST, METRICS_JSON, REPORT_JSON, SPLITS_CSV, policy_path, stage_dir
-from roadwork.stages.common import tracked, write_csv, write_metrics
+from roadwork.stages.common import tracked, write_metrics
 from roadwork.stages.embed import evaluation_renders
 from roadwork.stages.modelling import load_model, model_margins, rendered_bytes, variant_feature_cache
 from roadwork.stages.scoring import headline, render_predictions, scored_decisions
@@ -322,19 +323,19 @@ def write_reports(
     params, plot_dir = cfg.evaluate, out / "plots"
     clean = predictions[predictions["level"] == 0].reset_index(drop=True)
     y, margin, decision = clean["label"].to_numpy(), clean["margin"].to_numpy(), clean["decision"].to_numpy()
-    write_csv(slice_table(frame, decision, params.ci_level, params.scene_keywords), out / "slices.csv")
-    write_csv(predictions, out / "predictions.csv")
+    atomic_write_csv(out / "slices.csv", slice_table(frame, decision, params.ci_level, params.scene_keywords))
+    atomic_write_csv(out / "predictions.csv", predictions)
     errors = clean[clean["decision"] != clean["label"]].assign(
         kind=lambda e: np.where(e["label"] == 1, "false_negative", "false_positive"),
         severity=lambda e: np.where(e["label"] == 1, 1 - e["probability"], e["probability"]),
     )
     errors = errors.sort_values(["severity", "path"], ascending=[False, True])
-    write_csv(errors, out / "errors.csv")
+    atomic_write_csv(out / "errors.csv", errors)
     negatives = clean[clean["label"] == 0].sort_values(
         ["calibrated_probability", "path"], ascending=[False, True]
     )
     hardest = negatives.head(max(params.worst_errors, int((negatives["decision"] == 1).sum())))
-    write_csv(hardest.assign(note=HARD_NEGATIVES_NOTE), out / "hard_negatives.csv")
+    atomic_write_csv(out / "hard_negatives.csv", hardest.assign(note=HARD_NEGATIVES_NOTE))
     p_cal = clean["calibrated_probability"].to_numpy()
     plots.roc_plot(y, margin, plot_dir / "roc.png")
     plots.pr_plot(y, margin, plot_dir / "pr.png")
@@ -342,9 +343,11 @@ def write_reports(
         y, {"calibrated": p_cal}, plot_dir / "reliability.png", n_bins=cfg.calibrate.ece_bins
     )
     # the same curves as data: DVC draws them interactively and overlays revisions (dvc plots diff)
-    write_csv(plots.roc_table(y, margin), plot_dir / "roc.csv")
-    write_csv(plots.pr_table(y, margin), plot_dir / "pr.csv")
-    write_csv(plots.reliability_table(y, p_cal, n_bins=cfg.calibrate.ece_bins), plot_dir / "reliability.csv")
+    atomic_write_csv(plot_dir / "roc.csv", plots.roc_table(y, margin))
+    atomic_write_csv(plot_dir / "pr.csv", plots.pr_table(y, margin))
+    atomic_write_csv(
+        plot_dir / "reliability.csv", plots.reliability_table(y, p_cal, n_bins=cfg.calibrate.ece_bins)
+    )
     plots.threshold_sweep_plot(
         mcc_sweep(y, p_cal).to_frame(), plot_dir / "threshold_sweep.png", chosen_threshold=policy.threshold
     )
@@ -404,7 +407,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         if cfg.data.sources:
             figures.update(source_figures(predictions, frame))
         levels = level_table(predictions, figures)
-        write_csv(levels, out / "robustness.csv")
+        atomic_write_csv(out / "robustness.csv", levels)
         write_reports(out, frame, predictions, cfg, variant, policy)
         write_metrics(out, figures, HEADLINE)
         # how many inputs the backbone ran on (0 when embed's features covered them): MLflow only

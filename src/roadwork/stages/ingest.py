@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from roadwork.atomic import atomic_write_csv
 from roadwork.config import RoadworkConfig
 from roadwork.data.ingest import ingest
 from roadwork.data.sources import INGESTED_ROLES, Source, sources_from
 from roadwork.layout import METRICS_JSON, REPORT_JSON, stage_dir
-from roadwork.stages.common import tracked, write_csv, write_metrics
+from roadwork.stages.common import tracked, write_metrics
 
 KNOWN_DUPLICATES_SIDECAR = "near_duplicates.csv"
 # metrics.json; the count per quarantine reason (``quarantined_<reason>``) is in report.json
@@ -58,7 +59,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         )
         pairs = [known_duplicate_pairs(data_dir / s.dir, f"{s.name}/") for s in sources]
         pairs = pairs or [known_duplicate_pairs(data_dir)]
-        write_csv(pd.concat(pairs, ignore_index=True), out / "known_duplicates.csv")
+        atomic_write_csv(out / "known_duplicates.csv", pd.concat(pairs, ignore_index=True))
         metrics = {
             "n_inputs": result.n_inputs,
             "n_kept": result.n_kept,

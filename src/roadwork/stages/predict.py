@@ -149,8 +149,8 @@ def predict_paths(
 def main(model_uri: str, paths: list[Path], out: Path | None, show_progress: bool = True) -> int:
     import mlflow
 
+    from roadwork.atomic import atomic_write_csv
     from roadwork.progress import progress_bar
-    from roadwork.stages.common import write_csv
     from roadwork.tracking import check_reachable, tracking_uri
 
     entries = collect(paths)
@@ -165,7 +165,7 @@ def main(model_uri: str, paths: list[Path], out: Path | None, show_progress: boo
     if out is None:
         frame.to_csv(sys.stdout, index=False, lineterminator="\n")
     else:
-        write_csv(frame, out)
+        atomic_write_csv(out, frame)
     failed = frame["error"].fillna("").astype(bool)
     print(
         f"predict: {int((~failed).sum())} images scored, {int(failed.sum())} unusable"

@@ -16,18 +16,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from roadwork.atomic import atomic_write_csv
 from roadwork.config import RoadworkConfig
 from roadwork.data.groups import UserGrouping, check_columns, describe_group, split_groups
+from roadwork.data.images import sha256_file
 from roadwork.data.split import (
     SPLITS,
     achieved_fractions,
     check_split,
-    file_hash,
     fraction_miss,
     group_stratified_split,
 )
 from roadwork.layout import GROUPS_CSV, KNOWN_DUPLICATES_CSV, SPLITS_CSV, stage_dir
-from roadwork.stages.common import tracked, write_csv, write_json
+from roadwork.stages.common import tracked, write_json
 
 DROPPED_COLUMNS = ["keep", "drop_reason", "phash"]
 
@@ -116,8 +117,8 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
         # Fractions first: a group too large to place is the cause a missing class would only hint at.
         check_group_sizes(kept, fractions, cfg.split.group_tolerance, grouping)
         check_split(kept)
-        write_csv(kept.sort_values("path"), SPLITS_CSV)
-        content_hash = file_hash(SPLITS_CSV)
+        atomic_write_csv(SPLITS_CSV, kept.sort_values("path"))
+        content_hash = sha256_file(SPLITS_CSV)
         metrics = split_metrics(kept, n_dedupe_groups, fractions)
         for column in grouping.columns():
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", column)  # MLflow's metric-name alphabet

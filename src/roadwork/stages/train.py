@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from roadwork.atomic import atomic_write_csv
 from roadwork.config import RoadworkConfig, finetune_config, head_train_config
 from roadwork.data.sources import source_weights
 from roadwork.data.split import read_split
@@ -46,7 +47,7 @@ from roadwork.layout import (
     model_dir,
     stage_dir,
 )
-from roadwork.stages.common import tracked, write_csv, write_json
+from roadwork.stages.common import tracked, write_json
 from roadwork.stages.modelling import (
     load_variant_backbone,
     model_margins,
@@ -288,7 +289,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
             "optimizer_steps": result.optimizer_steps,
         }
         if hard_negatives is not None:
-            write_csv(hard_negatives, out / "logits" / OUT_OF_FOLD_CSV)
+            atomic_write_csv(out / "logits" / OUT_OF_FOLD_CSV, hard_negatives)
             selected = hard_negatives.loc[hard_negatives["selected"], "sha256"]
             metrics["hard_negatives_selected"] = selected.nunique()
         if cfg.train.mode == "finetune":
@@ -346,7 +347,7 @@ def _write_val_logits(
             level = -1 if render.level is None else render.level
             blocks.append(rows[["sha256", "path"]].assign(render=render.key, level=level, margin=margin))
         frame = pd.concat(blocks, ignore_index=True)
-        write_csv(frame, out / "logits" / f"{split}.csv")
+        atomic_write_csv(out / "logits" / f"{split}.csv", frame)
         if split == "val_select":
             labels = rows.drop_duplicates("sha256").set_index("sha256")["label"]
             y = labels.loc[frame["sha256"]].to_numpy()
