@@ -1,4 +1,4 @@
-"""Tests for prior reweighting, weighted calibration/sweeps and the small-sample "shrink" threshold rule."""
+"""Tests for prior reweighting, weighted calibration/sweeps and the small-sample threshold rules."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from roadwork.policy import (
     PlattScaling,
     Policy,
     TemperatureScaling,
+    bagged_mcc_threshold,
     best_mcc_threshold,
     fit_calibrator,
     fit_policy,
@@ -26,7 +27,7 @@ from roadwork.policy import (
     shrunk_mcc_threshold,
     weighted_mcc_sweep,
 )
-from roadwork.policy.threshold import _bootstrap_argmax_logits
+from roadwork.policy.threshold_rules import _bootstrap_argmax_logits
 
 
 def _gaussian_sample(n_pos: int, n_neg: int, seed: int, sep: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -228,6 +229,44 @@ def test_bootstrap_argmax_matches_a_plain_loop() -> None:
         np.testing.assert_allclose(got, expected, atol=1e-12)
 
 
+def test_bagged_is_the_median_of_resampled_argmax_cuts_done_by_hand() -> None:
+    """Oracle: each replicate built as explicit repeated rows, reweighted to 50/50 and swept with
+    scikit-learn's MCC at every cut; the rule's cut is the median of those argmax logits."""
+    from sklearn.metrics import matthews_corrcoef
+
+    x, y = _gaussian_sample(30, 20, 44, sep=0.6)
+    p = expit(x)
+    groups = np.repeat(np.arange(25), 2)
+    rng = np.random.default_rng(5)
+    picks = [rng.multinomial(25, np.full(25, 1 / 25)) for _ in range(40)]
+    cuts = weighted_mcc_sweep(y, p, prior_weights(y, 0.5)).threshold
+    best = []
+    for counts in picks:
+        rows = np.repeat(np.arange(len(y)), counts[groups])
+        yy, pp = y[rows], p[rows]
+        if yy.min() == yy.max():
+            continue
+        w = np.where(yy == 1, 0.5 / yy.mean(), 0.5 / (1 - yy.mean()))
+        scores = [matthews_corrcoef(yy, (pp > c).astype(int), sample_weight=w) for c in cuts]
+        top = np.flatnonzero(np.isclose(scores, max(scores), rtol=0, atol=1e-12))
+        best.append(logit(cuts[top[(len(top) - 1) // 2]]))
+    t, m = bagged_mcc_threshold(y, p, groups=groups, n_boot=40, seed=5)
+    assert logit(t) == pytest.approx(np.median(best), abs=1e-9)
+    w_all = prior_weights(y, 0.5)
+    assert m == pytest.approx(matthews_corrcoef(y, (p > t).astype(int), sample_weight=w_all), abs=1e-12)
+    assert select_threshold(y, p, rule="bagged", groups=groups, n_boot=40, seed=5) == (t, m)
+
+
+def test_bagged_respects_fnr_and_threshold_caps_and_is_the_default() -> None:
+    x, y = _gaussian_sample(80, 40, 43, sep=0.5)
+    p = expit(x)
+    t, _ = bagged_mcc_threshold(y, p, max_fnr=0.05)
+    assert np.mean(p[y == 1] <= t) <= 0.05
+    assert bagged_mcc_threshold(y, p, max_threshold=0.3)[0] <= 0.3
+    assert select_threshold(y, p) == bagged_mcc_threshold(y, p)
+    assert THRESHOLD_RULES[0] == "bagged"
+
+
 def test_shrink_respects_fnr_and_threshold_caps() -> None:
     x, y = _gaussian_sample(80, 40, 43, sep=0.5)
     p = expit(x)
@@ -240,7 +279,7 @@ def test_shrink_respects_fnr_and_threshold_caps() -> None:
 def test_policy_records_and_round_trips_new_fields(tmp_path: Path) -> None:
     x, y = _gaussian_sample(120, 40, 44)
     policy = fit_policy(x, y, split_hash="abc", groups=np.repeat(np.arange(40), 4), conformal_alpha=0.2)
-    assert (policy.target_prior, policy.threshold_rule) == (0.5, "shrink")
+    assert (policy.target_prior, policy.threshold_rule) == (0.5, "bagged")
     path = tmp_path / "policy.json"
     policy.to_json(path)
     assert Policy.from_json(path) == policy
@@ -265,7 +304,9 @@ def test_fit_policy_rejects_bad_target_prior(bad: float) -> None:
 
 def test_fit_policy_rejects_bad_rule_and_groups() -> None:
     x, y = _gaussian_sample(20, 20, 46)
-    with pytest.raises(ValueError, match=r"threshold_rule 'bagging' is not one of \['argmax', 'shrink'\]"):
+    with pytest.raises(
+        ValueError, match=r"threshold_rule 'bagging' is not one of \['bagged', 'shrink', 'argmax'\]"
+    ):
         fit_policy(x, y, split_hash="s", threshold_rule="bagging")
     for rule in THRESHOLD_RULES:
         with pytest.raises(ValueError, match="groups has 39 ids but there are 40 rows"):
@@ -283,5 +324,5 @@ def test_fit_policy_is_fast_on_2000_rows() -> None:
     start = time.perf_counter()
     policy = fit_policy(x, y, split_hash="s", groups=groups)
     elapsed = time.perf_counter() - start
-    assert policy.threshold_rule == "shrink"
+    assert policy.threshold_rule == "bagged"
     assert elapsed < 2.0, f"fit_policy took {elapsed:.2f} s on 2000 rows"

@@ -18,16 +18,19 @@ from roadwork.policy.conformal import (
 )
 from roadwork.policy.policy import Policy, fit_policy
 from roadwork.policy.threshold import (
-    THRESHOLD_RULES,
     SweepResult,
     best_mcc_threshold,
     guaranteed_fnr_threshold,
     mcc_sweep,
     min_positives_for_guarantee,
     prior_weights,
+    weighted_mcc_sweep,
+)
+from roadwork.policy.threshold_rules import (
+    THRESHOLD_RULES,
+    bagged_mcc_threshold,
     select_threshold,
     shrunk_mcc_threshold,
-    weighted_mcc_sweep,
 )
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "SweepResult",
     "TemperatureScaling",
     "abstain_mask",
+    "bagged_mcc_threshold",
     "best_mcc_threshold",
     "fit_calibrator",
     "fit_conformal",

@@ -1,4 +1,4 @@
-"""Exact MCC-optimal threshold, prior reweighting, a small-sample threshold rule, and an FNR guarantee.
+"""Exact MCC-optimal threshold, prior reweighting and an FNR guarantee.
 
 Decision rule everywhere: roadwork iff ``score > threshold`` (strict). Thresholds are the cuts of
 :func:`roadwork.metrics.threshold_counts`: one just below the minimum score (all roadwork), the midpoint
@@ -10,9 +10,7 @@ Prior reweighting (:func:`prior_weights`): the validator draws labels 50/50 whil
 the set's positive fraction) makes the weighted set's prior exactly ``pi``; :func:`weighted_mcc_sweep`
 gives the MCC a test set with prior ``pi`` would show at each cut.
 
-Threshold rules (:data:`THRESHOLD_RULES`, :func:`select_threshold`): ``"argmax"`` is the exact best cut of
-the (weighted) sweep; ``"shrink"`` (:func:`shrunk_mcc_threshold`) pulls it towards the prior-neutral cut by
-the bootstrap uncertainty of the argmax, which transfers better from ~100-image calibration sets.
+The threshold rules that choose a cut from these sweeps are in :mod:`roadwork.policy.threshold_rules`.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import expit, logit
 from scipy.stats import binom
 
 from roadwork.metrics import (
@@ -35,16 +32,14 @@ from roadwork.metrics import (
     recall_from_counts,
     threshold_counts,
 )
-from roadwork.policy.calibration import PlattScaling, check_sample_weight
+from roadwork.policy.calibration import check_sample_weight
 from roadwork.validation import (
     check_fraction,
     check_labels,
     check_level,
-    check_probabilities,
     check_same_length,
     check_scores,
 )
-from roadwork.vocab import THRESHOLD_RULES  # what select_threshold and fit_policy(threshold_rule=...) accept
 
 # Two MCC values closer than this are treated as a tie (they differ only by float rounding).
 _MCC_TIE_TOL = 1e-12
@@ -238,200 +233,6 @@ def best_mcc_threshold(
 
 
 # Calibrated probabilities are clipped to [eps, 1 - eps] before taking logits (isotonic can give 0 or 1).
-_LOGIT_EPS = 1e-12
-
-
-def check_threshold_rule(rule: str) -> str:
-    """Return ``rule`` if it is one of :data:`THRESHOLD_RULES`, else raise ValueError saying what to pass."""
-    if not isinstance(rule, str) or rule not in THRESHOLD_RULES:
-        raise ValueError(
-            f"threshold_rule {rule!r} is not one of {list(THRESHOLD_RULES)}; pass 'shrink' (stable on small "
-            "calibration sets) or 'argmax' (the exact best-MCC cut)."
-        )
-    return rule
-
-
-def check_groups(groups: ArrayLike | None, n: int) -> NDArray[np.int64] | None:
-    """Map per-row group ids (any 1-D array of ints or strings, one per row) to codes 0..G-1; None stays None.
-
-    Rows that share a group (e.g. validator-style renders of one image) are resampled together by
-    :func:`shrunk_mcc_threshold`. Raises ValueError naming ``groups`` for a wrong shape or length.
-    """
-    if groups is None:
-        return None
-    g = np.asarray(groups)
-    if g.ndim != 1:
-        raise ValueError(f"groups must be 1-D (one id per row); got shape {g.shape}.")
-    if len(g) != n:
-        raise ValueError(
-            f"groups has {len(g)} ids but there are {n} rows; pass one group id per row (e.g. the image "
-            "id shared by its renders) or None to resample rows."
-        )
-    if g.dtype.kind == "f" and not np.all(np.isfinite(g)):
-        raise ValueError("groups contains nan or inf; pass finite ids (ints or strings).")
-    return np.unique(g, return_inverse=True)[1].astype(np.int64).reshape(-1)
-
-
-def _bootstrap_multiplicities(
-    n: int, groups: NDArray[np.int64] | None, n_boot: int, rng: np.random.Generator
-) -> NDArray[np.int64]:
-    """(n_boot, n) multiplicity of each row in each bootstrap replicate (groups drawn whole when given)."""
-    if groups is None:
-        return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
-    n_groups = int(groups.max()) + 1
-    return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)[:, groups]
-
-
-def _tied_median_index(mcc: NDArray[np.float64]) -> NDArray[np.int64]:
-    """Per row of ``mcc``, the column of the best value with :meth:`SweepResult.best`'s tie rule."""
-    tied = mcc >= mcc.max(axis=1, keepdims=True) - _MCC_TIE_TOL
-    rank = np.cumsum(tied, axis=1)
-    target = (rank[:, -1:] - 1) // 2 + 1
-    return np.argmax(tied & (rank == target), axis=1)
-
-
-def _bootstrap_argmax_logits(
-    y: NDArray[np.int64],
-    score: NDArray[np.float64],
-    sweep: SweepResult,
-    n_feasible: int,
-    target_prior: float | None,
-    multiplicity: NDArray[np.int64],
-) -> NDArray[np.float64]:
-    """logit of the best feasible cut of each bootstrap replicate's (prior-reweighted) sweep.
-
-    Every replicate is swept on the full set's cuts; its own positive share is reweighted to
-    ``target_prior`` (unit weights for None). Replicates lacking a class are dropped.
-    """
-    n_boot, n_cuts = multiplicity.shape[0], len(sweep.threshold)
-    # Bin j = number of cuts strictly below the score: the row is roadwork at cut k iff k < j.
-    j = np.searchsorted(sweep.threshold, score, side="left")
-    flat = (np.arange(n_boot)[:, None] * n_cuts + j[None, :]).ravel()
-    hist = {
-        label: np.bincount(flat, weights=(multiplicity * (y == label)).ravel(), minlength=n_boot * n_cuts)
-        .reshape(n_boot, n_cuts)
-        .astype(np.float64)
-        for label in (0, 1)
-    }
-    pos, neg = hist[1].sum(axis=1), hist[0].sum(axis=1)
-    keep = (pos > 0) & (neg > 0)
-    pos, neg = pos[keep], neg[keep]
-    w_pos, w_neg = np.ones_like(pos), np.ones_like(neg)
-    if target_prior is not None:
-        w_pos, w_neg = target_prior * (pos + neg) / pos, (1 - target_prior) * (pos + neg) / neg
-    fn = np.cumsum(hist[1][keep], axis=1)[:, :n_feasible] * w_pos[:, None]
-    tn = np.cumsum(hist[0][keep], axis=1)[:, :n_feasible] * w_neg[:, None]
-    tp, fp = (pos * w_pos)[:, None] - fn, (neg * w_neg)[:, None] - tn
-    mcc = np.asarray(mcc_from_counts(tp, fp, tn, fn)).reshape(len(pos), n_feasible)
-    chosen = sweep.threshold[:n_feasible][_tied_median_index(mcc)]
-    return logit(np.clip(chosen, _LOGIT_EPS, 1 - _LOGIT_EPS))
-
-
-def _neutral_logit(u: NDArray[np.float64], y: NDArray[np.int64], weights: NDArray[np.float64]) -> float:
-    """Logit where a prior-weighted logistic fit of y on ``u`` crosses 0.5 (0.0 if it cannot be fitted)."""
-    try:
-        platt = PlattScaling().fit(u, y, sample_weight=weights)
-    except (ValueError, RuntimeError):
-        return 0.0
-    return -float(platt.b) / float(platt.a)
-
-
-def shrunk_mcc_threshold(
-    y_true: ArrayLike,
-    score: ArrayLike,
-    *,
-    target_prior: float | None = 0.5,
-    groups: ArrayLike | None = None,
-    n_boot: int = 200,
-    seed: int = 0,
-    max_fnr: float | None = None,
-    max_threshold: float | None = None,
-) -> tuple[float, float]:
-    """(threshold, weighted MCC there): the prior-weighted MCC argmax shrunk towards the prior-neutral cut.
-
-    ``score`` must be calibrated probabilities; work is on u = logit(score) (clipped to 1e-12 from 0 and 1).
-
-    1. u_hat: logit of the best cut of :func:`weighted_mcc_sweep` with :func:`prior_weights` (``"argmax"``).
-    2. u_0, the prior-neutral cut: where a logistic fit of y on u with the same weights crosses 0.5; i.e.
-       the Bayes (balanced-accuracy) cut at prior ``target_prior``. It is 0 (p = 0.5) for a calibrator with
-       a free intercept fitted with those weights, and corrects temperature scaling, which has none.
-       Falls back to 0 if the fit fails (no signal).
-    3. v: variance of u_hat over ``n_boot`` seeded bootstrap replicates (whole ``groups`` resampled when
-       given, else rows), each reweighted to ``target_prior`` and swept on the same cuts.
-    4. u* = u_0 + lam (u_hat - u_0), lam = max(0, 1 - v / (u_hat - u_0)^2) (positive-part James-Stein): the
-       argmax is kept only as far as its distance from u_0 stands out from its own bootstrap noise.
-       lam = 0 when u_hat = u_0 or fewer than 2 replicates hold both classes; lam = 1 returns the argmax cut.
-
-    With many calibration images v -> 0 and the rule is the MCC argmax; on ~100 images it stays near u_0,
-    which the validator's 0.5 * MCC + 0.5 * accuracy on 50/50 draws also rewards. ``max_fnr`` and
-    ``max_threshold`` restrict every argmax to the feasible cuts and cap the result at the largest one.
-    Deterministic for a given ``seed``; ``target_prior=None`` keeps the data's prior.
-    """
-    y = check_labels(y_true, "y_true")
-    p = check_probabilities(score, "score")
-    check_same_length([("y_true", y), ("score", p)])
-    codes = check_groups(groups, len(y))
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive int (e.g. 200); got {n_boot!r}.")
-    weights = prior_weights(y, target_prior)
-    sweep = weighted_mcc_sweep(y, p, weights)
-    feasible = sweep.feasible(max_fnr=max_fnr, max_threshold=max_threshold)
-    n_feasible = int(np.flatnonzero(feasible)[-1]) + 1
-    t_hat, _ = sweep.best(max_fnr=max_fnr, max_threshold=max_threshold)
-    u = logit(np.clip(p, _LOGIT_EPS, 1 - _LOGIT_EPS))
-    u_hat, u_0 = float(logit(np.clip(t_hat, _LOGIT_EPS, 1 - _LOGIT_EPS))), _neutral_logit(u, y, weights)
-    rng = np.random.default_rng(seed)
-    multiplicity = _bootstrap_multiplicities(len(y), codes, int(n_boot), rng)
-    boot = _bootstrap_argmax_logits(y, p, sweep, n_feasible, target_prior, multiplicity)
-    gap2 = (u_hat - u_0) ** 2
-    lam = max(0.0, 1.0 - float(np.var(boot)) / gap2) if len(boot) >= 2 and gap2 > 0 else 0.0
-    t = t_hat if lam == 1.0 else float(expit(u_0 + lam * (u_hat - u_0)))
-    t = min(t, float(sweep.threshold[n_feasible - 1]))
-    pred = p > t
-    tp, fp = np.sum(weights * pred * y), np.sum(weights * pred * (1 - y))
-    fn, tn = np.sum(weights * ~pred * y), np.sum(weights * ~pred * (1 - y))
-    return t, float(mcc_from_counts(tp, fp, tn, fn))
-
-
-def select_threshold(
-    y_true: ArrayLike,
-    score: ArrayLike,
-    *,
-    rule: str = "shrink",
-    target_prior: float | None = 0.5,
-    groups: ArrayLike | None = None,
-    n_boot: int = 200,
-    seed: int = 0,
-    max_fnr: float | None = None,
-    max_threshold: float | None = None,
-) -> tuple[float, float]:
-    """(threshold, weighted MCC) by ``rule``: ``"argmax"`` or ``"shrink"`` (:func:`shrunk_mcc_threshold`).
-
-    ``"argmax"`` is :meth:`SweepResult.best` of :func:`weighted_mcc_sweep` under :func:`prior_weights`
-    (``target_prior=None``: the plain :func:`mcc_sweep` argmax); ``groups``, ``n_boot`` and ``seed`` are
-    only used by ``"shrink"`` (``groups`` is still length-checked).
-    """
-    check_threshold_rule(rule)
-    if rule == "shrink":
-        return shrunk_mcc_threshold(
-            y_true,
-            score,
-            target_prior=target_prior,
-            groups=groups,
-            n_boot=n_boot,
-            seed=seed,
-            max_fnr=max_fnr,
-            max_threshold=max_threshold,
-        )
-    y = check_labels(y_true, "y_true")
-    check_groups(groups, len(y))
-    if target_prior is None:
-        sweep = mcc_sweep(y, score)
-    else:
-        sweep = weighted_mcc_sweep(y, score, prior_weights(y, target_prior))
-    return sweep.best(max_fnr=max_fnr, max_threshold=max_threshold)
-
-
 def min_positives_for_guarantee(alpha: float, delta: float) -> int:
     """Smallest number of calibration positives n for which a zero-miss threshold certifies FNR <= alpha.
 
