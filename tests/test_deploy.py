@@ -109,7 +109,7 @@ print(sorted(loaded & {"lightning", "pytorch_lightning", "lightning_fabric", "dv
 """
 
 
-@pytest.mark.slow  # ~25-60 s: a subprocess with torch / a registry round trip
+@pytest.mark.slow  # ~25 s: a fresh interpreter importing torch, transformers and the exports
 def test_serving_and_exports_import_neither_lightning_nor_dvc(tmp_path: Path) -> None:
     folder = save_model(make_predictor(), tmp_path)
     (tmp_path / "x.jpg").write_bytes(jpeg(0))
@@ -612,7 +612,7 @@ def test_export_onnx_command_checks_parity_and_refuses_flip_averaged_models(tmp_
     assert not (tmp_path / "f.onnx").exists()
 
 
-@pytest.mark.slow  # ~25-60 s: a subprocess with torch / a registry round trip
+@pytest.mark.slow  # ~60 s: registrations against a live MLflow store, interrupted at each step
 def test_registration_is_all_or_nothing_from_the_users_view(tmp_path: Path) -> None:
     """A version is created with all its tags and marked pending; killed before its alias (simulated by
     stopping there), a rerun completes the version holding the same outputs and abandons any other, and

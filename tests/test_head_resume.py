@@ -404,7 +404,7 @@ def toy_images(n: int, seed: int) -> tuple[list[Image.Image], np.ndarray]:
     return images, np.arange(n) % 2
 
 
-@pytest.mark.slow  # ~25-60 s: a subprocess with torch / a registry round trip
+@pytest.mark.slow  # ~25 s: two finetune runs, one interrupted
 def test_finetune_resumes_to_byte_identical_outputs(tmp_path: Path) -> None:
     """Same mechanism in train.mode=finetune: adapters (DoRA), head, EMA, dropout and augmentation."""
     tiny = load_backbone("tiny")
