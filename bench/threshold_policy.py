@@ -5,9 +5,9 @@ Four rules, each fitted on a calibration split and scored on a disjoint test spl
 - ``fixed 0.5``: roadwork iff sigmoid(margin) > 0.5, i.e. margin > 0 (no fitting);
 - ``argmax``: ``fit_policy(target_prior=None, threshold_rule="argmax")``, the exact best-MCC cut on the
   temperature-calibrated probability (the behaviour before prior reweighting);
-- ``shrink``: ``fit_policy(target_prior=0.5, threshold_rule="shrink", groups=...)``;
-- ``bagged``: ``fit_policy(target_prior=0.5, threshold_rule="bagged", groups=...)``, the default
-  (``calibrate.threshold_rule``).
+- ``shrink``: ``fit_policy(target_prior=0.5, threshold_rule="shrink", groups=...)``, the default
+  (``calibrate.threshold_rule``);
+- ``bagged``: ``fit_policy(target_prior=0.5, threshold_rule="bagged", groups=...)``.
 
 Score: the test MCC of the policy's decision (margin > decision_margin) over the test renders, with the test
 rows reweighted to prior 0.5 (the validator draws labels 50/50; for a 50/50 test split the weights are 1).
@@ -60,7 +60,7 @@ from roadwork.metrics import mcc_from_counts
 from roadwork.policy import fit_policy, prior_weights, weighted_mcc_sweep
 
 RULES = ("fixed 0.5", "argmax", "shrink", "bagged")
-DEFAULT = "bagged"
+DEFAULT = "shrink"
 RENDERS = 4
 IMAGE_GAP = 1.11  # distance between the class means of the image effect (render AUROC ~ 0.75)
 RENDER_SD = 0.6

@@ -257,14 +257,14 @@ def test_bagged_is_the_median_of_resampled_argmax_cuts_done_by_hand() -> None:
     assert select_threshold(y, p, rule="bagged", groups=groups, n_boot=40, seed=5) == (t, m)
 
 
-def test_bagged_respects_fnr_and_threshold_caps_and_is_the_default() -> None:
+def test_bagged_respects_fnr_and_threshold_caps() -> None:
     x, y = _gaussian_sample(80, 40, 43, sep=0.5)
     p = expit(x)
     t, _ = bagged_mcc_threshold(y, p, max_fnr=0.05)
     assert np.mean(p[y == 1] <= t) <= 0.05
     assert bagged_mcc_threshold(y, p, max_threshold=0.3)[0] <= 0.3
-    assert select_threshold(y, p) == bagged_mcc_threshold(y, p)
-    assert THRESHOLD_RULES[0] == "bagged"
+    assert select_threshold(y, p, rule="bagged") == bagged_mcc_threshold(y, p)
+    assert select_threshold(y, p) == shrunk_mcc_threshold(y, p)  # the default rule
 
 
 def test_shrink_respects_fnr_and_threshold_caps() -> None:
@@ -279,7 +279,7 @@ def test_shrink_respects_fnr_and_threshold_caps() -> None:
 def test_policy_records_and_round_trips_new_fields(tmp_path: Path) -> None:
     x, y = _gaussian_sample(120, 40, 44)
     policy = fit_policy(x, y, split_hash="abc", groups=np.repeat(np.arange(40), 4), conformal_alpha=0.2)
-    assert (policy.target_prior, policy.threshold_rule) == (0.5, "bagged")
+    assert (policy.target_prior, policy.threshold_rule) == (0.5, "shrink")
     path = tmp_path / "policy.json"
     policy.to_json(path)
     assert Policy.from_json(path) == policy
@@ -305,7 +305,7 @@ def test_fit_policy_rejects_bad_target_prior(bad: float) -> None:
 def test_fit_policy_rejects_bad_rule_and_groups() -> None:
     x, y = _gaussian_sample(20, 20, 46)
     with pytest.raises(
-        ValueError, match=r"threshold_rule 'bagging' is not one of \['bagged', 'shrink', 'argmax'\]"
+        ValueError, match=r"threshold_rule 'bagging' is not one of \['shrink', 'bagged', 'argmax'\]"
     ):
         fit_policy(x, y, split_hash="s", threshold_rule="bagging")
     for rule in THRESHOLD_RULES:
@@ -324,5 +324,5 @@ def test_fit_policy_is_fast_on_2000_rows() -> None:
     start = time.perf_counter()
     policy = fit_policy(x, y, split_hash="s", groups=groups)
     elapsed = time.perf_counter() - start
-    assert policy.threshold_rule == "bagged"
+    assert policy.threshold_rule == "shrink"
     assert elapsed < 2.0, f"fit_policy took {elapsed:.2f} s on 2000 rows"

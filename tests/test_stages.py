@@ -128,7 +128,7 @@ def test_calibrate_and_evaluate_follow_their_parameters(work: Path) -> None:
     run("calibrate")
     policy = json.loads(Path("outputs/calibrate/base/policy.json").read_text())
     assert policy["calibrator"]["name"] == "temperature" and policy["conformal"] is not None
-    assert policy["threshold_rule"] == "bagged" and policy["target_prior"] == 0.5
+    assert policy["threshold_rule"] == "shrink" and policy["target_prior"] == 0.5
     run("calibrate", "calibrate.threshold_rule=argmax", "calibrate.target_prior=null")
     policy = json.loads(Path("outputs/calibrate/base/policy.json").read_text())
     sweep = pd.read_csv("outputs/calibrate/base/threshold_sweep.csv")

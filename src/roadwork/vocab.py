@@ -45,7 +45,7 @@ SELECTION_METRICS = ("mcc", "best_mcc", "last")
 
 # calibrate.method (the names roadwork.policy.CALIBRATORS registers) and calibrate.threshold_rule
 CALIBRATION_METHODS = ("temperature", "platt", "beta", "isotonic")
-THRESHOLD_RULES = ("bagged", "shrink", "argmax")
+THRESHOLD_RULES = ("shrink", "bagged", "argmax")
 
 # deploy.promote_metric and `roadwork promote --metric`
 PROMOTE_METRICS = ("expected_reward", "validator_mcc", "validator_accuracy")

@@ -331,8 +331,8 @@ class CalibrateParams:
         conformal_alpha: class-conditional conformal sets at 1 - alpha; abstain when the set is {0, 1}.
         ece_bins: bins of the expected calibration error.
         target_prior: class prior the policy is fitted for (the validator draws 50/50); null = the data's.
-        threshold_rule: ``bagged`` (the median of the bootstrap replicates' MCC-argmax cuts), ``shrink``
-            (the argmax pulled to the prior-neutral cut by its bootstrap noise) or ``argmax`` (the exact cut).
+        threshold_rule: ``shrink`` (the argmax pulled to the prior-neutral cut by its bootstrap noise),
+            ``bagged`` (the median of the bootstrap replicates' MCC-argmax cuts) or ``argmax``.
     """
 
     method: str = "temperature"
@@ -342,7 +342,7 @@ class CalibrateParams:
     conformal_alpha: Optional[float] = 0.1  # noqa: UP045
     ece_bins: int = 15
     target_prior: Optional[float] = 0.5  # noqa: UP045
-    threshold_rule: str = "bagged"
+    threshold_rule: str = "shrink"
 
 
 SCENE_KEYWORDS = (

@@ -7,8 +7,8 @@ is sigmoid((z - z*) / s) with a positive ``scale`` s (T for temperature scaling,
 sigmoid(z / T - logit(t)); 1 / a for Platt; see each calibrator's ``deploy_scale``).
 
 Because the validator draws its labels 50/50, :func:`fit_policy` by default reweights the calibration set to
-prior 0.5 (``target_prior``) and picks the threshold with the small-sample ``"bagged"`` rule
-(:func:`roadwork.policy.threshold.bagged_mcc_threshold`) instead of the exact MCC argmax.
+prior 0.5 (``target_prior``) and picks the threshold with the small-sample ``"shrink"`` rule
+(:func:`roadwork.policy.threshold_rules.shrunk_mcc_threshold`) instead of the exact MCC argmax.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def fit_policy(
     conformal_alpha: float | None = None,
     split_hash: str,
     target_prior: float | None = 0.5,
-    threshold_rule: str = "bagged",
+    threshold_rule: str = "shrink",
     groups: ArrayLike | None = None,
     n_boot: int = 200,
     seed: int = 0,
@@ -178,11 +178,11 @@ def fit_policy(
     Steps: reweight rows to ``target_prior`` pi (positives pi / p_hat, negatives (1 - pi) / (1 - p_hat);
     None = unit weights, the data's own prior); fit ``calibrator`` on the margins with those weights; choose
     the threshold on the calibrated probabilities by ``threshold_rule`` on the weighted MCC sweep:
-    ``"bagged"`` (default; the median of bootstrap replicates' argmax cuts, resampling whole ``groups`` —
-    e.g. an image's renders — when given, seeded by ``seed`` with ``n_boot`` replicates; see
-    :func:`roadwork.policy.threshold.bagged_mcc_threshold`), ``"shrink"`` (the argmax shrunk towards the
-    prior-neutral cut by its bootstrap noise, :func:`~roadwork.policy.threshold.shrunk_mcc_threshold`) or
-    ``"argmax"`` (the exact best cut). The
+    ``"shrink"`` (default; the argmax shrunk towards the prior-neutral cut by its bootstrap noise, resampling
+    whole ``groups`` — e.g. an image's renders — when given, seeded by ``seed`` with ``n_boot`` replicates;
+    see :func:`roadwork.policy.threshold_rules.shrunk_mcc_threshold`), ``"bagged"`` (the median of bootstrap
+    replicates' argmax cuts, :func:`~roadwork.policy.threshold_rules.bagged_mcc_threshold`) or ``"argmax"``
+    (the exact best cut). The
     choice obeys FNR <= ``max_fnr`` (on this set) and, with ``guarantee=(alpha, delta)``, threshold <= the
     Learn-then-Test threshold that certifies true FNR <= alpha with probability >= 1 - delta (every lower
     threshold is certified too, FNR being monotone). The threshold is moved onto the margin with

@@ -3,7 +3,7 @@
 Reads ``outputs/train/<variant>/logits/val_calib.csv`` (one row per validator render of each val_calib image:
 the clean level-0 render and ``embed.val_renders_per_level`` renders at each of L1-L3) and the val_calib
 labels (the split contract). The policy is fitted for the validator: class prior reweighted to
-``calibrate.target_prior`` (its draws are 50/50), threshold by ``calibrate.threshold_rule`` (``bagged``, the
+``calibrate.target_prior`` (its draws are 50/50), threshold by ``calibrate.threshold_rule`` (``shrink``, the
 default, is stable on small sets; ``bench/threshold_policy.py`` compares the rules), renders of one image
 resampled together.
 Outputs in ``outputs/calibrate/<variant>/``: ``policy.json`` (what ships), ``threshold_sweep.csv`` (every
