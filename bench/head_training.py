@@ -18,8 +18,8 @@ run on the pixel batch inside every training step and every validation pass of e
 Why the two are comparable: the naive side reuses the library's own training code and changes only the
 data path. It feeds the library's :class:`FeatureDataModule` (same batch size and seed as ``fit_head``)
 with "features" that are just row indices, so its batches hold the same rows in the same order as ours by
-construction. ``NaiveHeadModule`` subclasses :class:`roadwork.train.head.HeadModule` and overrides just
-``training_step`` / ``validation_step``: look up the rows' pixels, run the backbone to get ``[B, V, D]``
+construction. ``NaiveHeadModule`` subclasses :class:`roadwork.train.head.HeadLightningModule` and overrides
+just ``training_step`` / ``validation_step``: look up the rows' pixels, run the backbone to get ``[B, V, D]``
 features, and call the parent's step with them in place of the indices, so the loss, optimiser, lr
 schedule, dropout, validation, MCC selection and early-stopping logic are the library's. ``naive_fit``
 copies ``fit_head``'s single-process set-up: the same ``torch.manual_seed(cfg.seed)`` before building the
@@ -74,7 +74,7 @@ from roadwork.models.inference import ViewSpec, image_views
 from roadwork.train.head import fit_head
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.head_data import FeatureDataModule, FeatureSet, optimizer_steps_per_epoch
-from roadwork.train.head_module import HeadModule
+from roadwork.train.head_module import HeadLightningModule
 from roadwork.train.losses import inverse_frequency_weights
 from roadwork.train.trainer import head_trainer
 
@@ -135,10 +135,10 @@ def index_set(labels: np.ndarray, ids: np.ndarray) -> FeatureSet:
     return FeatureSet(rows, labels, ids)
 
 
-class NaiveHeadModule(HeadModule):
-    """:class:`HeadModule` fed row indices: every training and validation step looks up the rows' pixels and
-    runs the frozen backbone on them; everything else (loss, optimiser, schedule, validation, selection)
-    is the parent's."""
+class NaiveHeadModule(HeadLightningModule):
+    """:class:`HeadLightningModule` fed row indices: every training and validation step looks up the rows'
+    pixels and runs the frozen backbone on them; everything else (loss, optimiser, schedule, validation,
+    selection) is the parent's."""
 
     def __init__(
         self,

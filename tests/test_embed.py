@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from roadwork.data.preprocess import TrainAugment, render_as_validator, tile_boxes, to_tensor_batch
+from roadwork.data.render import Render, RenderStore, render_bytes
 from roadwork.models.backbone import load_backbone
 from roadwork.models.inference import FeatureCache, ViewSpec, fixed_geometry, input_key
-from roadwork.train.embed import Render, RenderStore, embed_images, render_bytes
+from roadwork.train.embed import embed_images
 
 AUGMENT = TrainAugment()
 

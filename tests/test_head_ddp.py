@@ -29,7 +29,7 @@ from roadwork.train.checkpoint import read_checkpoint
 from roadwork.train.head import CHECKPOINT_FILE, fit_head
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.head_data import FeatureSet, ShardSampler
-from roadwork.train.head_module import HeadModule
+from roadwork.train.head_module import HeadLightningModule
 
 # 96 train rows = 6 global batches of 16 (8 per process); 41 val rows, so validation shards need padding.
 # No dropout and no class weights: then the two-process gradient (mean over processes of each process's
@@ -147,7 +147,7 @@ def test_shard_batches_together_are_the_single_process_batches(n: int) -> None:
 def test_validation_logits_are_gathered_in_row_order_without_padding(monkeypatch: pytest.MonkeyPatch) -> None:
     n = 41
     model = HeadModel.from_config(CFG, feature_dim=6, num_views=3)
-    module = HeadModule(model, CFG, class_weight=None, steps_per_epoch=6, val_labels=VAL.labels)
+    module = HeadLightningModule(model, CFG, class_weight=None, steps_per_epoch=6, val_labels=VAL.labels)
     full = torch.randn(n, 2)
     shards = [torch.tensor(list(ShardSampler(n, rank=r, world_size=2))) for r in (0, 1)]
     module._val_logits = [full[shards[0][:15]], full[shards[0][15:]]]  # rank 0's batches

@@ -111,7 +111,7 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument(
         "--near-duplicate-fraction", type=float, default=None, help="share of planted near-duplicate copies"
     )
-    synth.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
+    _hidden_params(synth)
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -145,7 +145,12 @@ def _add_check_data(subparsers: argparse._SubParsersAction) -> None:
         metavar="QDIR",
         help="quarantine folder, outside DIR (default: DIR-quarantine beside DIR)",
     )
-    check.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
+    _hidden_params(check)
+
+
+def _hidden_params(parser: argparse.ArgumentParser) -> None:
+    """``--params FILE``: another params.yaml (tests use it; not in --help)."""
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
 
 
 def _add_fetch(subparsers: argparse._SubParsersAction) -> None:
@@ -220,7 +225,7 @@ def _add_relog(subparsers: argparse._SubParsersAction) -> None:
     )
     relog.add_argument("stage", choices=list(STAGES), help="the stage whose outputs to log")
     relog.add_argument("--variant", choices=VARIANTS, default=None, help="variant of a per-variant stage")
-    relog.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
+    _hidden_params(relog)
 
 
 def _add_export_submission(subparsers: argparse._SubParsersAction) -> None:
@@ -247,7 +252,7 @@ def _add_export_submission(subparsers: argparse._SubParsersAction) -> None:
         default="models:/roadwork-classifier@champion",
         help="MLflow model URI or a local model folder (default: %(default)s)",
     )
-    submission.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
+    _hidden_params(submission)
 
 
 def _add_promote(subparsers: argparse._SubParsersAction) -> None:
@@ -274,7 +279,7 @@ def _add_promote(subparsers: argparse._SubParsersAction) -> None:
         help="required margin (default: params.yaml deploy.promote_min_delta)",
     )
     promote.add_argument("--dry-run", action="store_true", help="decide and record, but move no alias")
-    promote.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
+    _hidden_params(promote)
 
 
 def build_parser() -> argparse.ArgumentParser:

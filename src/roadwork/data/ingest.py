@@ -66,16 +66,10 @@ __all__ = ["MANIFEST_COLUMNS", "QUARANTINE_COLUMNS", "QUARANTINE_REASONS", "Inge
 
 QUARANTINE_COLUMNS: tuple[str, ...] = ("path", "reason", "detail")
 QUARANTINE_REASONS: tuple[str, ...] = (
-    *REJECTION_REASONS,
-    "unknown_label",
-    "unsupported_extension",
-    "description_contradicts_label",
-    "symlink_outside_data",
-    "symlink_cycle",
-    "unreadable_file",
-    "unreadable_folder",
-    "corrupt_row_group",
-)
+    *REJECTION_REASONS, "unknown_label", "unsupported_extension", "description_contradicts_label",
+    "symlink_outside_data", "symlink_cycle", "unreadable_file", "unreadable_folder",
+    "corrupt_row_group"
+)  # fmt: skip
 _OUR_IMAGE_FILE = re.compile(r"^(?:[0-9a-f]{64}\.jpg|\.[0-9a-f]{64}\.jpg\..+\.tmp)$")
 
 

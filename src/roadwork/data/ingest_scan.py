@@ -25,15 +25,8 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", 
 METADATA_FILE = "metadata.csv"
 PARQUET_COLUMNS: tuple[str, ...] = ("image", "label", "scene_description")
 MANIFEST_COLUMNS: tuple[str, ...] = (
-    "path",
-    "sha256",
-    "size_bytes",
-    "width",
-    "height",
-    "label",
-    "source",
-    "working_path",
-)
+    "path", "sha256", "size_bytes", "width", "height", "label", "source", "working_path"
+)  # fmt: skip
 """The manifest's own columns; ``metadata.csv`` and parquet metadata columns may not reuse these names."""
 
 LAYOUTS_HELP = (

@@ -180,18 +180,11 @@ def paired_bootstrap_diff(
 
 
 def group_bootstrap(
-    stat_fn: Callable[..., float],
-    x: ArrayLike,
-    groups: ArrayLike,
-    *,
-    shared: Mapping[str, ArrayLike] | None = None,
-    arg: str = "decision",
-    stat_groups: ArrayLike | None = None,
-    point_fn: Callable[..., float] | None = None,
-    n_resamples: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
+    stat_fn: Callable[..., float], x: ArrayLike, groups: ArrayLike, *,
+    shared: Mapping[str, ArrayLike] | None = None, arg: str = "decision",
+    stat_groups: ArrayLike | None = None, point_fn: Callable[..., float] | None = None,
+    n_resamples: int = 1000, level: float = 0.95, seed: int = 0,
+) -> tuple[float, float, float]:  # fmt: skip
     """(point, low, high) of one model's statistic by group bootstrap: :func:`paired_bootstrap_diff`'s
     arguments, resampling and conventions (the same draws for the same ``seed``), without a second model."""
     x_a, _, g, rows = _paired_inputs(x, x, groups, shared or {}, arg)

@@ -336,37 +336,14 @@ def reward_streams(
     return np.asarray(reward(mcc_100, acc_10), dtype=np.float64)
 
 
-def expected_reward(
-    y_true: ArrayLike,
-    decision: ArrayLike,
-    level: ArrayLike,
-    *,
-    groups: ArrayLike | None = None,
-    level_weights: Sequence[float] = UNIFORM_LEVELS,
-    prior: float = 0.5,
-    n_streams: int = 2000,
-    stream_length: int = 100,
-    accuracy_window: int = 10,
-    seed: int = 0,
-) -> float:
-    """Monte Carlo mean of the subnet's reward: ``reward_streams(...).mean()`` (same arguments).
+def expected_reward(y_true: ArrayLike, decision: ArrayLike, level: ArrayLike, **options: Any) -> float:
+    """Monte Carlo mean of the subnet's reward: ``reward_streams(...).mean()``; ``options`` are
+    :func:`reward_streams`' keywords (``groups``, ``level_weights``, ``prior``, ``n_streams``,
+    ``stream_length``, ``accuracy_window``, ``seed``), with its defaults.
 
     Its Monte Carlo standard error is ``reward_streams(...).std(ddof=1) / sqrt(n_streams)`` (about 0.005
     for 2000 streams). Unlike ``validator_score(validator_mcc, validator_accuracy)``, this accounts for the
     windows' sampling noise: reward is convex in accuracy, so e.g. an always-roadwork model earns
     0.125 * E[(K/10)^3] = 0.0203125 with K ~ Binomial(10, 0.5), not 0.125 * 0.5^3.
     """
-    return float(
-        reward_streams(
-            y_true,
-            decision,
-            level,
-            groups=groups,
-            level_weights=level_weights,
-            prior=prior,
-            n_streams=n_streams,
-            stream_length=stream_length,
-            accuracy_window=accuracy_window,
-            seed=seed,
-        ).mean()
-    )
+    return float(reward_streams(y_true, decision, level, **options).mean())

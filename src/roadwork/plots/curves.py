@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -16,9 +17,22 @@ from roadwork.plots.style import CLASS_NAMES, GREY, PALETTE, new_figure, save, s
 from roadwork.plots.tables import pr_table, roc_table
 from roadwork.validation import check_probabilities, check_scores
 
+PathArg = str | os.PathLike[str]
+
 
 def _both_classes(y: NDArray[np.int64]) -> bool:
     return 0 < int(y.sum()) < len(y)
+
+
+def _finish(fig: Figure, ax: Any, labels: tuple[str, str], title: str | None, legend: str) -> Figure:
+    """Axis labels, the optional title, the legend at ``legend`` and the house style."""
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    if title:
+        ax.set_title(title)
+    ax.legend(loc=legend, fontsize=9)
+    style_axes(ax)
+    return fig
 
 
 def roc_figure(y_true: ArrayLike, score: ArrayLike, *, title: str | None = "ROC curve") -> Figure:
@@ -35,18 +49,16 @@ def roc_figure(y_true: ArrayLike, score: ArrayLike, *, title: str | None = "ROC 
     ax.plot([0, 1], [0, 1], linestyle="--", color=GREY, linewidth=1.0, label="chance")
     ax.plot(curve["fpr"], curve["tpr"], color=PALETTE[0], linewidth=1.8, label=label)
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
-    ax.set_xlabel("false-positive rate (None called Roadwork)")
-    ax.set_ylabel("true-positive rate (recall of Roadwork)")
-    if title:
-        ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=9)
-    style_axes(ax)
-    return fig
+    return _finish(
+        fig,
+        ax,
+        ("false-positive rate (None called Roadwork)", "true-positive rate (recall of Roadwork)"),
+        title,
+        "lower right",
+    )
 
 
-def roc_plot(
-    y_true: ArrayLike, score: ArrayLike, path: str | os.PathLike[str], *, title: str | None = "ROC curve"
-) -> Path:
+def roc_plot(y_true: ArrayLike, score: ArrayLike, path: PathArg, *, title: str | None = "ROC curve") -> Path:
     """Write :func:`roc_figure` to ``path`` (a .png) and return it."""
     out = check_path(path)
     return save(roc_figure(y_true, score, title=title), out)
@@ -78,21 +90,11 @@ def pr_figure(y_true: ArrayLike, score: ArrayLike, *, title: str | None = "Preci
         label=label,
     )
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
-    ax.set_xlabel("recall (Roadwork)")
-    ax.set_ylabel("precision (Roadwork)")
-    if title:
-        ax.set_title(title)
-    ax.legend(loc="lower left", fontsize=9)
-    style_axes(ax)
-    return fig
+    return _finish(fig, ax, ("recall (Roadwork)", "precision (Roadwork)"), title, "lower left")
 
 
 def pr_plot(
-    y_true: ArrayLike,
-    score: ArrayLike,
-    path: str | os.PathLike[str],
-    *,
-    title: str | None = "Precision-recall curve",
+    y_true: ArrayLike, score: ArrayLike, path: PathArg, *, title: str | None = "Precision-recall curve"
 ) -> Path:
     """Write :func:`pr_figure` to ``path`` (a .png) and return it."""
     out = check_path(path)
@@ -131,11 +133,7 @@ def confusion_figure(
 
 
 def confusion_plot(
-    y_true: ArrayLike,
-    y_pred: ArrayLike,
-    path: str | os.PathLike[str],
-    *,
-    title: str | None = "Confusion matrix",
+    y_true: ArrayLike, y_pred: ArrayLike, path: PathArg, *, title: str | None = "Confusion matrix"
 ) -> Path:
     """Write :func:`confusion_figure` to ``path`` (a .png) and return it."""
     out = check_path(path)
@@ -163,19 +161,19 @@ def risk_coverage_figure(
     ax.fill_between(cov, gen, color=PALETTE[0], alpha=0.2, linewidth=0)
     top = float(max(np.max(curve.selective_risk), np.max(gen)))
     ax.set(xlim=(0, 1.01), ylim=(0, max(0.05, 1.05 * top)))
-    ax.set_xlabel("coverage (fraction accepted, most confident first)")
-    ax.set_ylabel("risk (error rate)")
-    if title:
-        ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=9)
-    style_axes(ax)
-    return fig
+    return _finish(
+        fig,
+        ax,
+        ("coverage (fraction accepted, most confident first)", "risk (error rate)"),
+        title,
+        "upper left",
+    )
 
 
 def risk_coverage_plot(
     y_true: ArrayLike,
     p: ArrayLike,
-    path: str | os.PathLike[str],
+    path: PathArg,
     *,
     title: str | None = "Risk-coverage (selective prediction)",
 ) -> Path:

@@ -12,6 +12,7 @@ more closely, which on the demo raises the validator MCC but can push the predic
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -144,13 +145,16 @@ def _bootstrap_cuts(
     y_true: ArrayLike,
     score: ArrayLike,
     *,
-    target_prior: float | None,
-    groups: ArrayLike | None,
-    n_boot: int,
-    seed: int,
-    max_fnr: float | None,
-    max_threshold: float | None,
+    target_prior: float | None = 0.5,
+    groups: ArrayLike | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+    max_fnr: float | None = None,
+    max_threshold: float | None = None,
 ) -> _Bootstrap:
+    """The work both bootstrap rules share; its keywords are theirs (``options``): ``target_prior`` (None =
+    the data's prior), ``groups`` (rows resampled together), ``n_boot`` replicates, ``seed``, and the
+    ``max_fnr`` / ``max_threshold`` limits on the feasible cuts."""
     y = check_labels(y_true, "y_true")
     p = check_probabilities(score, "score")
     check_same_length([("y_true", y), ("score", p)])
@@ -175,18 +179,9 @@ def _result(b: _Bootstrap, t: float) -> tuple[float, float]:
     return t, float(mcc_from_counts(tp, fp, tn, fn))
 
 
-def shrunk_mcc_threshold(
-    y_true: ArrayLike,
-    score: ArrayLike,
-    *,
-    target_prior: float | None = 0.5,
-    groups: ArrayLike | None = None,
-    n_boot: int = 200,
-    seed: int = 0,
-    max_fnr: float | None = None,
-    max_threshold: float | None = None,
-) -> tuple[float, float]:
+def shrunk_mcc_threshold(y_true: ArrayLike, score: ArrayLike, **options: Any) -> tuple[float, float]:
     """(threshold, weighted MCC there): the prior-weighted MCC argmax shrunk towards the prior-neutral cut.
+    ``options``: the keywords of :func:`_bootstrap_cuts`.
 
     ``score`` must be calibrated probabilities; work is on u = logit(score) (clipped to 1e-12 from 0 and 1).
 
@@ -205,10 +200,7 @@ def shrunk_mcc_threshold(
     ``max_fnr`` and ``max_threshold`` restrict every argmax to the feasible cuts and cap the result at the
     largest one. Deterministic for a given ``seed``; ``target_prior=None`` keeps the data's prior.
     """
-    b = _bootstrap_cuts(
-        y_true, score, target_prior=target_prior, groups=groups, n_boot=n_boot, seed=seed,
-        max_fnr=max_fnr, max_threshold=max_threshold,
-    )  # fmt: skip
+    b = _bootstrap_cuts(y_true, score, **options)
     u = logit(np.clip(b.p, _LOGIT_EPS, 1 - _LOGIT_EPS))
     u_hat, u_0 = float(logit(np.clip(b.t_hat, _LOGIT_EPS, 1 - _LOGIT_EPS))), _neutral_logit(u, b.y, b.weights)
     gap2 = (u_hat - u_0) ** 2
@@ -216,18 +208,9 @@ def shrunk_mcc_threshold(
     return _result(b, b.t_hat if lam == 1.0 else float(expit(u_0 + lam * (u_hat - u_0))))
 
 
-def bagged_mcc_threshold(
-    y_true: ArrayLike,
-    score: ArrayLike,
-    *,
-    target_prior: float | None = 0.5,
-    groups: ArrayLike | None = None,
-    n_boot: int = 200,
-    seed: int = 0,
-    max_fnr: float | None = None,
-    max_threshold: float | None = None,
-) -> tuple[float, float]:
+def bagged_mcc_threshold(y_true: ArrayLike, score: ArrayLike, **options: Any) -> tuple[float, float]:
     """(threshold, weighted MCC there): the median of the bootstrap replicates' MCC-argmax cuts (bagging).
+    ``options``: the keywords of :func:`_bootstrap_cuts`.
 
     ``score`` must be calibrated probabilities. Each of ``n_boot`` seeded bootstrap replicates (whole
     ``groups`` resampled when given, else rows) is reweighted to ``target_prior`` and swept on the full set's
@@ -238,10 +221,7 @@ def bagged_mcc_threshold(
     not. ``max_fnr`` and ``max_threshold`` restrict every argmax to the feasible cuts and cap the result.
     Deterministic for a given ``seed``; ``target_prior=None`` keeps the data's prior.
     """
-    b = _bootstrap_cuts(
-        y_true, score, target_prior=target_prior, groups=groups, n_boot=n_boot, seed=seed,
-        max_fnr=max_fnr, max_threshold=max_threshold,
-    )  # fmt: skip
+    b = _bootstrap_cuts(y_true, score, **options)
     return _result(b, float(expit(np.median(b.boot))) if len(b.boot) else b.t_hat)
 
 

@@ -16,8 +16,8 @@ def check_export_agreement(predictor: Any, folder: Path, data: list[bytes], what
     :data:`AGREEMENT_TOLERANCE`."""
     import numpy as np
 
+    from roadwork.data.render import decode_render
     from roadwork.deploy.hf_export import hf_probabilities
-    from roadwork.train.embed import decode_render
 
     ours = predictor.predict(data)
     theirs = hf_probabilities(folder, [decode_render(item) for item in data])

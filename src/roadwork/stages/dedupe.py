@@ -34,8 +34,9 @@ def embedding_edges(cfg: RoadworkConfig, manifest: pd.DataFrame, threshold: floa
     The features go to the shared feature cache, where ``embed@base`` finds them again when it runs the same
     network the same way.
     """
+    from roadwork.data.render import Render
     from roadwork.models.inference import ViewSpec
-    from roadwork.train.embed import Render, embed_images
+    from roadwork.train.embed import embed_images
 
     params = cfg.dedupe
     backbone = build_backbone(

@@ -48,7 +48,7 @@ NUMERICS = "numerics_key"  # safetensors metadata: the feature-cache key the row
 
 def evaluation_renders(cfg: RoadworkConfig) -> list[Any]:
     """The val_test renders: the clean level-0 render, then ``renders_per_level`` copies of L1, L2, L3."""
-    from roadwork.train.embed import Render, level_render
+    from roadwork.data.render import Render, level_render
 
     return [Render()] + [
         level_render(level, copy, cfg.evaluate.seed)
@@ -60,7 +60,7 @@ def evaluation_renders(cfg: RoadworkConfig) -> list[Any]:
 def split_renders(cfg: RoadworkConfig) -> dict[str, list[Any]]:
     """The renders ``embed`` computes for each split (clean first); val_test's are
     :func:`evaluation_renders`, so evaluate finds every feature it needs in embed's outputs."""
-    from roadwork.train.embed import Render, level_render
+    from roadwork.data.render import Render, level_render
 
     renders: dict[str, list[Render]] = {split: [Render()] for split in SPLITS}
     renders["val_test"] = evaluation_renders(cfg)
@@ -152,8 +152,8 @@ class _Embedder:
 
     def input_keys(self, paths: list[Path], shas: list[str], render: Any) -> list[str]:
         """The feature-cache key of each rendered input (the renders are stored: read back, not redone)."""
+        from roadwork.data.render import rendered_inputs
         from roadwork.models.inference import input_key
-        from roadwork.train.embed import rendered_inputs
 
         return [input_key(data) for data in rendered_inputs(paths, shas, render, self.store)]
 

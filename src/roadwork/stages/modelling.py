@@ -128,7 +128,7 @@ def variant_feature_cache(
 
 
 def render_store() -> Any:
-    from roadwork.train.embed import RenderStore
+    from roadwork.data.render import RenderStore
 
     return RenderStore(RENDERS)
 
@@ -188,7 +188,7 @@ def load_model(cfg: RoadworkConfig, variant: str) -> tuple[Any, Any]:
 def rendered_bytes(frame: Any, render: Any = None) -> list[bytes]:
     """The bytes ``render`` (default: clean) makes of each image of ``frame`` (``working_path``,
     ``sha256``), from or into the shared render store."""
-    from roadwork.train.embed import Render, rendered_inputs
+    from roadwork.data.render import Render, rendered_inputs
 
     paths = [INGEST / p for p in frame["working_path"]]
     return rendered_inputs(paths, frame["sha256"].tolist(), render or Render(), render_store())

@@ -228,7 +228,7 @@ def _refit(
 def _fit_finetune(
     cfg: RoadworkConfig, variant: str, labelled: pd.DataFrame, head_cfg: Any, out: Path, loggers: list
 ) -> Any:
-    from roadwork.train.embed import decode_render
+    from roadwork.data.render import decode_render
     from roadwork.train.finetune import finetune
 
     if cfg.trainer.devices != 1:

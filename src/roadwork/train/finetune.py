@@ -8,7 +8,7 @@ CPU too (the tests use the ``tiny`` backbone for a few steps).
 What is shared with head training, so the two modes differ only where they must: the head architecture
 (:class:`~roadwork.train.head.HeadModel` on a single view), the loss, class weights, optimizer, schedule,
 warmup, gradient accumulation and clipping, precision, EMA, early stopping and the epoch selection on
-val_select (:class:`~roadwork.train.head.HeadModule`), all set by the same
+val_select (:class:`~roadwork.train.head.HeadLightningModule`), all set by the same
 :class:`~roadwork.train.head.HeadTrainConfig`; the adapters get their own peak learning rate
 (:attr:`FinetuneConfig.backbone_lr`) in a second optimizer parameter group under the same schedule.
 

@@ -3,7 +3,7 @@
 
 :class:`FinetuneNet` is an adapted :class:`~roadwork.models.backbone.Backbone` feeding a single-view
 :class:`~roadwork.train.head.HeadModel`; :class:`FinetuneModule` trains it with everything
-:class:`~roadwork.train.head.HeadModule` does for a head. See :mod:`roadwork.train.finetune`.
+:class:`~roadwork.train.head.HeadLightningModule` does for a head. See :mod:`roadwork.train.finetune`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from roadwork.models.head import HeadModel
 from roadwork.models.lora import set_adapter_mode
 from roadwork.train.finetune_config import FinetuneConfig
 from roadwork.train.head_config import HeadTrainConfig
-from roadwork.train.head_module import HeadModule
+from roadwork.train.head_module import HeadLightningModule
 
 __all__ = ["FinetuneModule", "FinetuneNet"]
 
@@ -55,8 +55,9 @@ class FinetuneNet(nn.Module):
         return self.head(self.backbone(pixel_values).unsqueeze(1))
 
 
-class FinetuneModule(HeadModule):
-    """:class:`HeadModule` (loss, schedule, EMA, selection, history, early stop) on a :class:`FinetuneNet`.
+class FinetuneModule(HeadLightningModule):
+    """:class:`HeadLightningModule` (loss, schedule, EMA, selection, history, early stop) on a
+    :class:`FinetuneNet`.
 
     Differences: two optimizer parameter groups (head at ``HeadTrainConfig.lr``, adapters at
     ``FinetuneConfig.backbone_lr``; ``history.lr`` is the head's), EMA over the trainable parameters only,
@@ -75,7 +76,7 @@ class FinetuneModule(HeadModule):
         loggers: Sequence[Logger] = (),
     ) -> None:
         super().__init__(
-            net,  # type: ignore[arg-type]  # HeadModule only calls the model and iterates its parameters
+            net,  # type: ignore[arg-type]  # HeadLightningModule only calls the model and iterates its parameters
             cfg,
             class_weight=class_weight,
             steps_per_epoch=steps_per_epoch,
@@ -125,7 +126,8 @@ class FinetuneModule(HeadModule):
             self.best_val_logits = logits
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """:meth:`HeadModule.checkpoint_state` with only the trainable tensors, plus ``best_val_logits``."""
+        """:meth:`HeadLightningModule.checkpoint_state` with only the trainable tensors, plus
+        ``best_val_logits``."""
         state = super().checkpoint_state()
         keep = set(self.trainable_names)
         for key in ("model", "ema", "best_state"):

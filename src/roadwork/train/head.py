@@ -2,7 +2,7 @@
 
 A frozen backbone has been run once per image and per view; :func:`fit_head` trains a small head
 (:class:`roadwork.models.head.HeadModel`) on those arrays (:class:`~roadwork.train.head_data.FeatureSet`)
-with :class:`~roadwork.train.head_module.HeadModule`. Views, aggregation and the saved format are
+with :class:`~roadwork.train.head_module.HeadLightningModule`. Views, aggregation and the saved format are
 described in :mod:`roadwork.models.head`.
 
 Outputs of :func:`fit_head` in ``out_dir``: ``head.safetensors`` (weights of the selected epoch; the EMA
@@ -56,7 +56,7 @@ from roadwork.models.head import HEAD_CONFIG, HEAD_WEIGHTS, HISTORY, HeadModel, 
 from roadwork.train.checkpoint import CHECKPOINT_FORMAT_VERSION, load_resume_state
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.head_data import FeatureDataModule, FeatureSet, optimizer_steps_per_epoch
-from roadwork.train.head_module import HISTORY_COLUMNS, HeadModule
+from roadwork.train.head_module import HISTORY_COLUMNS, HeadLightningModule
 from roadwork.train.losses import inverse_frequency_weights
 from roadwork.train.trainer import EpochCheckpoint, head_trainer, library_versions, quiet_fit, replay_history
 
@@ -271,7 +271,8 @@ def _open_resume(
 
 
 def _loss_settings(train: FeatureSet, cfg: HeadTrainConfig) -> dict[str, Any]:
-    """The class weights (``class_weights: auto``) and optimizer steps per epoch a HeadModule takes."""
+    """The class weights (``class_weights: auto``) and optimizer steps per epoch a HeadLightningModule
+    takes."""
     class_weight = (
         torch.tensor(inverse_frequency_weights(train.labels), dtype=torch.float32)
         if cfg.class_weights == "auto"
@@ -298,11 +299,11 @@ def _set_up(
     resume: _Resume,
     loss_settings: dict[str, Any],
     sample_weights: NDArray[np.float64] | None,
-) -> tuple[HeadModule, FeatureDataModule]:
-    """A new head (drawn from the global generator, which the caller has seeded) in its HeadModule, with the
-    resumed state restored, and the data module."""
+) -> tuple[HeadLightningModule, FeatureDataModule]:
+    """A new head (drawn from the global generator, which the caller has seeded) in its HeadLightningModule,
+    with the resumed state restored, and the data module."""
     model = HeadModel.from_config(cfg, feature_dim=train.feature_dim, num_views=train.num_views)
-    module = HeadModule(model, cfg, val_labels=val_select.labels, loggers=loggers, **loss_settings)
+    module = HeadLightningModule(model, cfg, val_labels=val_select.labels, loggers=loggers, **loss_settings)
     if resume.state is not None:
         module.load_checkpoint_state(resume.state["module"])
         if module.epoch_offset != resume.epochs_done:
@@ -315,7 +316,7 @@ def _set_up(
 
 def _train(
     trainer: pl.Trainer,
-    module: HeadModule,
+    module: HeadLightningModule,
     data: FeatureDataModule,
     cfg: HeadTrainConfig,
     out_dir: Path,
@@ -335,7 +336,7 @@ def _train(
 
 def _outputs(
     best: HeadModel,
-    module: HeadModule,
+    module: HeadLightningModule,
     cfg: HeadTrainConfig,
     trainer: pl.Trainer,
     out_dir: Path,

@@ -24,7 +24,7 @@ from roadwork.train.losses import focal_loss
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_mcc", "val_best_mcc", "lr")
 
 
-class HeadModule(pl.LightningModule):
+class HeadLightningModule(pl.LightningModule):
     """Trains a :class:`HeadModel`; evaluates val_select each epoch, keeps the best weights and stops early.
 
     Per epoch it appends a row to :attr:`history` (see :data:`HISTORY_COLUMNS`): ``train_loss`` is the

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import Logger
 from roadwork.progress import progress_enabled
 from roadwork.train.checkpoint import CHECKPOINT_FORMAT_VERSION, write_checkpoint
 from roadwork.train.head_config import HeadTrainConfig
-from roadwork.train.head_module import HeadModule
+from roadwork.train.head_module import HeadLightningModule
 
 
 def library_versions() -> dict[str, str]:
@@ -37,12 +37,13 @@ class EpochCheckpoint(pl.Callback):
     """Writes a resume checkpoint after every epoch and restores a loaded one when fitting starts.
 
     At the end of every training epoch (after its validation), global rank 0 writes, with
-    :func:`write_checkpoint` to ``path``: the module's :meth:`HeadModule.checkpoint_state`, every optimizer's
-    and LR scheduler's ``state_dict()``, the RNG states (torch's global CPU generator, the CUDA generator of
-    the module's device, ``generator`` when given), ``epochs_done``, ``optimizer_steps`` (over the whole
-    training) and ``fingerprint``. With ``resume`` (such a state, whose module part the caller has already
-    restored with :meth:`HeadModule.load_checkpoint_state`), ``on_fit_start`` restores the optimizers,
-    schedulers and RNG states: after the optimizers exist and before the first training batch is drawn.
+    :func:`write_checkpoint` to ``path``: the module's :meth:`HeadLightningModule.checkpoint_state`, every
+    optimizer's and LR scheduler's ``state_dict()``, the RNG states (torch's global CPU generator, the CUDA
+    generator of the module's device, ``generator`` when given), ``epochs_done``, ``optimizer_steps`` (over
+    the whole training) and ``fingerprint``. With ``resume`` (such a state, whose module part the caller has
+    already restored with :meth:`HeadLightningModule.load_checkpoint_state`), ``on_fit_start`` restores the
+    optimizers, schedulers and RNG states: after the optimizers exist and before the first training batch is
+    drawn.
     """
 
     def __init__(
@@ -81,7 +82,7 @@ class EpochCheckpoint(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        assert isinstance(pl_module, HeadModule)
+        assert isinstance(pl_module, HeadLightningModule)
         state = {
             "format_version": CHECKPOINT_FORMAT_VERSION,
             "fingerprint": self.fingerprint,

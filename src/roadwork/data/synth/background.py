@@ -21,19 +21,12 @@ from roadwork.data.synth.painter import (
     standing,
 )
 
-_FACADES: tuple[RGB, ...] = (
-    (190, 185, 170),
-    (150, 150, 150),
-    (220, 215, 200),
-    (170, 90, 60),
-    (150, 70, 50),
-    (110, 120, 130),
-    (200, 170, 130),
-    (90, 90, 95),
-    (120, 150, 170),
-)
 _FOLIAGE: tuple[RGB, ...] = ((50, 100, 40), (70, 120, 50), (35, 80, 35), (90, 110, 40))
 _AUTUMN: tuple[RGB, ...] = ((210, 110, 30), (190, 60, 30), (220, 160, 40), (160, 90, 30))
+_FACADES: tuple[RGB, ...] = (
+    (190, 185, 170), (150, 150, 150), (220, 215, 200), (170, 90, 60), (150, 70, 50), (110, 120, 130),
+    (200, 170, 130), (90, 90, 95), (120, 150, 170)
+)  # fmt: skip
 
 # Sky albedo (zenith, horizon) per time of day, before ambient light is applied.
 _SKIES: dict[str, tuple[tuple[RGB, RGB], ...]] = {
