@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from helpers.repo import BIN, STAGES, copy_repository
 from helpers.repo import run as repo_run
@@ -218,9 +219,16 @@ def test_stage_runs_are_tracked_and_grouped(reproduced: tuple[Path, str]) -> Non
     curve = client.get_metric_history(train.info.run_id, "val_mcc")
     assert [m.step for m in curve] == list(range(int(train.data.metrics["epochs_run"])))
     # dedupe's embedding check cached the clean renders: embed computed only the augmented train copies
-    # (less those that drew level 0, the same bytes as the clean render) and the L1-L3 val renders
+    # (less those that drew level 0, the same bytes as the clean render), the L1-L3 val renders and
+    # val_test's evaluation renders at L1-L3
     embed = stages["embed"].data.metrics
-    renders = embed["train_images"] + 3 * (embed["val_select_images"] + embed["val_calib_images"])
+    repo, _ = reproduced
+    per_level = yaml.safe_load((repo / "params.yaml").read_text())["evaluate"]["renders_per_level"]
+    renders = (
+        embed["train_images"]
+        + 3 * (embed["val_select_images"] + embed["val_calib_images"])
+        + 3 * per_level * embed["val_test_images"]
+    )
     assert 0.6 * renders < embed["images_computed"] <= renders
     # ExPLoRA: parameter counts, the SSL curve per step and the merge check in MLflow
     adapt = stages["adapt"]
