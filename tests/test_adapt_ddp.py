@@ -96,8 +96,8 @@ class CountingLogger:
 
 def count_writes() -> dict[str, int]:
     """Count (in this process) checkpoint saves, atomic text writes and backbone saves from now on."""
-    writes = {"save_checkpoint": 0, "atomic_write_text": 0, "Backbone.save": 0}
-    for module, name in ((loop_module, "save_checkpoint"), (explora_module, "atomic_write_text")):
+    writes = {"save_checkpoint": 0, "atomic_write_json": 0, "Backbone.save": 0}
+    for module, name in ((loop_module, "save_checkpoint"), (explora_module, "atomic_write_json")):
         original = getattr(module, name)
 
         def counted(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
@@ -296,23 +296,23 @@ def test_two_processes_match_one_write_once_and_resume(
         assert zero["steps"] == one["steps"] == STEPS
         assert zero["merge_max_abs_diff"] <= 1e-4
         # only rank 0 wrote or logged
-        assert one["writes"] == {"save_checkpoint": 0, "atomic_write_text": 0, "Backbone.save": 0}
+        assert one["writes"] == {"save_checkpoint": 0, "atomic_write_json": 0, "Backbone.save": 0}
         assert (one["logged_steps"], one["logger_saves"]) == ([], 0)
         assert zero["logger_saves"] == 1
     fresh, again, resumed = (ranks[0][name] for name in ("fresh", "again", "resumed"))
     # checkpoints at the epoch end (step 2) and after the last step; adapt.json
-    assert fresh["writes"] == {"save_checkpoint": 2, "atomic_write_text": 1, "Backbone.save": 1}
+    assert fresh["writes"] == {"save_checkpoint": 2, "atomic_write_json": 1, "Backbone.save": 1}
     assert fresh["resumed_from_step"] == 0
     assert fresh["logged_steps"] == [0, 1, 2, 2, 3, 3, 3]  # counts, steps (+ epoch ends), merge check
 
     # The same call again resumes from the final checkpoint: no step, same results, outputs rewritten.
     assert again["resumed_from_step"] == STEPS
-    assert again["writes"] == {"save_checkpoint": 0, "atomic_write_text": 1, "Backbone.save": 1}
+    assert again["writes"] == {"save_checkpoint": 0, "atomic_write_json": 1, "Backbone.save": 1}
     assert again["history"] == fresh["history"] and again["features"] == fresh["features"]
 
     # Resumed after epoch 0 of the one-process run: rows 1-2 are that run's, step 3 the two processes'.
     assert resumed["resumed_from_step"] == 2
-    assert resumed["writes"] == {"save_checkpoint": 1, "atomic_write_text": 1, "Backbone.save": 1}
+    assert resumed["writes"] == {"save_checkpoint": 1, "atomic_write_json": 1, "Backbone.save": 1}
 
     # Two processes = one process, up to float rounding.
     for two in (fresh, resumed):
