@@ -102,12 +102,15 @@ def test_cache_is_keyed_by_the_input_bytes(tmp_path, backbone, images) -> None:
     cache = cache_for(tmp_path, backbone)
     store = RenderStore(tmp_path / "renders")
     inputs = [store.get(p, s, Render()) for p, s in zip(paths, shas, strict=True)]
-    features, _ = embed_inputs(backbone, inputs, spec=ViewSpec(), cache=cache, show_progress=False)
+    features, stats = embed_inputs(backbone, inputs, spec=ViewSpec(), cache=cache, show_progress=False)
     assert all(cache.has(input_key(x), "global") for x in inputs)
+    # the keys it reports (embed's index.csv records them) are those of the bytes, hashed here independently
+    assert stats.input_keys == tuple(hashlib.sha256(x).hexdigest() for x in inputs)
     # the same pixels decoded and handed over as images: computed afresh, cached nowhere, equal
     pictures = [decoded(x) for x in inputs]
     uncached, stats = embed_inputs(backbone, pictures, spec=ViewSpec(), cache=cache, show_progress=False)
     assert stats.n_computed == 7 and np.allclose(uncached, features, atol=1e-5)
+    assert stats.input_keys == (None,) * 7
     # other bytes (one byte of JPEG comment changed) get their own entry; the flip has its own folder
     other = inputs[0][:2] + b"\xff\xfe\x00\x03x" + inputs[0][2:]
     assert input_key(other) != input_key(inputs[0])

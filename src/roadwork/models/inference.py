@@ -345,6 +345,8 @@ class EmbedStats:
     n_computed: int
     n_views_computed: int
     seconds: float
+    # each input's feature-cache key (:func:`input_key`); None for decoded images or without a cache
+    input_keys: tuple[str | None, ...] = ()
 
 
 def _prepare(source: bytes | Image.Image, flip: bool) -> Image.Image:
@@ -432,7 +434,7 @@ def embed_inputs(
     for i in range(len(inputs)):
         # a repeated input was computed (or read) once, under its key
         out[i] = np.concatenate([computed[(keys[i] or i, p)] for p in spec.parts])
-    stats = EmbedStats(len(inputs), len(todo), views_computed, time.perf_counter() - start)
+    stats = EmbedStats(len(inputs), len(todo), views_computed, time.perf_counter() - start, tuple(keys))
     return out, stats
 
 

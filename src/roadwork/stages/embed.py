@@ -128,7 +128,10 @@ class _Embedder:
         self.requested = self.computed = self.views = 0
         self.seconds = 0.0
 
-    def __call__(self, paths: list[Path], shas: list[str], render: Any, flip: bool, desc: str) -> np.ndarray:
+    def __call__(
+        self, paths: list[Path], shas: list[str], render: Any, flip: bool, desc: str
+    ) -> tuple[np.ndarray, list[str]]:
+        """The features of ``render`` of the images, and each rendered input's feature-cache key."""
         from roadwork.train.embed import embed_images
 
         features, stats = embed_images(
@@ -148,14 +151,7 @@ class _Embedder:
         self.computed += stats.n_computed
         self.views += stats.n_views_computed
         self.seconds += stats.seconds
-        return features
-
-    def input_keys(self, paths: list[Path], shas: list[str], render: Any) -> list[str]:
-        """The feature-cache key of each rendered input (the renders are stored: read back, not redone)."""
-        from roadwork.data.render import rendered_inputs
-        from roadwork.models.inference import input_key
-
-        return [input_key(data) for data in rendered_inputs(paths, shas, render, self.store)]
+        return features, [str(key) for key in stats.input_keys]
 
     def work_metrics(self) -> dict[str, float]:
         """How much work the cache saved and how fast the rest ran (MLflow only: they vary between runs)."""
@@ -176,9 +172,9 @@ def _embed_split(
     shas = rows["sha256"].tolist()
     blocks, flips, index = [], [], []
     for render in renders:
-        blocks.append(embed(paths, shas, render, False, desc))
+        features, keys = embed(paths, shas, render, False, desc)
+        blocks.append(features)
         level = -1 if render.level is None else render.level
-        keys = embed.input_keys(paths, shas, render)
         index.append(
             pd.DataFrame(
                 {
@@ -192,7 +188,7 @@ def _embed_split(
             )
         )
         if flip:
-            flips.append(embed(paths, shas, render, True, f"{desc} (flip)"))
+            flips.append(embed(paths, shas, render, True, f"{desc} (flip)")[0])
     tensors = {"features": np.concatenate(blocks)}
     if flips:
         tensors["features_flip"] = np.concatenate(flips)
