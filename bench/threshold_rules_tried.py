@@ -26,7 +26,6 @@ Usage: python bench/threshold_rules_tried.py [--outputs DIR] [--splits 100] [--s
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,19 +33,18 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import norm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import threshold_policy as bench
 from roadwork.metrics import mcc_from_counts
 from roadwork.policy import prior_weights
-from roadwork.policy.threshold_rules import _bootstrap_cuts, _neutral_logit
+from roadwork.policy.threshold_rules import _bootstrap_cuts, _bootstrap_multiplicities, _neutral_logit
 
 N_BOOT = 200
 Rule = Callable[[bench.Split], float]
 
 
 def _weighted_mcc_curve(z: np.ndarray, y: np.ndarray, w: np.ndarray, cuts: np.ndarray) -> np.ndarray:
-    """Weighted MCC of the decision margin > cut, for every cut."""
+    """Weighted MCC of the decision margin > cut, at arbitrary cuts (the library's sweep has its own cuts, the
+    midpoints between distinct margins)."""
     order = np.argsort(z)
     zs, ys, ws = z[order], y[order], w[order]
     negative = np.searchsorted(zs, cuts, side="right")  # rows at or below the cut
@@ -80,10 +78,7 @@ def _pull(center: float, estimate: float, variance: float) -> float:
 
 def _smooth_boot(s: bench.Split) -> float:
     cuts, total = _grid(s.z_cal), np.zeros(193)
-    groups = int(s.g_cal.max()) + 1
-    rng = np.random.default_rng(0)
-    for counts in rng.multinomial(groups, np.full(groups, 1 / groups), size=N_BOOT):
-        m = counts[s.g_cal]
+    for m in _bootstrap_multiplicities(len(s.y_cal), s.g_cal, N_BOOT, np.random.default_rng(0)):
         pos, neg = (m * s.y_cal).sum(), (m * (1 - s.y_cal)).sum()
         if pos and neg:
             total += _weighted_mcc_curve(
