@@ -353,3 +353,16 @@ def test_non_finite_features_are_never_cached(tmp_path, backbone) -> None:
     with pytest.raises(ValueError, match="NaN or infinite features"):
         cache.put("ab" * 32, "global", np.full((1, backbone.feature_dim), np.nan, np.float32))
     assert not cache.has("ab" * 32, "global")
+
+
+def test_feature_files_are_the_same_bytes_every_time(tmp_path: Path) -> None:
+    """Same features => same file, so dvc.lock does not change between identical runs (safetensors writes
+    a metadata map with several keys in an order that varies from one write to the next)."""
+    from roadwork.stages.embed import _write_features
+
+    tensors = {"features": np.arange(24, dtype=np.float32).reshape(2, 3, 4)}
+    written = set()
+    for i in range(20):
+        _write_features(tmp_path / f"{i}.safetensors", tensors, "f" * 64)
+        written.add((tmp_path / f"{i}.safetensors").read_bytes())
+    assert len(written) == 1

@@ -9,7 +9,8 @@ level is 25 % of the rows, as the validator draws them); for val_test, :func:`ev
 evaluate scores). With ``embed.tta_flip`` the non-train splits also get the features of the mirrored
 picture (``features_flip``), for the flip-averaged inference path.
 Outputs in ``outputs/embed/<variant>/``: ``features/<split>.safetensors`` (``features [N, V, D]`` float32,
-``features_flip`` when on; metadata: the backbone fingerprint and the feature-cache numerics key),
+``features_flip`` when on; metadata: the feature-cache numerics key; the backbone fingerprint is in
+``backbone.json``),
 ``index.csv`` (split, row, sha256, path, render, level, input_key; level -1 for a mix; input_key the sha256
 of the rendered bytes, the feature cache's key), ``backbone.json`` and ``metrics.json``. Labels are not
 written: embedding is label-free.
@@ -95,7 +96,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
             flip = cfg.embed.tta_flip and split != "train"
             desc = f"embed@{variant} {split}"
             tensors, split_index = _embed_split(embed, split, rows, renders, flip=flip, desc=desc)
-            _write_features(out / FEATURES / f"{split}.safetensors", tensors, fingerprint, cache.fingerprint)
+            _write_features(out / FEATURES / f"{split}.safetensors", tensors, cache.fingerprint)
             index_rows += split_index
             metrics[f"{split}_rows"] = len(tensors["features"])
             metrics[f"{split}_images"] = len(rows)
@@ -195,13 +196,15 @@ def _embed_split(
     return tensors, index
 
 
-def _write_features(target: Path, tensors: dict[str, np.ndarray], fingerprint: str, numerics: str) -> None:
+def _write_features(target: Path, tensors: dict[str, np.ndarray], numerics: str) -> None:
+    """One safetensors file of a split's features. One metadata key only: safetensors writes its metadata
+    map in an order that changes from process to process, so two keys made the same features differ in
+    bytes (and dvc.lock with them). The backbone's fingerprint is in backbone.json beside them."""
     from safetensors.numpy import save_file
 
     from roadwork.atomic import atomic_write
 
-    metadata = {"backbone_fingerprint": fingerprint, NUMERICS: numerics}
-    atomic_write(target, lambda path: save_file(tensors, str(path), metadata=metadata))
+    atomic_write(target, lambda path: save_file(tensors, str(path), metadata={NUMERICS: numerics}))
 
 
 def _backbone_record(cfg: RoadworkConfig, backbone: Any, fingerprint: str, cache: Any) -> dict[str, Any]:
