@@ -15,8 +15,9 @@ Reported over the re-splits: mean, 10th percentile, and the standard deviation o
 
 Pools:
 
-(a) ``--outputs outputs --variant base``: the demo's own validation scores (val_select + val_calib logits of
-    every render, joined with the labels), or ``--scores CSV`` with columns ``margin,label[,group]``
+(a) ``--outputs outputs``: the demo's own validation scores (val_select + val_calib logits of every render,
+    joined with the labels), one pool per variant (``--variant V`` for one), or ``--scores CSV`` with
+    columns ``margin,label[,group]``
     (``group`` = image id shared by its renders; without it every row is its own image). Each
     re-split draws ``--cal-images`` calibration and ``--test-images`` test images at random: disjoint
     subsets by default (scaled down to 60 % / 40 % of the images when the pool has fewer), or with
@@ -35,9 +36,9 @@ Pools:
     (72 + 18 images) and the test split 50/50 (30 + 30 images), drawn from a fresh 120 + 120 image pool.
 
 Verdict (for the default rule, :data:`DEFAULT`): a mean test MCC >= both ``fixed 0.5`` and ``argmax`` and a
-10th percentile > ``argmax``'s, in both pools.
+10th percentile > ``argmax``'s, in every pool (each variant's (a) and (b)).
 
-Usage: python bench/threshold_policy.py [--outputs DIR [--variant V] | --scores CSV]
+Usage: python bench/threshold_policy.py [--outputs DIR [--variant V|all] | --scores CSV]
        [--resample disjoint|bootstrap] [--splits 200] [--seed 0] [--shift 0.6]
        [--cal-images 90] [--test-images 60] [--n-boot 200]
 """
@@ -174,6 +175,16 @@ def pipeline_scores(outputs: Path, variant: str) -> pd.DataFrame:
     return frame.rename(columns={"sha256": "group"})[["margin", "label", "group"]]
 
 
+def pipeline_variants(outputs: Path) -> list[str]:
+    """The variants whose validation logits a finished pipeline left under ``outputs/train``, sorted."""
+    found = sorted(
+        d.name for d in (outputs / "train").glob("*") if (d / "logits" / "val_calib.csv").is_file()
+    )
+    if not found:
+        raise SystemExit(f"{outputs / 'train'} has no <variant>/logits/val_calib.csv: run `make demo` first.")
+    return found
+
+
 def balanced_test_mcc(z: np.ndarray, y: np.ndarray, decision_margin: float) -> float:
     """MCC of margin > decision_margin on the test rows, reweighted to a 50/50 label prior."""
     w = prior_weights(y, 0.5)
@@ -254,6 +265,36 @@ def report(name: str, res: dict[str, dict[str, np.ndarray]]) -> bool:
     return ok
 
 
+def pools_a(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> list[tuple[str, Callable[[], Iterator[Split]]]]:
+    """Pool (a) as (title, re-split factory): one per variant of --outputs, the CSV, or the synthetic one."""
+    frames: list[tuple[str, pd.DataFrame]] = []
+    if args.outputs is not None:
+        variants = pipeline_variants(args.outputs) if args.variant == "all" else [args.variant]
+        frames = [(f"{args.outputs} {v}", pipeline_scores(args.outputs, v)) for v in variants]
+    elif args.scores is not None and args.scores.is_file():
+        frame = pd.read_csv(args.scores)
+        if not {"margin", "label"} <= set(frame.columns):
+            parser.error(f"{args.scores} needs columns margin,label[,group]; has {list(frame.columns)}")
+        frames = [(str(args.scores), frame)]
+    if frames:
+        return [
+            (
+                f"(a) {source} ({len(frame)} rows; {pool_diagnostic(frame)}; {args.resample} re-splits)",
+                lambda frame=frame: csv_splits(
+                    frame, args.splits, args.seed, args.cal_images, args.test_images, args.resample
+                ),
+            )
+            for source, frame in frames
+        ]
+    if args.scores is not None:
+        print(f"NOTE: {args.scores} not found; using the built-in synthetic demo-like pool for (a).")
+    name = f"(a) synthetic demo-like pool, 240 images x {RENDERS} renders, 50 % roadwork, shift {args.shift}"
+    sizes = (args.cal_images, args.test_images)
+    return [(name, lambda: demo_splits(args.splits, args.seed, args.shift, *sizes))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -265,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="pool (a) from a finished pipeline's outputs/ folder: --variant's val_select + val_calib logits",
     )
-    parser.add_argument("--variant", default="base", help="variant read by --outputs (default base)")
+    parser.add_argument(
+        "--variant",
+        default="all",
+        help="variant read by --outputs, or all: one pool (a) per variant, each judged (default all)",
+    )
     parser.add_argument(
         "--resample",
         choices=("disjoint", "bootstrap"),
@@ -286,36 +331,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the synthetic pool has 240 images: --cal-images + --test-images must be <= 240")
     python = os.path.relpath(sys.executable)
     python = python if not python.startswith("..") else "python"
-    print("reproduce: " + shlex.join([python, "bench/threshold_policy.py", *sys.argv[1:]]))
-    start = time.perf_counter()
-    pool_a: Callable[[], Iterator[Split]]
-    if args.outputs is not None or (args.scores is not None and args.scores.is_file()):
-        if args.outputs is not None:
-            frame, source = pipeline_scores(args.outputs, args.variant), f"{args.outputs} {args.variant}"
-        else:
-            frame, source = pd.read_csv(args.scores), str(args.scores)
-        if not {"margin", "label"} <= set(frame.columns):
-            parser.error(f"{args.scores} needs columns margin,label[,group]; has {list(frame.columns)}")
-        name_a = f"(a) {source} ({len(frame)} rows; {pool_diagnostic(frame)}; {args.resample} re-splits)"
-        pool_a = lambda: csv_splits(  # noqa: E731
-            frame, args.splits, args.seed, args.cal_images, args.test_images, args.resample
-        )
-    else:
-        if args.scores is not None:
-            print(f"NOTE: {args.scores} not found; using the built-in synthetic demo-like pool for (a).")
-        name_a = (
-            f"(a) synthetic demo-like pool, 240 images x {RENDERS} renders, 50 % roadwork, shift {args.shift}"
-        )
-        pool_a = lambda: demo_splits(args.splits, args.seed, args.shift, args.cal_images, args.test_images)  # noqa: E731
-    ok_a = report(
-        f"{name_a}; cal {args.cal_images} / test {args.test_images} images", evaluate(pool_a(), args.n_boot)
-    )
+    print("reproduce: " + shlex.join([python, "bench/threshold_policy.py", *(argv or sys.argv[1:])]))
+    start, sizes = time.perf_counter(), (args.cal_images, args.test_images)
+    ok = [
+        report(f"{name}; cal {sizes[0]} / test {sizes[1]} images", evaluate(splits(), args.n_boot))
+        for name, splits in pools_a(args, parser)
+    ]
     name_b = (
         "(b) synthetic prior shift: head calibrated at 80 % roadwork; cal 72+18 images, test 30+30 images"
     )
-    ok_b = report(name_b, evaluate(prior_shift_splits(args.splits, args.seed), args.n_boot))
+    ok.append(report(name_b, evaluate(prior_shift_splits(args.splits, args.seed), args.n_boot)))
     print(f"\n{args.splits} re-splits per pool in {time.perf_counter() - start:.1f} s")
-    print(f"overall verdict: {'PASS' if ok_a and ok_b else 'FAIL'}")
+    print(f"overall verdict: {'PASS' if all(ok) else 'FAIL'} ({sum(ok)} of {len(ok)} pools pass)")
     return 0
 
 

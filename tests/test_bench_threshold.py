@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -49,3 +50,48 @@ def test_both_threshold_benchmarks_run(tried, capsys: pytest.CaptureFixture[str]
 
     assert threshold_policy.main(["--splits", "3"]) == 0
     assert "overall verdict:" in capsys.readouterr().out
+
+
+def _write_pipeline_outputs(root: Path, variants: dict[str, float], n_images: int = 60) -> Path:
+    """A finished pipeline's files that the threshold bench reads: splits.csv and each variant's
+    val_select / val_calib logits (4 renders per image, margins leaning by ``variants[v]``)."""
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.arange(n_images) % 2)
+    sha = [f"{i:064x}" for i in range(n_images)]
+    (root / "split").mkdir(parents=True)
+    pd.DataFrame({"sha256": sha, "label": labels}).to_csv(root / "split" / "splits.csv", index=False)
+    for variant, lean in variants.items():
+        logits = root / "train" / variant / "logits"
+        logits.mkdir(parents=True)
+        for part, images in (
+            ("val_select", range(n_images // 2)),
+            ("val_calib", range(n_images // 2, n_images)),
+        ):
+            rows = [(sha[i], labels[i] - 0.5 + lean + rng.normal(0, 1)) for i in images for _ in range(4)]
+            pd.DataFrame(rows, columns=["sha256", "margin"]).to_csv(logits / f"{part}.csv", index=False)
+    return root
+
+
+def test_threshold_bench_judges_every_variant_a_pipeline_left(
+    tried, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threshold_policy
+
+    outputs = _write_pipeline_outputs(tmp_path / "outputs", {"adapted": 0.0, "base": 1.5})
+    assert threshold_policy.pipeline_variants(outputs) == ["adapted", "base"]
+    assert threshold_policy.main(["--outputs", str(outputs), "--splits", "3", "--n-boot", "20"]) == 0
+    out = capsys.readouterr().out
+    assert f"(a) {outputs} adapted (240 rows" in out and f"(a) {outputs} base (240 rows" in out
+    assert sum(line.startswith("verdict:") for line in out.splitlines()) == 3  # two variants + prior shift
+    assert "of 3 pools pass)" in out
+    assert threshold_policy.main(["--outputs", str(outputs), "--variant", "base", "--splits", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "outputs base" in out and "outputs adapted" not in out and "of 2 pools pass)" in out
+
+
+def test_threshold_bench_names_a_pipeline_without_logits(tried, tmp_path: Path) -> None:
+    import threshold_policy
+
+    (tmp_path / "train" / "base").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"train has no <variant>/logits/val_calib.csv"):
+        threshold_policy.pipeline_variants(tmp_path)
