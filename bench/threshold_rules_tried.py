@@ -16,8 +16,15 @@ does not move a cut chosen on the margins' order, so this matches ``fit_policy``
 - ``binormal``: the MCC-optimal cut of normal fits to each class's margins;
 - ``pull to 0``: the shrink rule's James-Stein pull of the argmax towards margin 0 instead of the neutral cut;
 - ``bagged pull``: the same pull, towards the neutral cut, applied to the bagged median;
-- ``mid shrink/bagged``, ``mid neutral/bagged``: midpoints of two cuts;
-- ``shrink x1.5`` / ``x2`` / ``x3``: the shrink rule with 1.5-3 times the bootstrap variance (more caution).
+- ``mid shrink/bagged``: the midpoint of the two cuts;
+- ``neutral→bagged x0.25`` / ``x0.5`` / ``x0.75``: the neutral cut moved that fraction of the way to the
+  bagged median (x0.5 is their midpoint);
+- ``shrink x1.5`` / ``x2`` / ``x3``: the shrink rule with 1.5-3 times the bootstrap variance (more caution);
+- ``plug-in``: the argmax of the MCC curve expected under a Platt fit (each row counts as q = the fitted
+  probability of roadwork and 1 - q of no roadwork; true and false positive rates then give the MCC at prior
+  0.5), so the labels enter only through two fitted numbers;
+- ``robust gain``: the cut maximising mean - 1.5 sd over 200 bootstrap replicates of its MCC gain over the
+  neutral cut (the neutral cut scores 0, so the rule moves only where the gain stands out from its noise).
 
 Usage: python bench/threshold_rules_tried.py [--outputs DIR] [--splits 100] [--seed 0]
 (``--outputs``: a finished ``make demo``'s outputs/ folder; without it only the two synthetic pools run).
@@ -31,11 +38,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit, logit
 from scipy.stats import norm
 
 import threshold_policy as bench
 from roadwork.metrics import mcc_from_counts
 from roadwork.policy import prior_weights
+from roadwork.policy.calibration import PlattScaling
 from roadwork.policy.threshold_rules import _bootstrap_cuts, _bootstrap_multiplicities, _neutral_logit
 
 N_BOOT = 200
@@ -64,8 +73,6 @@ def _neutral(s: bench.Split) -> float:
 
 def _boot(s: bench.Split) -> tuple[float, np.ndarray]:
     """(the prior-weighted argmax, the bootstrap replicates' argmax cuts), on the margin scale."""
-    from scipy.special import expit, logit
-
     cuts = _bootstrap_cuts(s.y_cal, expit(s.z_cal), target_prior=0.5, groups=s.g_cal, n_boot=N_BOOT, seed=0)
     return float(logit(np.clip(cuts.t_hat, 1e-12, 1 - 1e-12))), cuts.boot
 
@@ -131,8 +138,37 @@ def _mid_shrink_bagged(s: bench.Split) -> float:
     return 0.5 * (_shrink_times(1.0)(s) + float(np.median(_boot(s)[1])))
 
 
-def _mid_neutral_bagged(s: bench.Split) -> float:
-    return 0.5 * (_neutral(s) + float(np.median(_boot(s)[1])))
+def _neutral_to_bagged(fraction: float) -> Rule:
+    def rule(s: bench.Split) -> float:
+        neutral = _neutral(s)
+        return neutral + fraction * (float(np.median(_boot(s)[1])) - neutral)
+
+    return rule
+
+
+def _plug_in(s: bench.Split) -> float:
+    platt = PlattScaling().fit(s.z_cal, s.y_cal)
+    q = expit(platt.a * s.z_cal + platt.b)
+    cuts = _grid(s.z_cal)
+    order = np.argsort(s.z_cal)
+    above = len(q) - np.searchsorted(s.z_cal[order], cuts, side="right")  # rows decided roadwork
+    soft_pos = np.r_[0.0, np.cumsum(q[order][::-1])][above] / q.sum()
+    soft_neg = np.r_[0.0, np.cumsum(1 - q[order][::-1])][above] / (1 - q).sum()
+    mcc = mcc_from_counts(soft_pos / 2, soft_neg / 2, (1 - soft_neg) / 2, (1 - soft_pos) / 2)
+    return float(cuts[np.argmax(np.asarray(mcc, np.float64))])
+
+
+def _robust_gain(s: bench.Split) -> float:
+    neutral = _neutral(s)
+    cuts = np.r_[neutral, _grid(s.z_cal)]
+    curves = []
+    for m in _bootstrap_multiplicities(len(s.y_cal), s.g_cal, N_BOOT, np.random.default_rng(0)):
+        pos, neg = (m * s.y_cal).sum(), (m * (1 - s.y_cal)).sum()
+        if pos and neg:
+            w = m * np.where(s.y_cal == 1, 0.5 / pos, 0.5 / neg)
+            curves.append(_weighted_mcc_curve(s.z_cal, s.y_cal, w, cuts))
+    gain = np.array(curves) - np.array(curves)[:, :1]
+    return float(cuts[np.argmax(gain.mean(axis=0) - 1.5 * gain.std(axis=0))])
 
 
 RULES: dict[str, Rule] = {
@@ -144,10 +180,14 @@ RULES: dict[str, Rule] = {
     "pull to 0": _pull_to_zero,
     "bagged pull": _bagged_pull,
     "mid shrink/bagged": _mid_shrink_bagged,
-    "mid neutral/bagged": _mid_neutral_bagged,
+    "neutral→bagged x0.25": _neutral_to_bagged(0.25),
+    "neutral→bagged x0.5": _neutral_to_bagged(0.5),
+    "neutral→bagged x0.75": _neutral_to_bagged(0.75),
     "shrink x1.5": _shrink_times(1.5),
     "shrink x2": _shrink_times(2.0),
     "shrink x3": _shrink_times(3.0),
+    "plug-in": _plug_in,
+    "robust gain": _robust_gain,
 }
 
 
