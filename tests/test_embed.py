@@ -366,3 +366,25 @@ def test_feature_files_are_the_same_bytes_every_time(tmp_path: Path) -> None:
         _write_features(tmp_path / f"{i}.safetensors", tensors, "f" * 64)
         written.add((tmp_path / f"{i}.safetensors").read_bytes())
     assert len(written) == 1
+
+
+def test_features_do_not_depend_on_batching_or_on_what_the_cache_holds(tmp_path, images) -> None:
+    """On the CPU a batch of one runs another oneDNN path (EfficientNet-Lite0 features differed by up to
+    7e-7), so an input computed alone, because the cache held the rest or because it was served on its own,
+    must still get the bits it gets in a batch."""
+    from roadwork.models.inference import embed_inputs, forward_views
+
+    lite = load_backbone("efficientnet_lite0")
+    paths, shas = images
+    store = RenderStore(tmp_path / "renders")
+    inputs = [store.get(p, s, Render()) for p, s in zip(paths, shas, strict=True)][:5]
+    pictures = [[fixed_geometry(decoded(x))] for x in inputs]
+    batched = forward_views(lite, pictures)
+    for alone, in_batch in zip((forward_views(lite, [views])[0] for views in pictures), batched, strict=True):
+        np.testing.assert_array_equal(alone, in_batch)
+    cold, _ = embed_inputs(lite, inputs, spec=ViewSpec(), show_progress=False)
+    warm_cache = FeatureCache(tmp_path / "warm", lite.fingerprint())
+    embed_inputs(lite, inputs[:4], spec=ViewSpec(), cache=warm_cache, show_progress=False)
+    warm, stats = embed_inputs(lite, inputs, spec=ViewSpec(), cache=warm_cache, show_progress=False)
+    assert stats.n_computed == 1  # the fifth, alone
+    np.testing.assert_array_equal(warm, cold)

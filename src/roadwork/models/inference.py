@@ -154,12 +154,17 @@ def forward_views(
 
     Runs on the backbone's device (the batch goes through pinned memory to a GPU); ``precision="bf16"``
     runs the forward under bfloat16 autocast. Features come back as float32 on the CPU.
+
+    A lone view is run as a batch of two copies: on the CPU, oneDNN computes a batch of one along another
+    path whose features differ in the last bits (up to 7e-7 for EfficientNet-Lite0), so an image's features
+    would depend on how many others shared its forward pass, i.e. on the feature cache's state and on
+    whether it was served alone or evaluated in a batch.
     """
     if precision not in FEATURE_PRECISIONS:
         raise ValueError(f"precision must be one of {FEATURE_PRECISIONS}, got {precision!r}.")
     flat = [view for views in view_lists for view in views]
     device = next(backbone.parameters()).device
-    batch = to_tensor_batch(flat, backbone.preprocess)
+    batch = to_tensor_batch(flat * 2 if len(flat) == 1 else flat, backbone.preprocess)
     if device.type == "cuda":
         batch = batch.pin_memory().to(device, non_blocking=True)
     with (
