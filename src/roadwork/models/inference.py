@@ -148,23 +148,27 @@ def numerics_key(fingerprint: str, device_type: str, precision: str) -> str:
 
 
 def forward_views(
-    backbone: Backbone, view_lists: Sequence[Sequence[Image.Image]], *, precision: str = "32"
+    backbone: Backbone,
+    view_lists: Sequence[Sequence[Image.Image]],
+    *,
+    precision: str = "32",
+    pad_lone_view: bool = True,
 ) -> list[NDArray[np.float32]]:
     """Features ``[len(views), D]`` for each list of views; every view of every list in one forward pass.
 
     Runs on the backbone's device (the batch goes through pinned memory to a GPU); ``precision="bf16"``
     runs the forward under bfloat16 autocast. Features come back as float32 on the CPU.
 
-    A lone view is run as a batch of two copies: on the CPU, oneDNN computes a batch of one along another
-    path whose features differ in the last bits (up to 7e-7 for EfficientNet-Lite0), so an image's features
-    would depend on how many others shared its forward pass, i.e. on the feature cache's state and on
-    whether it was served alone or evaluated in a batch.
+    With ``pad_lone_view`` a lone view is run as a batch of two copies: on the CPU, oneDNN computes a batch
+    of one along another path whose features differ in the last bits (up to 9.5e-7 for EfficientNet-Lite0),
+    so an image's features would depend on how many others shared its forward pass. ``False`` keeps the
+    cheaper batch of one (serving one image: the copy adds ~9 ms to a ~32 ms request on 2 CPU cores).
     """
     if precision not in FEATURE_PRECISIONS:
         raise ValueError(f"precision must be one of {FEATURE_PRECISIONS}, got {precision!r}.")
     flat = [view for views in view_lists for view in views]
     device = next(backbone.parameters()).device
-    batch = to_tensor_batch(flat * 2 if len(flat) == 1 else flat, backbone.preprocess)
+    batch = to_tensor_batch(flat * 2 if pad_lone_view and len(flat) == 1 else flat, backbone.preprocess)
     if device.type == "cuda":
         batch = batch.pin_memory().to(device, non_blocking=True)
     with (
@@ -397,6 +401,9 @@ def embed_inputs(
     are computed (and stored as they come, so an interrupted call loses at most one batch); decoded images
     are never cached (nothing identifies their source bytes). ``workers`` threads decode and cut views while
     the backbone runs one forward pass of ``batch_size * views`` inputs per batch at ``precision``.
+    With a cache or more than one input, every input gets the same bits however the batches fall
+    (:func:`forward_views`' ``pad_lone_view``); one uncached input of one view (serving) may differ from
+    them by ~1e-6.
 
     Raises:
         TypeError / ValueError: malformed ``inputs`` or ``batch_size``.
@@ -412,6 +419,8 @@ def embed_inputs(
     todo = list(missing)
     computed: dict[tuple[str | int, str], NDArray[np.float32]] = dict(cached)
     views_computed = 0
+    # what is cached or embedded in bulk must not depend on batching; one uncached image (serving) may
+    exact = cache is not None or len(inputs) > 1
 
     def prepare(i: int) -> list[list[Image.Image]]:
         image = _prepare(inputs[i], flip)
@@ -426,7 +435,10 @@ def embed_inputs(
             prepared = list(pool.map(prepare, batch))
             slots = [(i, part) for i in batch for part in missing[i]]
             features = forward_views(
-                backbone, [views for parts in prepared for views in parts], precision=precision
+                backbone,
+                [views for parts in prepared for views in parts],
+                precision=precision,
+                pad_lone_view=exact,
             )
             for (i, part), part_features in zip(slots, features, strict=True):
                 if keys[i] is not None:
