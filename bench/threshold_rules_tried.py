@@ -83,15 +83,21 @@ def _pull(center: float, estimate: float, variance: float) -> float:
     return center + (max(0.0, 1.0 - variance / gap2) if gap2 > 0 else 0.0) * (estimate - center)
 
 
-def _smooth_boot(s: bench.Split) -> float:
-    cuts, total = _grid(s.z_cal), np.zeros(193)
+def _bootstrap_curves(s: bench.Split, cuts: np.ndarray) -> np.ndarray:
+    """(replicates, cuts): the prior-0.5 MCC curve of each of N_BOOT whole-image bootstrap replicates of the
+    calibration split that holds both classes."""
+    curves = []
     for m in _bootstrap_multiplicities(len(s.y_cal), s.g_cal, N_BOOT, np.random.default_rng(0)):
         pos, neg = (m * s.y_cal).sum(), (m * (1 - s.y_cal)).sum()
         if pos and neg:
-            total += _weighted_mcc_curve(
-                s.z_cal, s.y_cal, m * np.where(s.y_cal == 1, 0.5 / pos, 0.5 / neg), cuts
-            )
-    return float(cuts[np.argmax(total)])
+            w = m * np.where(s.y_cal == 1, 0.5 / pos, 0.5 / neg)
+            curves.append(_weighted_mcc_curve(s.z_cal, s.y_cal, w, cuts))
+    return np.array(curves).reshape(-1, len(cuts))
+
+
+def _smooth_boot(s: bench.Split) -> float:
+    cuts = _grid(s.z_cal)
+    return float(cuts[np.argmax(_bootstrap_curves(s, cuts).sum(axis=0))])
 
 
 def _kernel(scale: float) -> Rule:
@@ -159,15 +165,9 @@ def _plug_in(s: bench.Split) -> float:
 
 
 def _robust_gain(s: bench.Split) -> float:
-    neutral = _neutral(s)
-    cuts = np.r_[neutral, _grid(s.z_cal)]
-    curves = []
-    for m in _bootstrap_multiplicities(len(s.y_cal), s.g_cal, N_BOOT, np.random.default_rng(0)):
-        pos, neg = (m * s.y_cal).sum(), (m * (1 - s.y_cal)).sum()
-        if pos and neg:
-            w = m * np.where(s.y_cal == 1, 0.5 / pos, 0.5 / neg)
-            curves.append(_weighted_mcc_curve(s.z_cal, s.y_cal, w, cuts))
-    gain = np.array(curves) - np.array(curves)[:, :1]
+    cuts = np.r_[_neutral(s), _grid(s.z_cal)]
+    curves = _bootstrap_curves(s, cuts)
+    gain = curves - curves[:, :1]
     return float(cuts[np.argmax(gain.mean(axis=0) - 1.5 * gain.std(axis=0))])
 
 
