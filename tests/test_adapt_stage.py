@@ -61,7 +61,8 @@ def test_adapt_trains_on_train_images_only_and_feeds_the_adapted_variant(
     assert -1 <= json.loads(Path("outputs/train/adapted/metrics.json").read_text())["val_select_mcc"] <= 1
 
     # the optional supervised follow-up: LoRA + head on top of the adapted backbone
-    run("train", "--variant", "adapted", "train.mode=finetune", "train.max_epochs=2")
+    finetune = ("train.mode=finetune", "train.max_epochs=2", "calibrate.threshold_data=val_calib")
+    run("train", "--variant", "adapted", *finetune)
     finetuned = json.loads(Path("outputs/train/adapted/model/backbone.json").read_text())
     assert finetuned["finetuned"] and finetuned["fingerprint"] != record["backbone_fingerprint"]
     meta = json.loads(Path("outputs/train/adapted/model/finetune.json").read_text())

@@ -54,20 +54,24 @@ def test_both_threshold_benchmarks_run(tried, capsys: pytest.CaptureFixture[str]
 
 def _write_pipeline_outputs(root: Path, variants: dict[str, float], n_images: int = 60) -> Path:
     """A finished pipeline's files that the threshold bench reads: splits.csv and each variant's
-    val_select / val_calib logits (4 renders per image, margins leaning by ``variants[v]``)."""
+    val_select / val_calib logits (4 renders per image, margins leaning by ``variants[v]``) and its
+    cross-fitted train margins (``n_images`` train images, 3 renders each)."""
     rng = np.random.default_rng(0)
-    labels = rng.permutation(np.arange(n_images) % 2)
-    sha = [f"{i:064x}" for i in range(n_images)]
+    labels = rng.permutation(np.arange(2 * n_images) % 2)
+    sha = [f"{i:064x}" for i in range(2 * n_images)]
     (root / "split").mkdir(parents=True)
     pd.DataFrame({"sha256": sha, "label": labels}).to_csv(root / "split" / "splits.csv", index=False)
     for variant, lean in variants.items():
         logits = root / "train" / variant / "logits"
         logits.mkdir(parents=True)
-        for part, images in (
-            ("val_select", range(n_images // 2)),
-            ("val_calib", range(n_images // 2, n_images)),
+        for part, images, renders in (
+            ("val_select", range(n_images // 2), 4),
+            ("val_calib", range(n_images // 2, n_images), 4),
+            ("train_crossfit", range(n_images, 2 * n_images), 3),
         ):
-            rows = [(sha[i], labels[i] - 0.5 + lean + rng.normal(0, 1)) for i in images for _ in range(4)]
+            rows = [
+                (sha[i], labels[i] - 0.5 + lean + rng.normal(0, 1)) for i in images for _ in range(renders)
+            ]
             pd.DataFrame(rows, columns=["sha256", "margin"]).to_csv(logits / f"{part}.csv", index=False)
     return root
 
@@ -81,12 +85,35 @@ def test_threshold_bench_judges_every_variant_a_pipeline_left(
     assert threshold_policy.pipeline_variants(outputs) == ["adapted", "base"]
     assert threshold_policy.main(["--outputs", str(outputs), "--splits", "3", "--n-boot", "20"]) == 0
     out = capsys.readouterr().out
-    assert f"(a) {outputs} adapted (240 rows" in out and f"(a) {outputs} base (240 rows" in out
+    for variant in ("adapted", "base"):
+        assert f"(a) {outputs} {variant} (240 rows, 180 cross-fitted train rows" in out
     assert sum(line.startswith("verdict:") for line in out.splitlines()) == 3  # two variants + prior shift
     assert "of 3 pools pass)" in out
     assert threshold_policy.main(["--outputs", str(outputs), "--variant", "base", "--splits", "3"]) == 0
     out = capsys.readouterr().out
     assert "outputs base" in out and "outputs adapted" not in out and "of 2 pools pass)" in out
+
+
+def test_threshold_bench_needs_cross_fitted_margins_beside_a_score_csv(
+    tried, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--scores needs --crossfit (the default rule's data); each CSV must have margin and label."""
+    import threshold_policy
+
+    outputs = _write_pipeline_outputs(tmp_path / "outputs", {"base": 0.5})
+    scores, crossfit = tmp_path / "scores.csv", tmp_path / "crossfit.csv"
+    threshold_policy.pipeline_scores(outputs, "base").to_csv(scores, index=False)
+    with pytest.raises(SystemExit):
+        threshold_policy.main(["--scores", str(scores)])
+    assert "--scores needs --crossfit CSV" in capsys.readouterr().err
+    pd.DataFrame({"margin": [0.1], "score": [1]}).to_csv(crossfit, index=False)
+    with pytest.raises(SystemExit):
+        threshold_policy.main(["--scores", str(scores), "--crossfit", str(crossfit)])
+    assert f"{crossfit} needs columns margin,label[,group]" in capsys.readouterr().err
+    threshold_policy.pipeline_scores(outputs, "base", ("train_crossfit",)).to_csv(crossfit, index=False)
+    args = ["--scores", str(scores), "--crossfit", str(crossfit), "--splits", "3", "--n-boot", "20"]
+    assert threshold_policy.main(args) == 0
+    assert "240 rows, 180 cross-fitted train rows" in capsys.readouterr().out
 
 
 def test_threshold_bench_names_a_pipeline_without_logits(tried, tmp_path: Path) -> None:

@@ -110,6 +110,21 @@ def test_max_pixels_above_pillows_hard_limit_is_refused(tmp_path: Path) -> None:
         load_config(write(tmp_path, {"ingest": {"max_pixels": 10_000_000_000}}))
 
 
+def test_crossfit_threshold_data_needs_the_cross_fitted_margins(tmp_path: Path) -> None:
+    """calibrate.threshold_data=train_crossfit needs train's cross-fitted margins (head mode, >= 2 folds);
+    the message names both keys and the way out."""
+    path = write(tmp_path, {})
+    for override in ("train.mode=finetune", "train.crossfit_folds=0"):
+        with pytest.raises(ConfigError, match=r"threshold_data' is train_crossfit.*threshold_data=val_calib"):
+            load_config(path, [override])
+        assert load_config(path, [override, "calibrate.threshold_data=val_calib"]).calibrate.threshold_data
+    with pytest.raises(ConfigError, match=r"'train\.crossfit_folds' is 1; expected 0 \(off\) or an integer"):
+        load_config(path, ["train.crossfit_folds=1"])
+    for band in ("[0.6,0.4]", "[0.3]", "[-0.1,0.5]"):
+        with pytest.raises(ConfigError, match=r"'deploy\.positive_rate_band' is .*expected \[low, high\]"):
+            load_config(path, [f"deploy.positive_rate_band={band}"])
+
+
 def test_request_budgets_must_hold_one_image_of_the_largest_size(tmp_path: Path) -> None:
     from dataclasses import fields
 
@@ -139,6 +154,7 @@ def test_train_section_mirrors_head_train_config_names_and_defaults() -> None:
     assert names == [
         "mode",
         "refit",
+        "crossfit_folds",
         *[f.name for f in fields(HeadTrainConfig)],
         "finetune",
         "hard_negatives",
@@ -225,6 +241,7 @@ def test_each_vocabulary_is_the_one_the_library_code_holds() -> None:
     assert choices["trainer.accelerator"] is choices["embed.device"] is distributed.ACCELERATORS
     assert choices["trainer.strategy"] is distributed.STRATEGIES
     assert choices["calibrate.threshold_rule"] is THRESHOLD_RULES
+    assert choices["calibrate.threshold_data"] is vocab.THRESHOLD_DATA
     assert set(choices["calibrate.method"]) == set(CALIBRATORS)
     assert choices["embed.precision"] is inference.FEATURE_PRECISIONS
     assert choices["train.precision"] is choices["adapt.precision"] is vocab.TRAINING_PRECISIONS
@@ -284,7 +301,8 @@ def test_every_word_loads_and_any_other_is_refused_naming_key_and_words() -> Non
     import copy
     import functools
 
-    loaded = load_config(REPO_PARAMS, ["train.warmup_epochs=1"])  # onecycle needs a warmup
+    # onecycle needs a warmup; finetune needs the threshold chosen on val_calib
+    loaded = load_config(REPO_PARAMS, ["train.warmup_epochs=1", "calibrate.threshold_data=val_calib"])
     for key, words in _all_choices().items():
         *sections, name = key.split(".")
         for word in (*words, "bogus"):

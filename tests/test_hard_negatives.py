@@ -1,4 +1,4 @@
-"""The hard-negative loop: a pure selection, group folds, and only the train split ever scored or weighted."""
+"""The hard-negative loop: a pure selection, and only the train split ever scored or weighted."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers.feature_sets import feature_set
 from roadwork.models.head import HeadModel
-from roadwork.train.hard_negatives import group_folds, mine_hard_negatives, select_hard_negatives
+from roadwork.train.hard_negatives import mine_hard_negatives, select_hard_negatives
 from roadwork.train.head_config import HeadTrainConfig
 from roadwork.train.head_data import FeatureSet
 
@@ -38,33 +39,11 @@ def test_selection_takes_the_highest_scoring_negatives_ties_by_id() -> None:
         select_hard_negatives(np.array(["a"]), np.zeros(1), np.zeros(1), 0.0)
 
 
-def test_group_folds_keep_groups_whole_and_balanced() -> None:
-    rng = np.random.default_rng(1)
-    groups = np.repeat(np.arange(300), rng.choice([1, 2, 3, 6], size=300))
-    folds = group_folds(groups, 5, seed=2)
-    assert set(folds.tolist()) == set(range(5))
-    assert (pd.Series(folds).groupby(groups).nunique() == 1).all()
-    sizes = np.bincount(folds)
-    assert sizes.max() - sizes.min() <= 6
-    assert (group_folds(groups, 5, seed=2) == folds).all()
-    with pytest.raises(ValueError, match="cannot fill"):
-        group_folds(np.array([0, 0, 1]), 3, seed=0)
-
-
-def _feature_set(prefix: str, n_images: int, copies: int, seed: int) -> FeatureSet:
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(rng.integers(0, 2, n_images), copies)
-    labels[:copies], labels[copies : 2 * copies] = 0, 1
-    features = rng.normal(size=(n_images * copies, 1, 4)).astype(np.float32) + labels[:, None, None]
-    ids = np.repeat([f"{prefix}{i:03d}" for i in range(n_images)], copies)
-    return FeatureSet(features, labels, ids)
-
-
 def test_only_train_negatives_are_scored_out_of_fold_and_weighted() -> None:
     """The loop sees val_select only as the fold models' selection set: none of its ids is trained on,
     scored or weighted; each fold model never trained on the images it scores."""
-    train = _feature_set("t", 60, 3, seed=0)
-    val_select = _feature_set("v", 20, 1, seed=1)
+    train = feature_set("t", 60, 3, seed=0)
+    val_select = feature_set("v", 20, 1, seed=1)
     groups = np.array([int(i[1:]) // 2 for i in train.ids])  # pairs of images share a group
     calls: list[tuple[set[str], set[str]]] = []
     cfg = HeadTrainConfig(dropout=0.0)
@@ -108,7 +87,7 @@ def test_only_train_negatives_are_scored_out_of_fold_and_weighted() -> None:
 
 
 def test_no_rounds_leave_the_source_weights() -> None:
-    train = _feature_set("t", 10, 1, seed=0)
+    train = feature_set("t", 10, 1, seed=0)
     result = mine_hard_negatives(
         train,
         train,

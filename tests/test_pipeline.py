@@ -282,10 +282,15 @@ def test_adapted_variant_runs_on_the_adapted_backbone(reproduced: tuple[Path, st
         assert json.loads((repo / f"outputs/evaluate/{variant}/report.json").read_text())["test_n"] > 0
     choice = json.loads((repo / "outputs/bundle/choice.json").read_text())
     assert set(choice["candidates"]) == {"base", "adapted"}
-    best = max(
-        choice["candidates"], key=lambda v: (choice["candidates"][v]["val_calib_validator_mcc"], v == "base")
-    )
-    assert choice["chosen"] == best
+    low, high = yaml.safe_load((repo / "params.yaml").read_text())["deploy"]["positive_rate_band"]
+    figures = choice["candidates"]
+
+    def by_hand(variant: str) -> tuple[float, float, bool]:  # nearest the band, then MCC, then base
+        rate = figures[variant]["val_calib_predicted_positive_rate"]
+        mcc = figures[variant]["val_calib_validator_mcc"]
+        return max(low - rate, rate - high, 0.0), -mcc, variant != "base"
+
+    assert choice["chosen"] == min(figures, key=by_hand)
 
 
 def test_what_is_evaluated_is_what_ships(

@@ -17,6 +17,7 @@ from roadwork.policy import (
     PlattScaling,
     Policy,
     TemperatureScaling,
+    ThresholdData,
     bagged_mcc_threshold,
     best_mcc_threshold,
     fit_calibrator,
@@ -315,6 +316,40 @@ def test_fit_policy_rejects_bad_rule_and_groups() -> None:
         fit_policy(x, y, split_hash="s", groups=np.zeros((40, 1)))
     with pytest.raises(ValueError, match="n_boot"):
         fit_policy(x, y, split_hash="s", n_boot=0)
+
+
+def test_threshold_on_other_margins_takes_their_best_cut_and_keeps_the_rest_on_the_calibration_set() -> None:
+    """``threshold_on``: the cut is the exact best MCC of the other margins (brute force with scikit-learn
+    over every cut), while the calibrator and the conformal quantiles stay those of the calibration set."""
+    from sklearn.metrics import matthews_corrcoef
+
+    z_cal, y_cal = _gaussian_sample(60, 60, seed=1)
+    z_fit, y_fit = _gaussian_sample(300, 100, seed=2, sep=0.8)
+    z_fit = z_fit + 0.7  # the other margins' best cut lies away from the calibration set's
+    plain = fit_policy(
+        z_cal, y_cal, split_hash="h", conformal_alpha=0.1, target_prior=None, threshold_rule="argmax"
+    )
+    moved = fit_policy(
+        z_cal,
+        y_cal,
+        split_hash="h",
+        conformal_alpha=0.1,
+        target_prior=None,
+        threshold_rule="argmax",
+        threshold_on=ThresholdData(z_fit, y_fit),
+    )
+    assert moved.calibrator == plain.calibrator and moved.conformal == plain.conformal
+    best = max(matthews_corrcoef(y_fit, (z_fit > c).astype(int)) for c in np.r_[z_fit, -np.inf])
+    assert matthews_corrcoef(y_fit, (z_fit > moved.decision_margin).astype(int)) == pytest.approx(best)
+    assert matthews_corrcoef(y_fit, (z_fit > plain.decision_margin).astype(int)) < best - 0.01
+    # the same rows as threshold data give the plain policy, bit for bit (groups included)
+    groups = np.arange(len(z_cal)) // 2
+    for rule in THRESHOLD_RULES:
+        alone = fit_policy(z_cal, y_cal, split_hash="h", threshold_rule=rule, groups=groups)
+        same = ThresholdData(z_cal, y_cal, groups)
+        assert fit_policy(z_cal, y_cal, split_hash="h", threshold_rule=rule, threshold_on=same) == alone
+    with pytest.raises(ValueError, match=r"threshold_on\.margin"):
+        fit_policy(z_cal, y_cal, split_hash="h", threshold_on=ThresholdData(z_fit[:-1], y_fit))
 
 
 def test_fit_policy_is_fast_on_2000_rows() -> None:

@@ -153,7 +153,8 @@ def test_config_sources_and_hard_negative_keys() -> None:
     with pytest.raises(ConfigError, match=r"'data.sources\[0\].weight'.*expected a number"):
         load_config(params, ["data.sources=[{name: a, dir: a, weight: heavy}]"])
     with pytest.raises(ConfigError, match=r"train.mode=finetune draws every train image alike"):
-        load_config(params, ["train.mode=finetune", "train.hard_negatives.rounds=1"])
+        finetune = ["train.mode=finetune", "calibrate.threshold_data=val_calib"]
+        load_config(params, [*finetune, "train.hard_negatives.rounds=1"])
     with pytest.raises(ConfigError, match=r"train\.hard_negatives\.top_fraction"):
         load_config(params, ["train.hard_negatives.top_fraction=0"])
 

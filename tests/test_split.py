@@ -110,8 +110,8 @@ def test_contract_allows_and_refuses(tmp_path: Path) -> None:
     assert set(rows["split"]) == {"train", "val_select"} and len(rows) == 4
     with pytest.raises(SplitAccessError, match="stage 'train' may not read split 'val_test'"):
         read_split(csv, "train", ["val_test"])
-    with pytest.raises(SplitAccessError, match="stage 'calibrate' may not read split 'train'"):
-        read_split(csv, "calibrate", ["train"])
+    with pytest.raises(SplitAccessError, match="stage 'calibrate' may not read split 'val_select'"):
+        read_split(csv, "calibrate", ["val_select"])
     with pytest.raises(SplitAccessError, match="stage 'dedupe' may not read"):
         read_split(csv, "dedupe", ["train"])
     with pytest.raises(ValueError, match="unknown split"):

@@ -125,10 +125,15 @@ def test_train_writes_logits_and_tta_averages_over_the_flip(work: Path) -> None:
 def test_calibrate_and_evaluate_follow_their_parameters(work: Path) -> None:
     run("embed")
     run("train")
+    crossfit = pd.read_csv("outputs/train/base/logits/train_crossfit.csv")
+    train_rows = pd.read_csv("outputs/embed/base/index.csv").query("split == 'train'")
+    assert sorted(crossfit["sha256"]) == sorted(train_rows["sha256"])  # every train render, once
+    assert set(crossfit["fold"]) == {0, 1} and (crossfit.groupby("sha256")["fold"].nunique() == 1).all()
     run("calibrate")
     policy = json.loads(Path("outputs/calibrate/base/policy.json").read_text())
     assert policy["calibrator"]["name"] == "temperature" and policy["conformal"] is not None
     assert policy["threshold_rule"] == "shrink" and policy["target_prior"] == 0.5
+    assert metrics("calibrate", "report.json")["threshold_rows"] == len(crossfit)
     run("calibrate", "calibrate.threshold_rule=argmax", "calibrate.target_prior=null")
     policy = json.loads(Path("outputs/calibrate/base/policy.json").read_text())
     sweep = pd.read_csv("outputs/calibrate/base/threshold_sweep.csv")
@@ -180,7 +185,12 @@ def test_finetune_mode_trains_its_own_backbone_that_evaluate_then_uses(work: Pat
     run("train")
     head_only = pd.read_csv("outputs/train/base/logits/val_select.csv")
     assert json.loads(Path("outputs/train/base/model/backbone.json").read_text())["finetuned"] is False
-    run("train", "train.mode=finetune", "train.max_epochs=2", "train.finetune.lora_rank=2")
+    assert Path("outputs/train/base/logits/train_crossfit.csv").is_file()
+    # finetuning has no cross-fitted margins: the threshold is chosen on val_calib, and the head's are gone
+    val_calib = "calibrate.threshold_data=val_calib"
+    assert cli(["train", "train.mode=finetune"]) == 2  # the config names calibrate.threshold_data
+    run("train", "train.mode=finetune", "train.max_epochs=2", "train.finetune.lora_rank=2", val_calib)
+    assert not Path("outputs/train/base/logits/train_crossfit.csv").exists()
     ref = json.loads(Path("outputs/train/base/model/backbone.json").read_text())
     assert ref["finetuned"] is True
     assert (Path("outputs/train/base/model/backbone") / "config.json").is_file()
@@ -188,7 +198,9 @@ def test_finetune_mode_trains_its_own_backbone_that_evaluate_then_uses(work: Pat
     assert m["merge_max_abs_diff"] <= 1e-3 and m["trainable_parameters"] > 0
     tuned = pd.read_csv("outputs/train/base/logits/val_select.csv")
     assert not np.allclose(tuned["margin"], head_only["margin"])
-    run("calibrate")
+    run("calibrate", val_calib)
+    val_calib_rows = len(pd.read_csv("outputs/train/base/logits/val_calib.csv"))
+    assert metrics("calibrate", "report.json")["threshold_rows"] == val_calib_rows
     run("evaluate")
     assert metrics("evaluate", "report.json")["test_n"] > 0
     # multi-view needs the feature cache: finetune refuses it with a message naming both keys

@@ -123,8 +123,12 @@ def model_dir(variant: str) -> Path:
     return output_dir("train", variant) / "model"
 
 
+CROSSFIT_SPLIT = "train_crossfit"
+"""The logits name of every train render's cross-fitted margin (``train.crossfit_folds``)."""
+
+
 def logits_path(variant: str, split: str) -> Path:
-    """train's logits of ``split`` (val_select, val_calib) for ``variant``."""
+    """train's logits of ``split`` (val_select, val_calib, or :data:`CROSSFIT_SPLIT`) for ``variant``."""
     return output_dir("train", variant) / "logits" / f"{split}.csv"
 
 

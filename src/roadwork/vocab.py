@@ -46,6 +46,8 @@ SELECTION_METRICS = ("mcc", "best_mcc", "last")
 # calibrate.method (the names roadwork.policy.CALIBRATORS registers) and calibrate.threshold_rule
 CALIBRATION_METHODS = ("temperature", "platt", "beta", "isotonic")
 THRESHOLD_RULES = ("shrink", "bagged", "argmax")
+# calibrate.threshold_data: the margins the threshold rule runs on
+THRESHOLD_DATA = ("train_crossfit", "val_calib")
 
 # deploy.promote_metric and `roadwork promote --metric`
 PROMOTE_METRICS = ("expected_reward", "validator_mcc", "validator_accuracy")

@@ -28,7 +28,7 @@ SHRUNK_ADAPT = {
 # embed / train / evaluate shrunk for in-process stage tests on a few dozen images
 SHRUNK_MODEL_STAGES = {
     "embed": {"train_copies": 1},
-    "train": {"max_epochs": 3},
+    "train": {"max_epochs": 3, "crossfit_folds": 2},
     "evaluate": {"bootstrap_resamples": 50, "renders_per_level": 1, "reward_streams": 50},
 }
 

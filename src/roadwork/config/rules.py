@@ -27,6 +27,7 @@ from roadwork.vocab import (
     POOLINGS,
     PROMOTE_METRICS,
     STRATEGIES,
+    THRESHOLD_DATA,
     THRESHOLD_RULES,
     TRAIN_MODES,
     VIEW_MODES,
@@ -44,6 +45,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.strategy": STRATEGIES,
     "calibrate.method": CALIBRATION_METHODS,
     "calibrate.threshold_rule": THRESHOLD_RULES,
+    "calibrate.threshold_data": THRESHOLD_DATA,
     "deploy.promote_metric": PROMOTE_METRICS,
 }
 
@@ -112,6 +114,10 @@ RANGES: dict[str, Rule] = {
     "embed.augment.color_jitter": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
     "embed.augment.erase_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "embed.augment.flip_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "train.crossfit_folds": (
+        lambda v: v == 0 or v >= 2,
+        "0 (off) or an integer >= 2 (folds of train's dedupe groups behind the cross-fitted margins)",
+    ),
     "train.hard_negatives.rounds": (lambda v: v >= 0, "an integer >= 0 (0 = no hard-negative loop)"),
     "train.hard_negatives.top_fraction": (
         lambda v: 0 < v <= 1,
@@ -158,6 +164,10 @@ RANGES: dict[str, Rule] = {
     "deploy.batch_size": (lambda v: v >= 1, "a positive integer"),
     "deploy.promote_confidence": (lambda v: 0 < v < 1, "a confidence level in (0, 1), e.g. 0.95"),
     "deploy.promote_min_delta": (lambda v: v >= 0, "a number >= 0"),
+    "deploy.positive_rate_band": (
+        lambda v: len(v) == 2 and 0 <= v[0] < v[1] <= 1,
+        "[low, high] with 0 <= low < high <= 1 (e.g. [0.35, 0.65]; [0, 1] turns the band off)",
+    ),
 }
 
 
@@ -220,6 +230,15 @@ def _check_relations(cfg: RoadworkConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: 'split.time_window_s' joins frames of one drive, so it needs 'split.drive_column' "
             "(the metadata column naming each frame's drive); set it, or set split.time_window_s to null."
+        )
+    if cfg.calibrate.threshold_data == "train_crossfit" and (
+        cfg.train.mode != "head" or cfg.train.crossfit_folds == 0
+    ):
+        raise ConfigError(
+            f"{source}: 'calibrate.threshold_data' is train_crossfit, which needs the cross-fitted train "
+            "margins that train writes in head mode with train.crossfit_folds >= 2 (got "
+            f"train.mode={cfg.train.mode}, train.crossfit_folds={cfg.train.crossfit_folds}); set "
+            "calibrate.threshold_data=val_calib to choose the threshold on val_calib alone."
         )
     weighted = [s.name for s in cfg.data.sources if s.weight != 1 and s.role != "unlabeled"]
     reasons = [f"data.sources {weighted} have weights other than 1"] if weighted else []

@@ -267,6 +267,9 @@ _TRAIN_EXTRA_DOC = """How the ``train`` stage trains.
     Attributes:
         mode: ``head`` (on cached features) or ``finetune`` (LoRA + head on images, for GPUs).
         refit: head mode: train again on train + val_select for the selected epochs and keep the last.
+        crossfit_folds: head mode: folds of train's dedupe groups; each train render is scored by a head
+            fitted on the other folds (``logits/train_crossfit.csv``, what calibrate's threshold is chosen
+            on by default); 0 = off.
         finetune: the LoRA settings of ``finetune`` mode.
 
     """
@@ -276,7 +279,11 @@ TrainParams = _mirrored(
     "TrainParams",
     HeadTrainConfig,
     _TRAIN_EXTRA_DOC + (HeadTrainConfig.__doc__ or ""),
-    before=[("mode", str, field(default="head")), ("refit", bool, field(default=False))],
+    before=[
+        ("mode", str, field(default="head")),
+        ("refit", bool, field(default=False)),
+        ("crossfit_folds", int, field(default=5)),
+    ],
     after=[
         ("finetune", FinetuneParams, field(default_factory=FinetuneParams)),
         ("hard_negatives", HardNegativeParams, field(default_factory=HardNegativeParams)),
@@ -321,7 +328,7 @@ class TrainerParams:
 
 @dataclass
 class CalibrateParams:
-    """Calibration and the decision policy, fitted on val_calib only.
+    """Calibration and the decision policy: the calibrator on val_calib, the threshold on ``threshold_data``.
 
     Attributes:
         method: ``temperature``, ``platt``, ``beta`` or ``isotonic``.
@@ -333,6 +340,9 @@ class CalibrateParams:
         target_prior: class prior the policy is fitted for (the validator draws 50/50); null = the data's.
         threshold_rule: ``shrink`` (the argmax pulled to the prior-neutral cut by its bootstrap noise),
             ``bagged`` (the median of the bootstrap replicates' MCC-argmax cuts) or ``argmax``.
+        threshold_data: the margins the threshold rule runs on: ``train_crossfit`` (every train render
+            scored out of fold, ``train.crossfit_folds``; about four times val_calib's images, so the cut
+            does not follow one small set's noise) or ``val_calib``.
     """
 
     method: str = "temperature"
@@ -343,6 +353,7 @@ class CalibrateParams:
     ece_bins: int = 15
     target_prior: Optional[float] = 0.5  # noqa: UP045
     threshold_rule: str = "shrink"
+    threshold_data: str = "train_crossfit"
 
 
 SCENE_KEYWORDS = (
@@ -406,6 +417,8 @@ class DeployParams:
         promote_min_delta: the challenger must beat the champion by more than this.
         promote_confidence: level of the paired group-bootstrap interval of challenger - champion, whose
             lower bound must be above zero for a promotion.
+        positive_rate_band: [low, high]: bundle ships a variant whose policy answers roadwork for this
+            share of val_calib's 50/50 validator mix, the best such by MCC (none: the nearest); [0, 1] = off.
     """
 
     registered_model: str = "roadwork-classifier"
@@ -421,6 +434,7 @@ class DeployParams:
     promote_metric: str = "expected_reward"
     promote_min_delta: float = 0.0
     promote_confidence: float = 0.95
+    positive_rate_band: list[float] = field(default_factory=lambda: [0.35, 0.65])
 
 
 @dataclass

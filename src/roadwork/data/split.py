@@ -23,7 +23,8 @@ STAGE_SPLITS: dict[str, frozenset[str]] = {
     "adapt": frozenset({"train"}),
     "embed": frozenset(SPLITS),  # features only: embedding is label-free
     "train": frozenset({"train", "val_select"}),
-    "calibrate": frozenset({"val_calib"}),
+    # train: the cross-fitted train margins the threshold is chosen on (calibrate.threshold_data, issue 13)
+    "calibrate": frozenset({"train", "val_calib"}),
     "evaluate": frozenset({"train", "val_select", "val_test"}),  # train + val_select: the probe baseline only
     # train + val_select: the probe stand-in for a model the Hugging Face form cannot hold
     "bundle": frozenset({"train", "val_select", "val_calib"}),

@@ -16,7 +16,7 @@ from roadwork.policy.conformal import (
     min_class_size,
     prediction_sets,
 )
-from roadwork.policy.policy import Policy, fit_policy
+from roadwork.policy.policy import Policy, ThresholdData, fit_policy
 from roadwork.policy.threshold import (
     SweepResult,
     best_mcc_threshold,
@@ -44,6 +44,7 @@ __all__ = [
     "Policy",
     "SweepResult",
     "TemperatureScaling",
+    "ThresholdData",
     "abstain_mask",
     "bagged_mcc_threshold",
     "best_mcc_threshold",

@@ -158,6 +158,16 @@ class Policy:
         }
 
 
+@dataclass(frozen=True)
+class ThresholdData:
+    """Margins (with labels and optional group ids) to choose the threshold on instead of the calibration
+    set, e.g. the cross-fitted margins of the train split's renders (``calibrate.threshold_data``)."""
+
+    margin: ArrayLike
+    label: ArrayLike
+    groups: ArrayLike | None = None
+
+
 def fit_policy(
     z_cal: ArrayLike,
     y_cal: ArrayLike,
@@ -172,6 +182,7 @@ def fit_policy(
     groups: ArrayLike | None = None,
     n_boot: int = 200,
     seed: int = 0,
+    threshold_on: ThresholdData | None = None,
 ) -> Policy:
     """Fit a calibrator on (z_cal, y_cal), choose the threshold and fold it into a :class:`Policy`.
 
@@ -188,6 +199,11 @@ def fit_policy(
     threshold is certified too, FNR being monotone). The threshold is moved onto the margin with
     ``margin_at``; optionally per-class conformal quantiles are fitted at ``conformal_alpha``.
     ``target_prior=None, threshold_rule="argmax"`` reproduces the earlier behaviour exactly.
+
+    ``threshold_on`` (:class:`ThresholdData`): the threshold rule (and ``max_fnr``) runs on these margins,
+    put through the calibrator fitted on (z_cal, y_cal) and reweighted to ``target_prior`` on their own
+    labels, instead of on the calibration set (``groups`` then goes unused); the guarantee and the conformal
+    quantiles stay on the calibration set, whose exchangeability with deployment they need.
 
     The guarantee and the conformal coverage stay valid although the calibrator is fitted on the same data:
     all calibrators are monotone, so both only depend on the ranks of the calibration margins within each
@@ -211,12 +227,18 @@ def fit_policy(
             raise TypeError(f"guarantee must be a pair (alpha, delta) or None; got {guarantee!r}.")
         max_threshold = guaranteed_fnr_threshold(y, p, guarantee[0], guarantee[1])
         alpha, delta = float(guarantee[0]), float(guarantee[1])
+    y_thr, p_thr, groups_thr = y, p, groups
+    if threshold_on is not None:
+        z_thr = check_scores(threshold_on.margin, "threshold_on.margin")
+        y_thr = check_labels(threshold_on.label, "threshold_on.label")
+        check_same_length([("threshold_on.margin", z_thr), ("threshold_on.label", y_thr)])
+        p_thr, groups_thr = cal.predict_proba(z_thr), threshold_on.groups
     threshold, _ = select_threshold(
-        y,
-        p,
+        y_thr,
+        p_thr,
         rule=threshold_rule,
         target_prior=prior,
-        groups=groups,
+        groups=groups_thr,
         n_boot=n_boot,
         seed=seed,
         max_fnr=max_fnr,

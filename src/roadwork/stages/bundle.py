@@ -2,7 +2,9 @@
 
 The variant is chosen by **val_calib validator-mix MCC at its policy** (``val_calib_validator_mcc`` in
 ``outputs/calibrate/<variant>/metrics.json``: the clean render and the L1-L3 renders, levels 25 % each,
-labels 50/50; ties go to the earlier variant, base first); val_test never takes part. Outputs in
+labels 50/50; ties go to the earlier variant, base first) among the variants whose policy answers roadwork
+for a share of that mix inside ``deploy.positive_rate_band`` (``val_calib_predicted_positive_rate``; when
+none does, the nearest to the band); val_test never takes part. Outputs in
 ``outputs/bundle/``: ``model/`` (the :class:`~roadwork.deploy.predictor.Predictor` folder the pyfunc
 serves), ``hf/`` (the Hugging Face export with the policy folded into its classifier), ``fallback/``,
 ``choice.json`` and ``metrics.json``. A chosen model whose head or views the miner's pipeline cannot run
@@ -22,6 +24,7 @@ import getpass
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,32 +51,48 @@ from roadwork.stages.common import tracked, write_json
 from roadwork.stages.modelling import load_model, load_variant_backbone, rendered_bytes
 
 SELECTION_METRIC = "val_calib_validator_mcc"
+POSITIVE_RATE = "val_calib_predicted_positive_rate"
 
 
-def choose_variant(candidates: dict[str, dict[str, float]]) -> str:
-    """The variant with the highest val_calib validator-mix MCC (first listed wins ties); never looks at
-    val_test. A calibrate output without level renders (``embed.val_renders_per_level=0``) is compared by
-    its plain ``val_calib_mcc``."""
+def outside_band(rate: float | None, band: Sequence[float]) -> float:
+    """How far ``rate`` lies outside ``band`` = [low, high] (0 inside it, or when there is no rate)."""
+    return 0.0 if rate is None else max(band[0] - rate, rate - band[1], 0.0)
+
+
+def choose_variant(candidates: dict[str, dict[str, float]], band: Sequence[float] = (0.0, 1.0)) -> str:
+    """Of the variants whose val_calib validator-mix predicted-positive rate lies in ``band``, the one with
+    the highest val_calib validator-mix MCC (first listed wins ties); when none lies in it, the nearest to
+    it. Never looks at val_test. A calibrate output without level renders (``embed.val_renders_per_level=0``)
+    is compared by its plain ``val_calib_mcc`` and has no rate to check."""
     if not candidates:
         raise FileNotFoundError(
             "no outputs/calibrate/<variant>/metrics.json found; run calibrate for at least one variant."
         )
 
-    def score(variant: str) -> float:
-        return candidates[variant].get(SELECTION_METRIC, candidates[variant]["val_calib_mcc"])
+    def key(variant: str) -> tuple[float, float, int]:
+        metrics = candidates[variant]
+        score = metrics.get(SELECTION_METRIC, metrics["val_calib_mcc"])
+        return outside_band(metrics.get(POSITIVE_RATE), band), -score, list(candidates).index(variant)
 
-    return max(candidates, key=lambda v: (score(v), -list(candidates).index(v)))
+    return min(candidates, key=key)
 
 
 def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = ()) -> None:
     from roadwork.deploy.registry import CHALLENGER
 
     out = stage_dir("bundle")
-    candidates = _candidates()
-    variant = choose_variant(candidates)
+    candidates, band = _candidates(), cfg.deploy.positive_rate_band
+    variant = choose_variant(candidates, band)
+    for other, m in candidates.items():
+        if outside_band(m.get(POSITIVE_RATE), band) > 0:
+            print(
+                f"bundle: {other}'s policy answers roadwork for {m[POSITIVE_RATE]:.3f} of val_calib's "
+                f"validator mix, outside deploy.positive_rate_band {list(band)}"
+                + ("; shipped as the nearest" if other == variant else "; not shipped")
+            )
     predictor = _build_model(cfg, variant, out)
     val_metrics = _val_metrics(variant, candidates)
-    write_json(out / "choice.json", _choice(variant, candidates))
+    write_json(out / "choice.json", _choice(variant, candidates, band))
     # the export check: val_calib level-0 renders (the validator's 224 x 224 JPEGs)
     images = read_split(SPLITS_CSV, "bundle", ["val_calib"]).sort_values("path")
     paths = rendered_bytes(images)
@@ -149,14 +168,16 @@ def _val_metrics(variant: str, candidates: dict[str, dict[str, float]]) -> dict[
     }
 
 
-def _choice(variant: str, candidates: dict[str, dict[str, float]]) -> dict[str, Any]:
+def _choice(variant: str, candidates: dict[str, dict[str, float]], band: Sequence[float]) -> dict[str, Any]:
     """``choice.json``: the chosen variant, the rule, and each candidate's figures the rule compared."""
+    keys = ("val_calib_mcc", SELECTION_METRIC, POSITIVE_RATE)
     return {
         "chosen": variant,
-        "rule": "highest val_calib validator-mix MCC at the variant's policy (ties: base first)",
-        "candidates": {
-            v: {k: m[k] for k in ("val_calib_mcc", SELECTION_METRIC) if k in m} for v, m in candidates.items()
-        },
+        "rule": (
+            "highest val_calib validator-mix MCC at the variant's policy among those whose "
+            f"predicted-positive rate on that mix lies in {list(band)} (none: the nearest; ties: base first)"
+        ),
+        "candidates": {v: {k: m[k] for k in keys if k in m} for v, m in candidates.items()},
     }
 
 
@@ -244,7 +265,8 @@ def _hf_export(
 def _probe_fallback(cfg: RoadworkConfig, variant: str, chosen: Any, directory: Path) -> tuple[Any, float]:
     """The exportable stand-in (:mod:`roadwork.deploy.fallback`): the variant's probe (train + val_select
     clean global-view features) as a linear head, with a policy fitted on val_calib's renders like
-    calibrate's; saved as a model folder in ``directory``. Returns (predictor, its val_calib validator-mix
+    calibrate's (its threshold too: the probe has no cross-fitted margins); saved as a model folder in
+    ``directory``. Returns (predictor, its val_calib validator-mix
     MCC), the MCC comparable with the chosen model's ``val_calib_validator_mcc``."""
     import tempfile
     from dataclasses import replace

@@ -1,11 +1,14 @@
-"""calibrate stage: calibrator, MCC threshold, FNR bound / guarantee and abstention, on val_calib only.
+"""calibrate stage: calibrator, MCC threshold, FNR bound / guarantee and abstention.
 
 Reads ``outputs/train/<variant>/logits/val_calib.csv`` (one row per validator render of each val_calib image:
 the clean level-0 render and ``embed.val_renders_per_level`` renders at each of L1-L3) and the val_calib
 labels (the split contract). The policy is fitted for the validator: class prior reweighted to
-``calibrate.target_prior`` (its draws are 50/50), threshold by ``calibrate.threshold_rule`` (``shrink``, the
-default, is stable on small sets; ``bench/threshold_policy.py`` compares the rules), renders of one image
-resampled together.
+``calibrate.target_prior`` (its draws are 50/50), threshold by ``calibrate.threshold_rule`` with the
+renders of one image resampled together. The calibrator, the FNR guarantee and the conformal sets come from
+val_calib; the threshold rule runs on ``calibrate.threshold_data``: by default ``train_crossfit``, train's
+``logits/train_crossfit.csv`` (every train render scored by a head that never saw its fold, about four times
+val_calib's images, so the cut does not follow one small set's noise; ``bench/threshold_policy.py``
+compares the rules and the data), or ``val_calib`` itself.
 Outputs in ``outputs/calibrate/<variant>/``: ``policy.json`` (what ships), ``threshold_sweep.csv`` (every
 distinct cut on the calibrated probability: threshold, tp, fp, tn, fn, MCC, precision, recall, FNR, FPR; a
 DVC plot), ``reliability.png`` (before / after), ``threshold_sweep.png``, ``report.json`` (every figure) and
@@ -23,7 +26,7 @@ from roadwork.atomic import atomic_write_csv
 from roadwork.config import RoadworkConfig
 from roadwork.data.images import sha256_file
 from roadwork.data.split import read_split
-from roadwork.layout import METRICS_JSON, REPORT_JSON, SPLITS_CSV, logits_path, stage_dir
+from roadwork.layout import CROSSFIT_SPLIT, METRICS_JSON, REPORT_JSON, SPLITS_CSV, logits_path, stage_dir
 from roadwork.stages.common import tracked, write_metrics
 
 HEADLINE = (
@@ -60,9 +63,29 @@ def labelled_margins(variant: str, split: str, labels: pd.DataFrame) -> pd.DataF
     return joined.astype({"label": int})
 
 
-def fit_validator_policy(cfg: RoadworkConfig, z: np.ndarray, y: np.ndarray, images: np.ndarray) -> Any:
+def threshold_data(cfg: RoadworkConfig, variant: str) -> Any:
+    """The :class:`~roadwork.policy.ThresholdData` ``calibrate.threshold_data`` names: train's cross-fitted
+    margins with their labels (renders grouped by image), or None for val_calib itself."""
+    from roadwork.policy import ThresholdData
+
+    if cfg.calibrate.threshold_data == "val_calib":
+        return None
+    if not logits_path(variant, CROSSFIT_SPLIT).is_file():
+        raise FileNotFoundError(
+            f"{logits_path(variant, CROSSFIT_SPLIT)}: missing; train writes it in head mode with "
+            f"train.crossfit_folds >= 2 (run `roadwork train --variant {variant}`), or set "
+            "calibrate.threshold_data=val_calib."
+        )
+    train = labelled_margins(variant, CROSSFIT_SPLIT, read_split(SPLITS_CSV, "calibrate", ["train"]))
+    return ThresholdData(train["margin"].to_numpy(np.float64), train["label"].to_numpy(), train["sha256"])
+
+
+def fit_validator_policy(
+    cfg: RoadworkConfig, z: np.ndarray, y: np.ndarray, images: np.ndarray, threshold_on: Any = None
+) -> Any:
     """The policy ``calibrate.*`` describes, fitted on val_calib margins ``z`` (labels ``y``; ``images``
-    groups the renders of one image so they are resampled together)."""
+    groups the renders of one image so they are resampled together), its threshold chosen on
+    ``threshold_on`` (:func:`threshold_data`) when given."""
     from roadwork.policy import fit_policy
 
     params = cfg.calibrate
@@ -80,6 +103,7 @@ def fit_validator_policy(cfg: RoadworkConfig, z: np.ndarray, y: np.ndarray, imag
         target_prior=params.target_prior,
         threshold_rule=params.threshold_rule,
         groups=images,
+        threshold_on=threshold_on,
     )
 
 
@@ -106,7 +130,8 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     z, y = cal["margin"].to_numpy(dtype=np.float64), cal["label"].to_numpy()
     images, levels = cal["sha256"].to_numpy(), cal["level"].to_numpy()
     with tracked("calibrate", cfg, ("calibrate",), overrides, variant=variant) as run:
-        policy = fit_validator_policy(cfg, z, y, images)
+        threshold_on = threshold_data(cfg, variant)
+        policy = fit_validator_policy(cfg, z, y, images, threshold_on)
         policy.to_json(out / "policy.json")
         applied = policy.apply(z)
         p_raw, p_cal = expit(z), applied["calibrated_probability"]
@@ -125,6 +150,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
             "scale": policy.scale,
             "n": len(y),
             "n_positive": int(y.sum()),
+            "threshold_rows": len(y) if threshold_on is None else len(threshold_on.label),
             "abstention_rate": float(applied["abstain"].mean()),
         }
         for key in ("ece", "mce", "ace", "smooth_ece", "brier", "nll"):
@@ -148,6 +174,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         run.log_artifact(out / REPORT_JSON)
     print(
         f"calibrate@{variant}: {params.method}, threshold {policy.threshold:.4f} (calibrated p) "
-        f"(margin {policy.decision_margin:+.3f}); val_calib MCC {metrics['val_calib_mcc']:.3f}; "
+        f"(margin {policy.decision_margin:+.3f}, {params.threshold_rule} on {params.threshold_data}: "
+        f"{metrics['threshold_rows']:.0f} renders); val_calib MCC {metrics['val_calib_mcc']:.3f}; "
         f"ECE {metrics['ece_before']:.3f} -> {metrics['ece_after']:.3f}"
     )

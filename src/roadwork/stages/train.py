@@ -21,6 +21,12 @@ Sampling (head mode): with ``data.sources`` every train row is drawn in proporti
 out-of-fold scoring of the train split alone (:mod:`roadwork.train.hard_negatives`), are up-weighted
 before the fit, and ``logits/train_out_of_fold.csv`` lists every scored negative per round (its
 out-of-fold margin and whether it was selected). Equal weights everywhere leave the plain shuffle.
+
+Cross-fitting (head mode, ``train.crossfit_folds`` > 0): after the sampling weights are settled, one head
+per fold of train's dedupe groups is fitted on the other folds (selected on val_select, as the shipped head
+is) and scores its fold; ``logits/train_crossfit.csv`` (sha256, path, render, level, fold, margin) holds
+every train render's out-of-fold margin, where ``calibrate`` chooses its threshold
+(``calibrate.threshold_data``). In finetune mode, or with 0 folds, the file is removed.
 """
 
 from __future__ import annotations
@@ -39,11 +45,13 @@ from roadwork.config import RoadworkConfig, finetune_config, head_train_config
 from roadwork.data.sources import source_weights
 from roadwork.data.split import read_split
 from roadwork.layout import (
+    CROSSFIT_SPLIT,
     INGEST,
     SPLITS_CSV,
     checkpoint_dir,
     features_path,
     index_path,
+    logits_path,
     model_dir,
     stage_dir,
 )
@@ -145,26 +153,55 @@ def _hard_negatives(
     return mined.weights, report
 
 
+def _crossfit(
+    cfg: RoadworkConfig,
+    labelled: pd.DataFrame,
+    sets: dict,
+    train_rows: pd.DataFrame,
+    fit: Any,
+    weights: np.ndarray,
+) -> pd.DataFrame | None:
+    """``logits/train_crossfit.csv``'s rows (sha256, path, render, level, fold, margin): each train render
+    scored by a head fitted, as the shipped one is, on the other ``train.crossfit_folds`` folds of train's
+    dedupe groups; None when ``train.crossfit_folds`` is 0."""
+    from roadwork.train.crossfit import crossfit_margins, group_folds
+
+    folds_k = cfg.train.crossfit_folds
+    if not folds_k:
+        return None
+    train = sets["train"]
+    rows = labelled[labelled["split"] == "train"].drop_duplicates("sha256").set_index("sha256")
+    folds = group_folds(rows.loc[train.ids, "group"].to_numpy(), folds_k, cfg.train.seed)
+    margins = crossfit_margins(train, sets["val_select"], folds, weights, fit)
+    print(f"train: {len(margins)} train renders scored out of fold ({folds_k} folds of dedupe groups)")
+    frame = train_rows[["sha256", "path", "render", "level"]].assign(fold=folds, margin=margins)
+    return frame.sort_values(["path", "render"], ignore_index=True)
+
+
 def _fit_on_features(
     cfg: RoadworkConfig, variant: str, labelled: pd.DataFrame, head_cfg: Any, out: Path, loggers: list
-) -> tuple[Any, pd.DataFrame | None]:
-    """The head fitted on the cached features (then refitted with ``train.refit``), and the hard-negative
-    loop's report (None when it is off)."""
+) -> tuple[Any, pd.DataFrame | None, pd.DataFrame | None]:
+    """The head fitted on the cached features (then refitted with ``train.refit``), the hard-negative
+    loop's report and the cross-fitted train margins (each None when off)."""
+    from roadwork.train.hard_negatives import head_fitter
     from roadwork.train.head import fit_head
     from roadwork.train.head_data import FeatureSet
     from roadwork.train.sampling import sampler_weights
 
-    sets = {}
+    sets, train_rows = {}, None
     for split in ("train", "val_select"):
         arrays, rows = load_features(variant, split)
         labels = _labels_for(rows, labelled[labelled["split"] == split], split)
         sets[split] = FeatureSet(arrays["features"], labels, rows["sha256"].to_numpy(dtype=str))
+        train_rows = rows if split == "train" else train_rows
     hardware = {
         "accelerator": cfg.trainer.accelerator,
         "devices": cfg.trainer.devices,
         "strategy": cfg.trainer.strategy,
     }
     weights, report = _hard_negatives(cfg, labelled, sets, head_cfg, hardware, out)
+    fit = head_fitter(head_cfg, hardware, out.parent)
+    crossfit = _crossfit(cfg, labelled, sets, train_rows, fit, weights)
     selected = fit_head(
         sets["train"],
         sets["val_select"],
@@ -176,10 +213,11 @@ def _fit_on_features(
         **hardware,
     )
     if not cfg.train.refit or selected.global_rank != 0:
-        return selected, report
+        return selected, report, crossfit
     val_weights = _source_weights(cfg, labelled, "val_select", sets["val_select"].ids)
     both = sampler_weights(np.concatenate([weights, val_weights]))
-    return _refit(sets["train"], sets["val_select"], head_cfg, selected, out, hardware, both), report
+    refit = _refit(sets["train"], sets["val_select"], head_cfg, selected, out, hardware, both)
+    return refit, report, crossfit
 
 
 def _refit(
@@ -268,7 +306,7 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
     model = model_dir(variant)
     labelled = read_split(SPLITS_CSV, "train", ["train", "val_select"])
     head_cfg = head_train_config(cfg.train)
-    hard_negatives = None  # the hard-negative loop's report (head mode, rounds > 0)
+    hard_negatives = crossfit = None  # the hard-negative loop's report, the cross-fitted margins (head mode)
     with tracked("train", cfg, ("train", "embed", "backbone", "trainer"), overrides, variant=variant) as run:
         loggers = run.loggers()
         if cfg.train.mode == "finetune":
@@ -276,7 +314,9 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
             backbone, head = result.backbone, result.head
             write_backbone_ref(model, backbone, finetuned=True)
         else:
-            result, hard_negatives = _fit_on_features(cfg, variant, labelled, head_cfg, model, loggers)
+            result, hard_negatives, crossfit = _fit_on_features(
+                cfg, variant, labelled, head_cfg, model, loggers
+            )
             if result.global_rank != 0:  # rank 0 writes everything below
                 return
             backbone, head = load_variant_backbone(cfg, variant), result.model
@@ -290,6 +330,11 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         }
         if hard_negatives is not None:
             atomic_write_csv(out / "logits" / OUT_OF_FOLD_CSV, hard_negatives)
+        crossfit_csv = logits_path(variant, CROSSFIT_SPLIT)
+        if crossfit is not None:
+            atomic_write_csv(crossfit_csv, crossfit)
+        else:  # finetune mode or crossfit_folds 0: no stale margins of another model for calibrate to read
+            crossfit_csv.unlink(missing_ok=True)
             selected = hard_negatives.loc[hard_negatives["selected"], "sha256"]
             metrics["hard_negatives_selected"] = selected.nunique()
         if cfg.train.mode == "finetune":

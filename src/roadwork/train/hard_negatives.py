@@ -27,31 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from roadwork.train.crossfit import crossfit_margins, group_folds
+
 REPORT_COLUMNS = ("sha256", "round", "fold", "oof_margin", "selected")
-
-
-def group_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold index (0..k-1) of each item; items sharing a group share a fold.
-
-    Groups go largest first (ties in a seeded random order), each to the fold holding the fewest items so
-    far (the lowest index on ties), so folds differ in size by at most the largest group.
-    """
-    groups = np.asarray(groups)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise ValueError(f"k must be an integer >= 2, got {k!r}")
-    unique, inverse = np.unique(groups, return_inverse=True)
-    if unique.size < k:
-        raise ValueError(f"{unique.size} groups cannot fill {k} folds; lower train.hard_negatives.folds")
-    sizes = np.bincount(inverse.reshape(-1))
-    shuffled = np.random.default_rng(seed).permutation(unique.size)
-    order = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
-    filled = np.zeros(k, dtype=np.int64)
-    fold_of_group = np.empty(unique.size, dtype=np.int64)
-    for g in order:
-        fold = int(np.argmin(filled))
-        fold_of_group[g] = fold
-        filled[fold] += sizes[g]
-    return fold_of_group[inverse.reshape(-1)]
 
 
 def select_hard_negatives(
@@ -99,25 +77,18 @@ class HardNegativeResult:
 def out_of_fold_margins(
     train: Any, val_select: Any, folds: np.ndarray, weights: np.ndarray, fit: Callable[..., Any]
 ) -> pd.DataFrame:
-    """Each train negative's mean margin under the head fitted without its fold.
+    """Each train negative's mean margin under the head fitted without its fold
+    (:func:`~roadwork.train.crossfit.crossfit_margins`; the arguments are its own).
 
-    ``train`` / ``val_select`` are :class:`~roadwork.train.head.FeatureSet`; ``folds`` gives each of train's
-    rows its fold; ``fit(train_part, val_select, sample_weights)`` returns a fitted
-    :class:`~roadwork.train.head.HeadModel`. Returns ``sha256``, ``fold``, ``oof_margin`` per negative image.
+    Returns ``sha256``, ``fold``, ``oof_margin`` per negative image, sorted by sha256.
     """
-    from roadwork.models.head import predict_margins
-    from roadwork.train.head_data import FeatureSet
-
-    blocks = []
-    for fold in np.unique(folds):
-        held = folds == fold
-        part = FeatureSet(train.features[~held], train.labels[~held], train.ids[~held])
-        model = fit(part, val_select, weights[~held])
-        scored = held & (train.labels == 0)
-        margins = predict_margins(model, train.features[scored])
-        block = pd.DataFrame({"sha256": train.ids[scored], "fold": int(fold), "oof_margin": margins})
-        blocks.append(block.groupby(["sha256", "fold"], as_index=False)["oof_margin"].mean())
-    return pd.concat(blocks, ignore_index=True).sort_values("sha256", ignore_index=True)
+    margins = crossfit_margins(train, val_select, folds, weights, fit)
+    negative = train.labels == 0
+    frame = pd.DataFrame(
+        {"sha256": train.ids[negative], "fold": folds[negative].astype(int), "oof_margin": margins[negative]}
+    )
+    per_image = frame.groupby(["sha256", "fold"], as_index=False)["oof_margin"].mean()
+    return per_image.sort_values("sha256", ignore_index=True)
 
 
 def mine_hard_negatives(
