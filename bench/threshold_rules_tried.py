@@ -218,11 +218,12 @@ def pools(args: argparse.Namespace) -> Iterator[tuple[str, Iterator[bench.Split]
         return
     for variant in ("base", "adapted"):
         frame = bench.pipeline_scores(args.outputs, variant)
+        crossfit = bench.pipeline_scores(args.outputs, variant, ("train_crossfit",))
         for resample in ("disjoint", "bootstrap"):
             for cal, test in ((90, 60), (240, 159)):
                 yield (
                     f"{variant}, {resample}, cal {cal} / test {test}",
-                    bench.csv_splits(frame, args.splits, args.seed, cal, test, resample),
+                    bench.csv_splits(frame, crossfit, args.splits, args.seed, cal, test, resample),
                 )
 
 
