@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from safetensors.numpy import load_file
+from sklearn.metrics import matthews_corrcoef
 
 from helpers.project import SHRUNK_MODEL_STAGES, prepare_project, run, working_copy
 from roadwork.cli import main as cli
@@ -134,10 +135,18 @@ def test_calibrate_and_evaluate_follow_their_parameters(work: Path) -> None:
     assert policy["calibrator"]["name"] == "temperature" and policy["conformal"] is not None
     assert policy["threshold_rule"] == "shrink" and policy["target_prior"] == 0.5
     assert metrics("calibrate", "report.json")["threshold_rows"] == len(crossfit)
-    run("calibrate", "calibrate.threshold_rule=argmax", "calibrate.target_prior=null")
+    exact = ("calibrate.threshold_rule=argmax", "calibrate.target_prior=null")
+    run("calibrate", *exact, "calibrate.threshold_data=val_calib")
     policy = json.loads(Path("outputs/calibrate/base/policy.json").read_text())
     sweep = pd.read_csv("outputs/calibrate/base/threshold_sweep.csv")
     assert policy["threshold"] in set(sweep["threshold"])  # the exact argmax is one of the sweep's cuts
+    # by default the cut is chosen on the cross-fitted train margins: their best MCC (brute force)
+    run("calibrate", *exact)
+    decision_margin = json.loads(Path("outputs/calibrate/base/policy.json").read_text())["decision_margin"]
+    labels = pd.read_csv("outputs/split/splits.csv").drop_duplicates("sha256").set_index("sha256")["label"]
+    z, y = crossfit["margin"].to_numpy(), labels.loc[crossfit["sha256"]].to_numpy()
+    best = max(matthews_corrcoef(y, z > cut) for cut in np.r_[z, -np.inf])
+    assert matthews_corrcoef(y, z > decision_margin) == pytest.approx(best)
     run("calibrate", "calibrate.method=isotonic", "calibrate.conformal_alpha=null", "calibrate.max_fnr=0.2")
     policy = json.loads(Path("outputs/calibrate/base/policy.json").read_text())
     assert policy["calibrator"]["name"] == "isotonic" and policy["conformal"] is None

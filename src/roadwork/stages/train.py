@@ -171,7 +171,17 @@ def _crossfit(
         return None
     train = sets["train"]
     rows = labelled[labelled["split"] == "train"].drop_duplicates("sha256").set_index("sha256")
-    folds = group_folds(rows.loc[train.ids, "group"].to_numpy(), folds_k, cfg.train.seed)
+    groups = rows.loc[train.ids, "group"].to_numpy()
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise ValueError(
+            "train.crossfit_folds: the train split is one dedupe group, so no render can be scored out of "
+            "fold; set train.crossfit_folds=0 and calibrate.threshold_data=val_calib."
+        )
+    if n_groups < folds_k:  # few, large groups (near-duplicate runs, drives): as many folds as groups
+        print(f"train: {n_groups} dedupe groups in the train split: cross-fitting with {n_groups} folds")
+        folds_k = n_groups
+    folds = group_folds(groups, folds_k, cfg.train.seed, param="train.crossfit_folds")
     margins = crossfit_margins(train, sets["val_select"], folds, weights, fit)
     print(f"train: {len(margins)} train renders scored out of fold ({folds_k} folds of dedupe groups)")
     frame = train_rows[["sha256", "path", "render", "level"]].assign(fold=folds, margin=margins)
@@ -330,13 +340,13 @@ def main(cfg: RoadworkConfig, overrides: tuple[str, ...] = (), variant: str = "b
         }
         if hard_negatives is not None:
             atomic_write_csv(out / "logits" / OUT_OF_FOLD_CSV, hard_negatives)
+            selected = hard_negatives.loc[hard_negatives["selected"], "sha256"]
+            metrics["hard_negatives_selected"] = selected.nunique()
         crossfit_csv = logits_path(variant, CROSSFIT_SPLIT)
         if crossfit is not None:
             atomic_write_csv(crossfit_csv, crossfit)
         else:  # finetune mode or crossfit_folds 0: no stale margins of another model for calibrate to read
             crossfit_csv.unlink(missing_ok=True)
-            selected = hard_negatives.loc[hard_negatives["selected"], "sha256"]
-            metrics["hard_negatives_selected"] = selected.nunique()
         if cfg.train.mode == "finetune":
             metrics["trainable_parameters"] = result.trainable_parameters
             metrics["merge_max_abs_diff"] = result.merge_max_abs_diff

@@ -16,18 +16,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 
-def group_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+def group_folds(groups: np.ndarray, k: int, seed: int, param: str = "the number of folds") -> np.ndarray:
     """Fold index (0..k-1) of each item; items sharing a group share a fold.
 
     Groups go largest first (ties in a seeded random order), each to the fold holding the fewest items so
-    far (the lowest index on ties), so folds differ in size by at most the largest group.
+    far (the lowest index on ties), so folds differ in size by at most the largest group. Fewer groups
+    than ``k`` raise ValueError telling the caller to lower ``param`` (the params key of ``k``).
     """
     groups = np.asarray(groups)
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise ValueError(f"k must be an integer >= 2, got {k!r}")
     unique, inverse = np.unique(groups, return_inverse=True)
     if unique.size < k:
-        raise ValueError(f"{unique.size} groups cannot fill {k} folds; lower train.hard_negatives.folds")
+        raise ValueError(f"{unique.size} groups cannot fill {k} folds; lower {param}")
     sizes = np.bincount(inverse.reshape(-1))
     shuffled = np.random.default_rng(seed).permutation(unique.size)
     order = shuffled[np.argsort(-sizes[shuffled], kind="stable")]

@@ -109,7 +109,7 @@ def mine_hard_negatives(
     ``groups`` gives each of train's rows its dedupe group; ``base_weights`` each row's source weight;
     ``fit`` as in :func:`out_of_fold_margins`. Rows of a selected image get ``base_weights * weight``.
     """
-    fold_of_row = group_folds(groups, folds, seed)
+    fold_of_row = group_folds(groups, folds, seed, param="train.hard_negatives.folds")
     hard = np.zeros(len(train.ids), dtype=bool)
     weights = np.asarray(base_weights, dtype=np.float64)
     reports = []
