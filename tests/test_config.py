@@ -117,7 +117,8 @@ def test_crossfit_threshold_data_needs_the_cross_fitted_margins(tmp_path: Path) 
     for override in ("train.mode=finetune", "train.crossfit_folds=0"):
         with pytest.raises(ConfigError, match=r"threshold_data' is train_crossfit.*threshold_data=val_calib"):
             load_config(path, [override])
-        assert load_config(path, [override, "calibrate.threshold_data=val_calib"]).calibrate.threshold_data
+        loaded = load_config(path, [override, "calibrate.threshold_data=val_calib"])
+        assert loaded.calibrate.threshold_data == "val_calib"
     with pytest.raises(ConfigError, match=r"'train\.crossfit_folds' is 1; expected 0 \(off\) or an integer"):
         load_config(path, ["train.crossfit_folds=1"])
     for band in ("[0.6,0.4]", "[0.3]", "[-0.1,0.5]"):

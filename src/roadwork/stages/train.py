@@ -122,11 +122,12 @@ def _source_weights(cfg: RoadworkConfig, labelled: pd.DataFrame, split: str, ids
 
 
 def _hard_negatives(
-    cfg: RoadworkConfig, labelled: pd.DataFrame, sets: dict, head_cfg: Any, hardware: dict, out: Path
+    cfg: RoadworkConfig, labelled: pd.DataFrame, sets: dict, groups: np.ndarray, fit: Any
 ) -> tuple[np.ndarray, pd.DataFrame | None]:
     """The train rows' sampling weights: their sources', times ``train.hard_negatives.weight`` for the
-    hardest negatives when the loop is on (then also its report, else None)."""
-    from roadwork.train.hard_negatives import head_fitter, mine_hard_negatives
+    hardest negatives when the loop is on (then also its report, else None). ``groups``: each train row's
+    dedupe group; ``fit``: the fold models' fitter."""
+    from roadwork.train.hard_negatives import mine_hard_negatives
 
     train, params = sets["train"], cfg.train.hard_negatives
     weights = _source_weights(cfg, labelled, "train", train.ids)
@@ -136,14 +137,14 @@ def _hard_negatives(
     mined = mine_hard_negatives(
         train,
         sets["val_select"],
-        rows.loc[train.ids, "group"].to_numpy(),
+        groups,
         weights,
-        head_fitter(head_cfg, hardware, out.parent),
+        fit,
         rounds=params.rounds,
         top_fraction=params.top_fraction,
         weight=params.weight,
         folds=params.folds,
-        seed=head_cfg.seed,
+        seed=cfg.train.seed,
     )
     report = mined.report.merge(rows["path"], left_on="sha256", right_index=True)
     print(
@@ -155,23 +156,21 @@ def _hard_negatives(
 
 def _crossfit(
     cfg: RoadworkConfig,
-    labelled: pd.DataFrame,
     sets: dict,
     train_rows: pd.DataFrame,
+    groups: np.ndarray,
     fit: Any,
     weights: np.ndarray,
 ) -> pd.DataFrame | None:
     """``logits/train_crossfit.csv``'s rows (sha256, path, render, level, fold, margin): each train render
-    scored by a head fitted, as the shipped one is, on the other ``train.crossfit_folds`` folds of train's
-    dedupe groups; None when ``train.crossfit_folds`` is 0."""
+    (``train_rows``, the index of train's features) scored by a head fitted, as the shipped one is, on the
+    other ``train.crossfit_folds`` folds of train's dedupe groups (``groups``, one per row); None when
+    ``train.crossfit_folds`` is 0."""
     from roadwork.train.crossfit import crossfit_margins, group_folds
 
     folds_k = cfg.train.crossfit_folds
     if not folds_k:
         return None
-    train = sets["train"]
-    rows = labelled[labelled["split"] == "train"].drop_duplicates("sha256").set_index("sha256")
-    groups = rows.loc[train.ids, "group"].to_numpy()
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise ValueError(
@@ -182,7 +181,7 @@ def _crossfit(
         print(f"train: {n_groups} dedupe groups in the train split: cross-fitting with {n_groups} folds")
         folds_k = n_groups
     folds = group_folds(groups, folds_k, cfg.train.seed, param="train.crossfit_folds")
-    margins = crossfit_margins(train, sets["val_select"], folds, weights, fit)
+    margins = crossfit_margins(sets["train"], sets["val_select"], folds, weights, fit)
     print(f"train: {len(margins)} train renders scored out of fold ({folds_k} folds of dedupe groups)")
     frame = train_rows[["sha256", "path", "render", "level"]].assign(fold=folds, margin=margins)
     return frame.sort_values(["path", "render"], ignore_index=True)
@@ -198,20 +197,22 @@ def _fit_on_features(
     from roadwork.train.head_data import FeatureSet
     from roadwork.train.sampling import sampler_weights
 
-    sets, train_rows = {}, None
+    sets, index = {}, {}
     for split in ("train", "val_select"):
-        arrays, rows = load_features(variant, split)
-        labels = _labels_for(rows, labelled[labelled["split"] == split], split)
-        sets[split] = FeatureSet(arrays["features"], labels, rows["sha256"].to_numpy(dtype=str))
-        train_rows = rows if split == "train" else train_rows
+        arrays, index[split] = load_features(variant, split)
+        labels = _labels_for(index[split], labelled[labelled["split"] == split], split)
+        sets[split] = FeatureSet(arrays["features"], labels, index[split]["sha256"].to_numpy(dtype=str))
     hardware = {
         "accelerator": cfg.trainer.accelerator,
         "devices": cfg.trainer.devices,
         "strategy": cfg.trainer.strategy,
     }
-    weights, report = _hard_negatives(cfg, labelled, sets, head_cfg, hardware, out)
+    # both out-of-fold users (hard negatives, cross-fit) share one fitter and train's row groups
     fit = head_fitter(head_cfg, hardware, out.parent)
-    crossfit = _crossfit(cfg, labelled, sets, train_rows, fit, weights)
+    train_images = labelled[labelled["split"] == "train"].drop_duplicates("sha256").set_index("sha256")
+    groups = train_images.loc[sets["train"].ids, "group"].to_numpy()
+    weights, report = _hard_negatives(cfg, labelled, sets, groups, fit)
+    crossfit = _crossfit(cfg, sets, index["train"], groups, fit, weights)
     selected = fit_head(
         sets["train"],
         sets["val_select"],
